@@ -1,0 +1,78 @@
+"""The VM fd: one method per ioctl."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import TYPE_CHECKING
+
+from . import uapi
+from ._ioctl import ioctl
+from .vcpu import VcpuFd
+
+if TYPE_CHECKING:
+    from .system import Kvm
+
+
+class VmFd:
+    """A KVM virtual machine. ``kvm`` is the system object it came from."""
+
+    def __init__(self, fd: int, kvm: Kvm) -> None:
+        self.fd = fd
+        self.kvm = kvm
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def check_extension(self, cap: int) -> int:
+        return ioctl(self.fd, uapi.KVM_CHECK_EXTENSION, cap)
+
+    def create_vcpu(self, index: int) -> VcpuFd:
+        fd = ioctl(self.fd, uapi.KVM_CREATE_VCPU, index, f"vCPU {index}")
+        try:
+            return VcpuFd(fd, index, self.kvm.get_vcpu_mmap_size())
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def set_user_memory_region(
+        self, slot: int, gpa: int, size: int, userspace_addr: int, flags: int = 0
+    ) -> None:
+        region = uapi.kvm_userspace_memory_region(slot, flags, gpa, size, userspace_addr)
+        ioctl(self.fd, uapi.KVM_SET_USER_MEMORY_REGION, region,
+              f"slot {slot} gpa {gpa:#x} size {size:#x}")
+
+    def set_tss_addr(self, addr: int) -> None:
+        ioctl(self.fd, uapi.KVM_SET_TSS_ADDR, addr)
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        ioctl(self.fd, uapi.KVM_SET_IDENTITY_MAP_ADDR, ctypes.c_uint64(addr))
+
+    def create_irqchip(self) -> None:
+        ioctl(self.fd, uapi.KVM_CREATE_IRQCHIP)
+
+    def create_pit2(self, flags: int = 0) -> None:
+        ioctl(self.fd, uapi.KVM_CREATE_PIT2, uapi.kvm_pit_config(flags=flags))
+
+    def irq_line(self, irq: int, level: int) -> None:
+        arg = uapi.kvm_irq_level(level=level)
+        arg.irq = irq
+        ioctl(self.fd, uapi.KVM_IRQ_LINE, arg, f"irq {irq}")
+
+    def ioeventfd(self, arg: uapi.kvm_ioeventfd) -> None:
+        ioctl(self.fd, uapi.KVM_IOEVENTFD, arg, f"addr {arg.addr:#x} len {arg.len}")
+
+    def irqfd(self, arg: uapi.kvm_irqfd) -> None:
+        ioctl(self.fd, uapi.KVM_IRQFD, arg, f"gsi {arg.gsi}")
+
+    def register_coalesced_mmio(self, addr: int, size: int, pio: bool) -> None:
+        zone = uapi.kvm_coalesced_mmio_zone(addr=addr, size=size)
+        zone.pio = int(pio)
+        ioctl(self.fd, uapi.KVM_REGISTER_COALESCED_MMIO, zone, f"addr {addr:#x} size {size}")
+
+    def unregister_coalesced_mmio(self, addr: int, size: int, pio: bool) -> None:
+        zone = uapi.kvm_coalesced_mmio_zone(addr=addr, size=size)
+        zone.pio = int(pio)
+        ioctl(self.fd, uapi.KVM_UNREGISTER_COALESCED_MMIO, zone, f"addr {addr:#x} size {size}")

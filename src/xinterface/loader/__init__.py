@@ -1,0 +1,6 @@
+"""Loaders: put a guest image in memory and give each vCPU the state it starts from."""
+
+from .asm import AssemblerError, assemble
+from .flat import MODES, load_flat
+
+__all__ = ["MODES", "AssemblerError", "assemble", "load_flat"]

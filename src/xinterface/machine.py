@@ -1,0 +1,312 @@
+"""The VMM: a KVM VM, its RAM, its buses, one thread per vCPU, and the run/stop protocol.
+
+Stopping follows the kernel's documented protocol (Documentation/virt/kvm/api.rst,
+``immediate_exit``): set ``immediate_exit`` in the vCPU's ``kvm_run``, then send the vCPU
+thread a signal. Whether the thread is inside ``KVM_RUN`` or about to enter it, ``KVM_RUN``
+returns ``EINTR`` and the exit loop sees the stop flag.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import sys
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from . import loader
+from .errors import XInterfaceError
+from .kvm import Kvm, uapi
+from .memory import GuestMemory, layout_from
+from .ports import PortTable
+from .vcpu_loop import VcpuLoop
+
+DEBUGCON_PORT = 0xE9    # Bochs/QEMU debug console: each byte written goes to the console
+DEBUG_EXIT_PORT = 0xF4  # QEMU isa-debug-exit convention: writing v exits with (v << 1) | 1
+# QEMU's layout for the TSS and identity-map pages that VMX needs for real mode: below the
+# BIOS, above any RAM of the default layout.
+IDENTITY_MAP_ADDR = 0xFEFFC000
+TSS_ADDR = 0xFEFFD000
+KICK_SIGNAL = signal.SIGRTMIN + 1
+
+_machines: weakref.WeakValueDictionary[int, Machine] = weakref.WeakValueDictionary()
+
+
+def machine_for_fd(fd: int) -> Machine | None:
+    """The live Machine of this process whose VM fd is ``fd``."""
+    return _machines.get(fd)
+
+
+def _ignore_kick(signum: int, frame: object) -> None:
+    """The kick's only job is to interrupt KVM_RUN with EINTR."""
+
+
+def _install_kick_handler() -> None:
+    # A handler (not SIG_IGN) is needed: an ignored signal is discarded and never interrupts
+    # KVM_RUN. Python allows installing handlers only from the main thread.
+    if signal.getsignal(KICK_SIGNAL) is _ignore_kick:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise XInterfaceError(
+            errno.EINVAL, "the first Machine must be created (or xinterface imported) on the "
+            "main thread, which installs the vCPU kick signal handler",
+            argument="thread", value=threading.current_thread().name)
+    signal.signal(KICK_SIGNAL, _ignore_kick)
+
+
+if threading.current_thread() is threading.main_thread():
+    _install_kick_handler()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended.
+
+    ``reason``: ``"hlt"`` (every vCPU halted), ``"exit"`` (debug-exit port; ``exit_code`` set),
+    ``"shutdown"`` / ``"reset"`` (a KVM system event), ``"stopped"`` (``stop()``), ``"timeout"``.
+    ``exits`` counts the vCPU exits of this run by kind (``"io"``, ``"mmio"``, ``"hlt"``, ...).
+    """
+
+    reason: str
+    exit_code: int | None = None
+    exits: Counter[str] = field(default_factory=Counter)
+
+
+class Machine:
+    """A virtual machine with ``memory`` bytes of RAM (or ``(gpa, size)`` regions) and vCPUs.
+
+    >>> with Machine(memory=1 << 20) as m:          # doctest: +SKIP
+    ...     m.load_flat(image, gpa=0x1000, mode="real")
+    ...     m.run(timeout=5.0).reason
+    'hlt'
+    """
+
+    def __init__(
+        self,
+        memory: int | Sequence[tuple[int, int]] = 64 << 20,
+        vcpus: int = 1,
+        *,
+        strict: bool = False,
+        irqchip: bool = False,
+        console: BinaryIO | None = None,
+    ) -> None:
+        self._closed = True  # until fully built, close() has only what exists to release
+        self.strict = strict
+        self.irqchip = irqchip
+        self.console = console
+        self._kvm: Kvm | None = None
+        self.memory: GuestMemory | None = None
+        self.vcpus: list[VcpuLoop] = []
+        self._lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._all_done = threading.Event()
+        self._live = 0
+        self._stopping = False
+        self._reason: str | None = None
+        self._exit_code: int | None = None
+        self._error: BaseException | None = None
+        self.pio_bus = PortTable()
+        self.mmio_bus = PortTable()
+        _install_kick_handler()
+        layout = layout_from(memory)
+        self._kvm = kvm = Kvm()
+        self._closed = False
+        try:
+            self._check_vcpus(vcpus)
+            self.vm = kvm.create_vm()
+            if kvm.check_extension(uapi.KVM_CAP_SET_IDENTITY_MAP_ADDR):
+                self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+            if kvm.check_extension(uapi.KVM_CAP_SET_TSS_ADDR):
+                self.vm.set_tss_addr(TSS_ADDR)
+            if irqchip:
+                self.vm.create_irqchip()
+                self.vm.create_pit2(uapi.KVM_PIT_SPEAKER_DUMMY)
+            self.memory = GuestMemory(self.vm, layout)
+            cpuid = kvm.get_supported_cpuid()
+            for index in range(vcpus):
+                vcpu = self.vm.create_vcpu(index)
+                self.vcpus.append(VcpuLoop(self, vcpu))
+                vcpu.set_cpuid2(_cpuid_for(cpuid, index))
+        except BaseException:
+            self.close()
+            raise
+        self.pio_bus.add(DEBUGCON_PORT, write=self._debugcon_write,
+                         read=lambda size: bytes([DEBUGCON_PORT]) * size)
+        self.pio_bus.add(DEBUG_EXIT_PORT, write=self._debug_exit_write)
+        _machines[self.vm.fd] = self
+
+    def _check_vcpus(self, vcpus: int) -> None:
+        assert self._kvm is not None
+        limit = (self._kvm.check_extension(uapi.KVM_CAP_MAX_VCPUS)
+                 or self._kvm.check_extension(uapi.KVM_CAP_NR_VCPUS) or 4)
+        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= limit:
+            raise XInterfaceError(errno.EINVAL, f"vcpus {vcpus!r} must be an int from 1 to "
+                                  f"{limit} (KVM_CAP_MAX_VCPUS)", argument="vcpus", value=vcpus)
+
+    # --- properties -----------------------------------------------------------------------
+    @property
+    def fd(self) -> int:
+        """The VM file descriptor, as ``bind()`` accepts it."""
+        self._check_open()
+        return self.vm.fd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise XInterfaceError(errno.EBADF, "the machine is closed", argument="machine",
+                                  value=self)
+
+    # --- loading --------------------------------------------------------------------------
+    def load_flat(self, image: bytes, gpa: int = 0x1000, mode: str = "real") -> None:
+        """Place ``image`` at ``gpa`` and start every vCPU there in ``mode``."""
+        self._check_open()
+        assert self.memory is not None
+        loader.load_flat(self.memory, [v.vcpu for v in self.vcpus], bytes(image), gpa, mode)
+
+    # --- running --------------------------------------------------------------------------
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run every vCPU from where it is until they all halt or the run is ended.
+
+        Raises the error that stopped the run (``GuestError``, a handler's exception).
+        """
+        self._check_open()
+        if not self._run_lock.acquire(blocking=False):
+            raise XInterfaceError(errno.EBUSY, "the machine is already running",
+                                  argument="machine", value=self)
+        try:
+            return self._run(timeout)
+        finally:
+            self._run_lock.release()
+
+    def _run(self, timeout: float | None) -> RunResult:
+        self._stopping = False
+        self._reason = self._exit_code = self._error = None
+        self._all_done.clear()
+        before = [list(loop.counts) for loop in self.vcpus]
+        self._live = len(self.vcpus)
+        threads = []
+        for loop in self.vcpus:
+            loop.set_immediate_exit(0)
+            threads.append(threading.Thread(target=loop.run, name=f"vcpu{loop.index}",
+                                            daemon=True))
+        try:
+            for thread in threads:
+                thread.start()
+            if not self._all_done.wait(timeout):
+                self._request_stop("timeout")
+        finally:
+            # Also on KeyboardInterrupt: never leave vCPU threads running behind the caller.
+            self._request_stop("stopped")
+            for thread in threads:
+                thread.join()
+            self._flush_console()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        exits: Counter[str] = Counter()
+        for loop, old in zip(self.vcpus, before):
+            for reason, (now, then) in enumerate(zip(loop.counts, old)):
+                if now != then:
+                    exits[uapi.EXIT_REASON_NAMES.get(reason, str(reason)).lower()] += now - then
+        reason = self._reason or "stopped"
+        if reason == "stopped" and all(loop.halted for loop in self.vcpus):
+            reason = "hlt"
+        return RunResult(reason, self._exit_code, exits)
+
+    def stop(self) -> None:
+        """End the current run from any thread; ``run()`` returns reason ``"stopped"``."""
+        self._request_stop("stopped")
+
+    def _request_stop(self, reason: str, exit_code: int | None = None) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            if self._reason is None and self._live:
+                self._reason, self._exit_code = reason, exit_code
+            self._stopping = True
+            for loop in self.vcpus:
+                loop.set_immediate_exit(1)
+                if loop.thread_id is not None and loop.thread_id != me:
+                    signal.pthread_kill(loop.thread_id, KICK_SIGNAL)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        self._request_stop("error")
+
+    def _vcpu_done(self, loop: VcpuLoop) -> None:
+        with self._lock:
+            # After this, stop() never signals the thread: its id may be reused.
+            loop.thread_id = None
+            self._live -= 1
+            if self._live == 0:
+                self._all_done.set()
+
+    # --- the two debug ports --------------------------------------------------------------
+    def _debugcon_write(self, data: bytes) -> None:
+        out = self.console if self.console is not None else sys.stdout.buffer
+        out.write(data)
+        if b"\n" in data:
+            out.flush()
+
+    def _flush_console(self) -> None:
+        out = self.console if self.console is not None else sys.stdout.buffer
+        try:
+            out.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken console must not turn a finished run into an error
+
+    def _debug_exit_write(self, data: bytes) -> None:
+        self._request_stop("exit", (int.from_bytes(data, "little") << 1) | 1)
+
+    # --- teardown -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop any run, release every fd, mapping and thread. Harmless to call twice."""
+        if self._closed and self._kvm is None:
+            return
+        if self._live:
+            self._request_stop("stopped")
+            self._all_done.wait()
+        with self._run_lock:
+            self._closed = True
+            vm = getattr(self, "vm", None)
+            if vm is not None:
+                _machines.pop(vm.fd, None)
+            for loop in self.vcpus:
+                loop.release()
+                loop.vcpu.close()
+            self.vcpus = []
+            if vm is not None:
+                vm.close()
+            if self.memory is not None:
+                self.memory.close()
+                self.memory = None
+            if self._kvm is not None:
+                self._kvm.close()
+                self._kvm = None
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _cpuid_for(supported: list[uapi.kvm_cpuid_entry2], index: int) -> list[uapi.kvm_cpuid_entry2]:
+    """KVM's supported CPUID with ``index`` as the initial APIC id, so guests tell vCPUs apart."""
+    out = []
+    for entry in supported:
+        e = uapi.kvm_cpuid_entry2.from_buffer_copy(entry)
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FFFFFF) | (index << 24)   # CPUID.01H:EBX[31:24]
+        elif e.function in (0xB, 0x1F):
+            e.edx = index                                  # x2APIC id of the topology leaves
+        out.append(e)
+    return out

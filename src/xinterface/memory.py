@@ -1,0 +1,213 @@
+"""Guest RAM: memfd-backed mmaps registered as KVM memory slots, and gpa translation.
+
+Each region is one memfd (so it can be mapped again elsewhere, e.g. as a ROM alias) and one
+``MAP_SHARED`` mapping of it, registered as one KVM slot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import mmap
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import XInterfaceError
+from .kvm.uapi import KVM_MEM_READONLY, PAGE_SIZE
+from .kvm.vm import VmFd
+
+GiB = 1 << 30
+# The conventional PC hole for MMIO and firmware below 4 GiB: RAM above 3 GiB moves to 4 GiB.
+LOW_RAM_TOP = 3 * GiB
+HIGH_RAM_BASE = 4 * GiB
+
+
+def host_ram_bytes() -> int:
+    """Physical memory of the host: no guest may ask for more."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_layout(size: int) -> list[tuple[int, int]]:
+    """``size`` bytes of RAM at gpa 0, split around the hole below 4 GiB when larger than 3 GiB."""
+    if size <= LOW_RAM_TOP:
+        return [(0, size)]
+    return [(0, LOW_RAM_TOP), (HIGH_RAM_BASE, size - LOW_RAM_TOP)]
+
+
+def mmap_address(mapping: mmap.mmap) -> int:
+    """The host virtual address of an mmap, without keeping a buffer export alive."""
+    anchor = ctypes.c_char.from_buffer(mapping)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor
+
+
+@dataclass(eq=False)
+class MemoryRegion:
+    """One slot: ``size`` bytes at ``gpa``, host memory in ``mapping``."""
+
+    gpa: int
+    size: int
+    slot: int
+    readonly: bool
+    memfd: int
+    mapping: mmap.mmap
+    view: memoryview = field(repr=False)
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+def _check_region(gpa: int, size: int, index: int) -> None:
+    what = f"memory region {index} (gpa {gpa:#x}, size {size:#x})"
+    if not isinstance(gpa, int) or not isinstance(size, int):
+        raise XInterfaceError(errno.EINVAL, f"{what}: gpa and size must be ints",
+                              argument="memory", value=(gpa, size))
+    if size <= 0 or size % PAGE_SIZE:
+        raise XInterfaceError(errno.EINVAL, f"{what}: size must be a positive multiple of 4 KiB",
+                              argument="memory", value=size)
+    if gpa < 0 or gpa % PAGE_SIZE or gpa + size > 1 << 52:
+        raise XInterfaceError(errno.EINVAL, f"{what}: gpa must be 4 KiB aligned and the region "
+                              "inside the 52-bit physical address space",
+                              argument="memory", value=gpa)
+
+
+class GuestMemory:
+    """The guest's RAM regions, sorted by gpa, each a KVM memory slot of ``vm``."""
+
+    def __init__(self, vm: VmFd, layout: Iterable[tuple[int, int]]) -> None:
+        self._vm = vm
+        self.regions: list[MemoryRegion] = []
+        self._starts: list[int] = []
+        wanted = sorted(layout)
+        if not wanted:
+            raise XInterfaceError(errno.EINVAL, "memory: at least one region is needed",
+                                  argument="memory", value=wanted)
+        for i, (gpa, size) in enumerate(wanted):
+            _check_region(gpa, size, i)
+            if i and gpa < wanted[i - 1][0] + wanted[i - 1][1]:
+                raise XInterfaceError(errno.EINVAL, f"memory regions overlap at gpa {gpa:#x}",
+                                      argument="memory", value=wanted)
+        total = sum(size for _, size in wanted)
+        if total > host_ram_bytes():
+            raise XInterfaceError(
+                errno.ENOMEM, f"memory: {total:#x} bytes asked, the host has only "
+                f"{host_ram_bytes():#x}", argument="memory", value=total)
+        try:
+            for gpa, size in wanted:
+                self.add_region(gpa, size)
+        except BaseException:
+            self.close()
+            raise
+
+    def add_region(self, gpa: int, size: int, *, readonly: bool = False,
+                   memfd: int | None = None, offset: int = 0) -> MemoryRegion:
+        """Map ``size`` bytes at ``gpa``: new zeroed RAM, or ``memfd`` at ``offset`` (an alias)."""
+        _check_region(gpa, size, len(self.regions))
+        i = bisect.bisect_right(self._starts, gpa)
+        if (i and self.regions[i - 1].end > gpa) or (
+            i < len(self.regions) and self.regions[i].gpa < gpa + size
+        ):
+            raise XInterfaceError(errno.EEXIST, f"gpa {gpa:#x}+{size:#x} overlaps guest memory",
+                                  argument="gpa", value=gpa)
+        own = memfd is None
+        fd = os.memfd_create(f"xinterface-ram-{gpa:#x}", os.MFD_CLOEXEC) if own else os.dup(memfd)
+        try:
+            if own:
+                os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED,
+                                mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+        except BaseException:
+            os.close(fd)
+            raise
+        slot = max((r.slot for r in self.regions), default=-1) + 1
+        try:
+            self._vm.set_user_memory_region(slot, gpa, size, mmap_address(mapping),
+                                            KVM_MEM_READONLY if readonly else 0)
+        except BaseException:
+            mapping.close()
+            os.close(fd)
+            raise
+        region = MemoryRegion(gpa, size, slot, readonly, fd, mapping, memoryview(mapping))
+        self.regions.insert(i, region)
+        self._starts.insert(i, gpa)
+        return region
+
+    @property
+    def size(self) -> int:
+        """Bytes of guest RAM, aliases and ROM included."""
+        return sum(r.size for r in self.regions)
+
+    def region_at(self, gpa: int) -> MemoryRegion | None:
+        i = bisect.bisect_right(self._starts, gpa) - 1
+        if i >= 0 and gpa < self.regions[i].end:
+            return self.regions[i]
+        return None
+
+    def spans(self, gpa: int, length: int) -> list[tuple[MemoryRegion, int, int]]:
+        """``(region, offset, count)`` pieces covering ``[gpa, gpa+length)``, or EFAULT.
+
+        Adjacent regions are crossed; the first byte not in RAM is named in the error.
+        """
+        if length < 0:
+            raise XInterfaceError(errno.EINVAL, f"length {length} is negative",
+                                  argument="length", value=length)
+        pieces: list[tuple[MemoryRegion, int, int]] = []
+        cur, left = gpa, length
+        while left:
+            region = self.region_at(cur) if cur >= 0 else None
+            if region is None:
+                raise XInterfaceError(
+                    errno.EFAULT, f"gpa {cur:#x} is not guest RAM (access {gpa:#x}+{length:#x})",
+                    argument="gpa", value=cur)
+            count = min(left, region.end - cur)
+            pieces.append((region, cur - region.gpa, count))
+            cur += count
+            left -= count
+        return pieces
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A zero-copy view of ``[gpa, gpa+length)``, which must lie in one region."""
+        pieces = self.spans(gpa, length)
+        if len(pieces) > 1:
+            raise XInterfaceError(
+                errno.EFAULT, f"gpa {gpa:#x}+{length:#x} spans two memory regions; "
+                "one view maps one region", argument="length", value=length)
+        if not pieces:
+            return memoryview(b"")
+        region, offset, count = pieces[0]
+        return region.view[offset : offset + count]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return b"".join(bytes(r.view[o : o + n]) for r, o, n in self.spans(gpa, length))
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        src = memoryview(data).cast("B")
+        done = 0
+        for region, offset, count in self.spans(gpa, len(src)):
+            region.view[offset : offset + count] = src[done : done + count]
+            done += count
+
+    def close(self) -> None:
+        """Unmap every region. Views handed out must have been released (``BufferError`` else)."""
+        while self.regions:
+            region = self.regions.pop()
+            self._starts.pop()
+            region.view.release()
+            region.mapping.close()
+            os.close(region.memfd)
+
+
+def layout_from(memory: int | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The region list for ``Machine(memory=...)``: a size, or ``(gpa, size)`` pairs."""
+    if isinstance(memory, bool):
+        raise XInterfaceError(errno.EINVAL, f"memory {memory!r} is not a size",
+                              argument="memory", value=memory)
+    if isinstance(memory, int):
+        _check_region(0, memory, 0)
+        return default_layout(memory)
+    return [(int(g), int(s)) for g, s in memory]
