@@ -20,6 +20,10 @@ class XInterfaceError(OSError):
         self.argument = argument
         self.value = value
 
+    def __str__(self) -> str:
+        # OSError would print "[Errno 22] ..."; the message already names the errno.
+        return str(self.strerror)
+
 
 class KvmError(OSError):
     """A KVM ioctl failed; ``ioctl`` names it and ``errno`` is the kernel's."""
@@ -30,6 +34,9 @@ class KvmError(OSError):
             text += f" ({detail})"
         super().__init__(code, text)
         self.ioctl = ioctl
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class GuestError(Exception):

@@ -16,14 +16,15 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from . import loader
 from .errors import XInterfaceError
 from .kvm import Kvm, uapi
 from .memory import GuestMemory, layout_from
 from .ports import PortTable
-from .vcpu_loop import VcpuLoop
+from .trace import TracingBus
+from .vcpu_loop import Bus, VcpuLoop
 
 DEBUGCON_PORT = 0xE9    # Bochs/QEMU debug console: each byte written goes to the console
 DEBUG_EXIT_PORT = 0xF4  # QEMU isa-debug-exit convention: writing v exits with (v << 1) | 1
@@ -93,11 +94,13 @@ class Machine:
         strict: bool = False,
         irqchip: bool = False,
         console: BinaryIO | None = None,
+        trace: TextIO | None = None,
     ) -> None:
         self._closed = True  # until fully built, close() has only what exists to release
         self.strict = strict
         self.irqchip = irqchip
         self.console = console
+        self.trace = trace
         self._kvm: Kvm | None = None
         self.memory: GuestMemory | None = None
         self.vcpus: list[VcpuLoop] = []
@@ -162,6 +165,13 @@ class Machine:
         if self._closed:
             raise XInterfaceError(errno.EBADF, "the machine is closed", argument="machine",
                                   value=self)
+
+    def buses(self) -> tuple[Bus, Bus]:
+        """The PIO and MMIO buses as the exit loop sees them (wrapped when tracing)."""
+        if self.trace is None:
+            return self.pio_bus, self.mmio_bus
+        return (TracingBus(self.pio_bus, "pio", self.trace),
+                TracingBus(self.mmio_bus, "mmio", self.trace))
 
     # --- loading --------------------------------------------------------------------------
     def load_flat(self, image: bytes, gpa: int = 0x1000, mode: str = "real") -> None:

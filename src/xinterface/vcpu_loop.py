@@ -86,8 +86,9 @@ class VcpuLoop:
         exit_io, exit_mmio = uapi.KVM_EXIT_IO, uapi.KVM_EXIT_MMIO
         unpack_io = _IO.unpack_from
         unpack_mmio = _MMIO.unpack_from
-        pio_write, pio_read = machine.pio_bus.write, machine.pio_bus.read
-        mmio_write, mmio_read = machine.mmio_bus.write, machine.mmio_bus.read
+        pio, mmio = machine.buses()
+        pio_write, pio_read = pio.write, pio.read
+        mmio_write, mmio_read = mmio.write, mmio.read
         strict = machine.strict
         self.halted = False
         while not machine._stopping:
@@ -134,7 +135,7 @@ class VcpuLoop:
     def _string_io(self, direction: int, size: int, port: int, count: int, offset: int) -> None:
         """``rep outs``/``rep ins``: KVM hands over ``count`` elements, served one by one."""
         mm = self.vcpu.run_mmap
-        bus = self.machine.pio_bus
+        bus = self.machine.buses()[0]
         for i in range(count):
             at = offset + i * size
             if direction:

@@ -59,7 +59,10 @@ def assemble(source: str | Path, *, gpa: int, bits: int = 32,
         for step in steps:
             done = subprocess.run(step, capture_output=True, text=True, check=False)
             if done.returncode:
-                raise AssemblerError(f"{step[0]} failed on {path}:\n{done.stderr.strip()}")
+                # One line: the tool's complaints without its warnings and temp-file noise.
+                lines = [ln.strip() for ln in done.stderr.splitlines()
+                         if ln.strip() and "warning" not in ln and "in function" not in ln]
+                raise AssemblerError(f"{step[0]} failed on {path}: {'; '.join(lines)}")
         data = binary.read_bytes()
     cached.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so parallel test runs never read a half-written cache entry.

@@ -1,0 +1,5 @@
+"""``python -m xinterface`` is the ``xinterface`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""The ``xinterface`` command."""
+
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from .errors import GuestError, KvmError, XInterfaceError
+from .loader import MODES, AssemblerError, assemble
+from .machine import Machine
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+EXIT_TIMEOUT = 124  # as timeout(1) does
+
+
+class SizeType(click.ParamType):
+    """``64M``, ``1G``, ``4096K`` or a plain number of bytes."""
+
+    name = "size"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(str(value))
+        if not match:
+            self.fail(f"{value!r} is not a size such as 64M, 1G or 65536", param, ctx)
+        return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+class IntType(click.ParamType):
+    """An integer in any base Python reads: ``0x1000``, ``4096``."""
+
+    name = "int"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value), 0)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer (e.g. 0x1000)", param, ctx)
+
+
+def _fail(message: str, debug: bool, status: int = 1) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"xinterface: {message}", err=True)
+    sys.exit(status)
+
+
+@click.group()
+@click.version_option(package_name="xinterface")
+def main() -> None:
+    """The KVM xinterface I/O services in Python: run guests, serve their I/O."""
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--gpa", type=IntType(), default=0x1000, show_default=True,
+              help="Guest-physical address the image is loaded and started at.")
+@click.option("--mode", type=click.Choice(MODES), default="real", show_default=True,
+              help="CPU mode every vCPU starts in.")
+@click.option("--memory", type=SizeType(), default="64M", show_default=True,
+              help="Guest RAM (a multiple of 4 KiB).")
+@click.option("--vcpus", type=int, default=1, show_default=True)
+@click.option("--trace", is_flag=True, help="Print every guest I/O access to stderr.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds before the run is ended (0: no limit).")
+@click.option("--strict", is_flag=True, help="Stop on any access no device claims.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def run(image: Path, gpa: int, mode: str, memory: int, vcpus: int, trace: bool,
+        timeout: float, strict: bool, debug: bool) -> None:
+    """Run a flat binary IMAGE (or a GNU as source ending in .S, assembled at --gpa).
+
+    Port 0xe9 output goes to stdout. The exit status is the debug-exit status (a write of v
+    to port 0xf4 gives (v << 1) | 1), or 0 once every vCPU has halted.
+    """
+    try:
+        if image.suffix in (".S", ".s"):
+            data = assemble(image, gpa=gpa, bits=64 if mode == "long" else 32)
+        else:
+            data = image.read_bytes()
+        with Machine(memory=memory, vcpus=vcpus, strict=strict,
+                     console=sys.stdout.buffer, trace=sys.stderr if trace else None) as machine:
+            machine.load_flat(data, gpa=gpa, mode=mode)
+            result = machine.run(timeout=timeout or None)
+    except GuestError as exc:
+        _fail(str(exc).splitlines()[0] + " (--debug shows registers)"
+              if not debug else str(exc), debug)
+    except (XInterfaceError, KvmError) as exc:
+        _fail(str(exc), debug)
+    except AssemblerError as exc:
+        _fail(str(exc), debug)
+    except OSError as exc:
+        _fail(f"{exc.filename or image}: {exc.strerror}", debug)
+    if result.reason == "timeout":
+        _fail(f"the guest was still running after {timeout:g} s; raise --timeout, or check "
+              "that it halts or writes port 0xf4", debug=False, status=EXIT_TIMEOUT)
+    if result.reason == "exit":
+        assert result.exit_code is not None
+        sys.exit(result.exit_code)
+    sys.exit(0)
