@@ -6,7 +6,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -18,8 +18,14 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 EXIT_TIMEOUT = 124  # as timeout(1) does
 
+# Newer click makes ParamType generic; subscript it only for the type checker.
+if TYPE_CHECKING:
+    _IntParam = click.ParamType[int]
+else:
+    _IntParam = click.ParamType
 
-class SizeType(click.ParamType):
+
+class SizeType(_IntParam):
     """``64M``, ``1G``, ``4096K`` or a plain number of bytes."""
 
     name = "size"
@@ -34,7 +40,7 @@ class SizeType(click.ParamType):
         return int(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
-class IntType(click.ParamType):
+class IntType(_IntParam):
     """An integer in any base Python reads: ``0x1000``, ``4096``."""
 
     name = "int"

@@ -8,6 +8,7 @@ returns ``EINTR`` and the exit loop sees the stop flag.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import sys
@@ -221,10 +222,10 @@ class Machine:
             error, self._error = self._error, None
             raise error
         exits: Counter[str] = Counter()
-        for loop, old in zip(self.vcpus, before):
-            for reason, (now, then) in enumerate(zip(loop.counts, old)):
+        for loop, old in zip(self.vcpus, before, strict=False):
+            for code, (now, then) in enumerate(zip(loop.counts, old, strict=True)):
                 if now != then:
-                    exits[uapi.EXIT_REASON_NAMES.get(reason, str(reason)).lower()] += now - then
+                    exits[uapi.EXIT_REASON_NAMES.get(code, str(code)).lower()] += now - then
         reason = self._reason or "stopped"
         if reason == "stopped" and all(loop.halted for loop in self.vcpus):
             reason = "hlt"
@@ -268,10 +269,9 @@ class Machine:
 
     def _flush_console(self) -> None:
         out = self.console if self.console is not None else sys.stdout.buffer
-        try:
+        # A closed or broken console must not turn a finished run into an error.
+        with contextlib.suppress(OSError, ValueError):
             out.flush()
-        except (OSError, ValueError):
-            pass  # a closed or broken console must not turn a finished run into an error
 
     def _debug_exit_write(self, data: bytes) -> None:
         self._request_stop("exit", (int.from_bytes(data, "little") << 1) | 1)

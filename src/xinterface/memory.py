@@ -114,10 +114,12 @@ class GuestMemory:
         ):
             raise XInterfaceError(errno.EEXIST, f"gpa {gpa:#x}+{size:#x} overlaps guest memory",
                                   argument="gpa", value=gpa)
-        own = memfd is None
-        fd = os.memfd_create(f"xinterface-ram-{gpa:#x}", os.MFD_CLOEXEC) if own else os.dup(memfd)
+        if memfd is None:
+            fd = os.memfd_create(f"xinterface-ram-{gpa:#x}", os.MFD_CLOEXEC)
+        else:
+            fd = os.dup(memfd)
         try:
-            if own:
+            if memfd is None:
                 os.ftruncate(fd, size)
             mapping = mmap.mmap(fd, size, mmap.MAP_SHARED,
                                 mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)

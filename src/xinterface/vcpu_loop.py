@@ -199,7 +199,7 @@ class VcpuLoop:
             sregs = self.vcpu.get_sregs()
         except OSError:
             return {}
-        out = {name: getattr(regs, name) for name, _ in uapi.kvm_regs._fields_}
+        out = {f[0]: getattr(regs, f[0]) for f in uapi.kvm_regs._fields_}
         out.update(cs=sregs.cs.selector, cs_base=sregs.cs.base, ss=sregs.ss.selector,
                    cr0=sregs.cr0, cr2=sregs.cr2, cr3=sregs.cr3, cr4=sregs.cr4, efer=sregs.efer)
         return out

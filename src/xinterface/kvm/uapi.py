@@ -447,7 +447,9 @@ KVM_GET_CPUID2 = _iowr(0x91, kvm_cpuid2)
 IOCTL_NAMES: dict[int, str] = {
     value: name
     for name, value in globals().items()
-    if name.startswith("KVM_") and isinstance(value, int) and (value >> _IOC_TYPESHIFT) & 0xFF == KVMIO
+    if name.startswith("KVM_")
+    and isinstance(value, int)
+    and (value >> _IOC_TYPESHIFT) & 0xFF == KVMIO
 }
 
 
@@ -461,7 +463,9 @@ def cpuid2_buffer(nent: int) -> ctypes.Array[c_uint8]:
 def cpuid2_entries(buf: ctypes.Array[c_uint8]) -> ctypes.Array[kvm_cpuid_entry2]:
     """The entries of a buffer made by :func:`cpuid2_buffer`, as a view into it."""
     nent = kvm_cpuid2.from_buffer(buf).nent
-    return (kvm_cpuid_entry2 * nent).from_buffer(buf, sizeof(kvm_cpuid2))
+    entries: ctypes.Array[kvm_cpuid_entry2] = (kvm_cpuid_entry2 * nent).from_buffer(
+        buf, sizeof(kvm_cpuid2))
+    return entries
 
 
 def msrs_buffer(entries: list[tuple[int, int]]) -> ctypes.Array[c_uint8]:
@@ -469,7 +473,7 @@ def msrs_buffer(entries: list[tuple[int, int]]) -> ctypes.Array[c_uint8]:
     buf = (c_uint8 * (sizeof(kvm_msrs) + len(entries) * sizeof(kvm_msr_entry)))()
     kvm_msrs.from_buffer(buf).nmsrs = len(entries)
     arr = (kvm_msr_entry * len(entries)).from_buffer(buf, sizeof(kvm_msrs))
-    for slot, (index, data) in zip(arr, entries):
+    for slot, (index, data) in zip(arr, entries, strict=False):
         slot.index = index
         slot.data = data
     return buf
@@ -478,4 +482,5 @@ def msrs_buffer(entries: list[tuple[int, int]]) -> ctypes.Array[c_uint8]:
 def msrs_entries(buf: ctypes.Array[c_uint8]) -> ctypes.Array[kvm_msr_entry]:
     """The entries of a buffer made by :func:`msrs_buffer`, as a view into it."""
     n = kvm_msrs.from_buffer(buf).nmsrs
-    return (kvm_msr_entry * n).from_buffer(buf, sizeof(kvm_msrs))
+    entries: ctypes.Array[kvm_msr_entry] = (kvm_msr_entry * n).from_buffer(buf, sizeof(kvm_msrs))
+    return entries

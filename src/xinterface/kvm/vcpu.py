@@ -55,7 +55,7 @@ class VcpuFd:
 
     def set_cpuid2(self, entries: Sequence[uapi.kvm_cpuid_entry2]) -> None:
         buf = uapi.cpuid2_buffer(len(entries))
-        for slot, entry in zip(uapi.cpuid2_entries(buf), entries):
+        for slot, entry in zip(uapi.cpuid2_entries(buf), entries, strict=False):
             slot.function, slot.index, slot.flags = entry.function, entry.index, entry.flags
             slot.eax, slot.ebx, slot.ecx, slot.edx = entry.eax, entry.ebx, entry.ecx, entry.edx
         ioctl(self.fd, uapi.KVM_SET_CPUID2, buf)

@@ -49,7 +49,7 @@ def descriptor(seg: uapi.kvm_segment) -> int:
     limit = seg.limit >> 12 if seg.g else seg.limit
     access = seg.type | (seg.s << 4) | (seg.dpl << 5) | (seg.present << 7)
     flags = seg.avl | (seg.l << 1) | (seg.db << 2) | (seg.g << 3)
-    return (
+    return int(
         (limit & 0xFFFF)
         | (seg.base & 0xFFFFFF) << 16
         | access << 40
