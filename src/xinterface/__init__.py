@@ -5,6 +5,7 @@ Public names live here; every other module is importable but private.
 
 from .errors import GuestError, GuestIOError, KvmError, XInterfaceError
 from .machine import Machine, RunResult
+from .xinterface import XInterface, XSGMap, XVMap, bind
 
 __all__ = [
     "GuestError",
@@ -12,6 +13,10 @@ __all__ = [
     "KvmError",
     "Machine",
     "RunResult",
+    "XInterface",
     "XInterfaceError",
+    "XSGMap",
+    "XVMap",
+    "bind",
 ]
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, Protocol, TextIO
 
 from . import loader
 from .errors import XInterfaceError
@@ -36,6 +36,12 @@ TSS_ADDR = 0xFEFFD000
 KICK_SIGNAL = signal.SIGRTMIN + 1
 
 _machines: weakref.WeakValueDictionary[int, Machine] = weakref.WeakValueDictionary()
+
+
+class Client(Protocol):
+    """What close() needs of a bound xinterface: tear down, or raise BufferError."""
+
+    def _machine_closing(self) -> None: ...
 
 
 def machine_for_fd(fd: int) -> Machine | None:
@@ -115,6 +121,7 @@ class Machine:
         self._error: BaseException | None = None
         self.pio_bus = PortTable()
         self.mmio_bus = PortTable()
+        self._clients: list[Client] = []
         _install_kick_handler()
         layout = layout_from(memory)
         self._kvm = kvm = Kvm()
@@ -276,15 +283,32 @@ class Machine:
     def _debug_exit_write(self, data: bytes) -> None:
         self._request_stop("exit", (int.from_bytes(data, "little") << 1) | 1)
 
+    # --- clients -------------------------------------------------------------------------
+    def _attach(self, client: Client) -> None:
+        with self._lock:
+            self._check_open()
+            self._clients.append(client)
+
+    def _detach(self, client: Client) -> None:
+        with self._lock:
+            if client in self._clients:
+                self._clients.remove(client)
+
     # --- teardown -------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop any run, release every fd, mapping and thread. Harmless to call twice."""
+        """Stop any run, tear down every client, release every fd, mapping and thread.
+
+        Harmless to call twice. A client's map still exported to another buffer raises
+        ``BufferError`` naming it; the machine then stays open so close() can be retried.
+        """
         if self._closed and self._kvm is None:
             return
         if self._live:
             self._request_stop("stopped")
             self._all_done.wait()
         with self._run_lock:
+            for client in list(self._clients):
+                client._machine_closing()
             self._closed = True
             vm = getattr(self, "vm", None)
             if vm is not None:

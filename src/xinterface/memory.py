@@ -197,10 +197,17 @@ class GuestMemory:
     def close(self) -> None:
         """Unmap every region. Views handed out must have been released (``BufferError`` else)."""
         while self.regions:
-            region = self.regions.pop()
-            self._starts.pop()
+            region = self.regions[-1]
             region.view.release()
-            region.mapping.close()
+            try:
+                region.mapping.close()
+            except BufferError:
+                # mmap refuses to unmap under a live view: say which region, keep it mapped.
+                region.view = memoryview(region.mapping)
+                raise BufferError(f"guest memory at gpa {region.gpa:#x} is still exported to a "
+                                  "buffer (a view of a vmap?); release it first") from None
+            self.regions.pop()
+            self._starts.pop()
             os.close(region.memfd)
 
 
