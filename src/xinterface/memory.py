@@ -172,8 +172,22 @@ class GuestMemory:
             left -= count
         return pieces
 
+    def _within(self, gpa: int, length: int) -> tuple[MemoryRegion, int] | None:
+        """The region and offset when ``[gpa, gpa+length)`` lies in one region (the fast path)."""
+        i = bisect.bisect_right(self._starts, gpa) - 1
+        if i >= 0 and length >= 0:
+            region = self.regions[i]
+            offset = gpa - region.gpa
+            if offset + length <= region.size:
+                return region, offset
+        return None
+
     def view(self, gpa: int, length: int) -> memoryview:
         """A zero-copy view of ``[gpa, gpa+length)``, which must lie in one region."""
+        hit = self._within(gpa, length)
+        if hit is not None:
+            region, offset = hit
+            return region.view[offset : offset + length]
         pieces = self.spans(gpa, length)
         if len(pieces) > 1:
             raise XInterfaceError(
@@ -185,9 +199,19 @@ class GuestMemory:
         return region.view[offset : offset + count]
 
     def read(self, gpa: int, length: int) -> bytes:
+        hit = self._within(gpa, length)
+        if hit is not None:
+            region, offset = hit
+            return region.mapping[offset : offset + length]
         return b"".join(bytes(r.view[o : o + n]) for r, o, n in self.spans(gpa, length))
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        if isinstance(data, bytes):
+            hit = self._within(gpa, len(data))
+            if hit is not None:
+                region, offset = hit
+                region.mapping[offset : offset + len(data)] = data
+                return
         src = memoryview(data).cast("B")
         done = 0
         for region, offset, count in self.spans(gpa, len(src)):
