@@ -5,14 +5,29 @@ Public names live here; every other module is importable but private.
 
 from .errors import GuestError, GuestIOError, KvmError, XInterfaceError
 from .machine import Machine, RunResult
-from .xinterface import XInterface, XSGMap, XVMap, bind
+from .xinterface import (
+    KVM_XIOEVENT_FLAG_PIO,
+    KVM_XIOEVENT_VALID_FLAG_MASK,
+    XInterface,
+    XIOEvent,
+    XIOEventFlags,
+    XIORange,
+    XSGMap,
+    XVMap,
+    bind,
+)
 
 __all__ = [
+    "KVM_XIOEVENT_FLAG_PIO",
+    "KVM_XIOEVENT_VALID_FLAG_MASK",
     "GuestError",
     "GuestIOError",
     "KvmError",
     "Machine",
     "RunResult",
+    "XIOEvent",
+    "XIOEventFlags",
+    "XIORange",
     "XInterface",
     "XInterfaceError",
     "XSGMap",

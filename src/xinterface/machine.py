@@ -21,14 +21,15 @@ from typing import BinaryIO, Protocol, TextIO
 
 from . import loader
 from .errors import XInterfaceError
+from .grace import Grace
+from .iobus import IoBus
 from .kvm import Kvm, uapi
 from .memory import GuestMemory, layout_from
-from .ports import PortTable
 from .trace import TracingBus
 from .vcpu_loop import Bus, VcpuLoop
 
-DEBUGCON_PORT = 0xE9    # Bochs/QEMU debug console: each byte written goes to the console
-DEBUG_EXIT_PORT = 0xF4  # QEMU isa-debug-exit convention: writing v exits with (v << 1) | 1
+PIO_LIMIT = 1 << 16   # x86 port space
+MMIO_LIMIT = 1 << 64  # guest-physical address space as KVM reports it
 # QEMU's layout for the TSS and identity-map pages that VMX needs for real mode: below the
 # BIOS, above any RAM of the default layout.
 IDENTITY_MAP_ADDR = 0xFEFFC000
@@ -102,6 +103,7 @@ class Machine:
         irqchip: bool = False,
         console: BinaryIO | None = None,
         trace: TextIO | None = None,
+        debug_ports: bool = True,
     ) -> None:
         self._closed = True  # until fully built, close() has only what exists to release
         self.strict = strict
@@ -119,8 +121,9 @@ class Machine:
         self._reason: str | None = None
         self._exit_code: int | None = None
         self._error: BaseException | None = None
-        self.pio_bus = PortTable()
-        self.mmio_bus = PortTable()
+        self.grace = Grace()
+        self.pio_bus = IoBus("pio", PIO_LIMIT, self.grace)
+        self.mmio_bus = IoBus("mmio", MMIO_LIMIT, self.grace)
         self._clients: list[Client] = []
         _install_kick_handler()
         layout = layout_from(memory)
@@ -140,15 +143,22 @@ class Machine:
             cpuid = kvm.get_supported_cpuid()
             for index in range(vcpus):
                 vcpu = self.vm.create_vcpu(index)
-                self.vcpus.append(VcpuLoop(self, vcpu))
+                self.vcpus.append(VcpuLoop(self, vcpu, self.grace.slot()))
                 vcpu.set_cpuid2(_cpuid_for(cpuid, index))
         except BaseException:
             self.close()
             raise
-        self.pio_bus.add(DEBUGCON_PORT, write=self._debugcon_write,
-                         read=lambda size: bytes([DEBUGCON_PORT]) * size)
-        self.pio_bus.add(DEBUG_EXIT_PORT, write=self._debug_exit_write)
         _machines[self.vm.fd] = self
+        if debug_ports:
+            # The debug ports are ordinary xinterface clients; imported here because devices
+            # sit above the machine in the layering.
+            from .devices.debug import attach_debug_ports
+
+            try:
+                attach_debug_ports(self)
+            except BaseException:
+                self.close()
+                raise
 
     def _check_vcpus(self, vcpus: int) -> None:
         assert self._kvm is not None
@@ -242,6 +252,10 @@ class Machine:
         """End the current run from any thread; ``run()`` returns reason ``"stopped"``."""
         self._request_stop("stopped")
 
+    def exit(self, status: int) -> None:
+        """End the current run with reason ``"exit"`` and ``exit_code=status``."""
+        self._request_stop("exit", status)
+
     def _request_stop(self, reason: str, exit_code: int | None = None) -> None:
         me = threading.get_ident()
         with self._lock:
@@ -267,21 +281,11 @@ class Machine:
             if self._live == 0:
                 self._all_done.set()
 
-    # --- the two debug ports --------------------------------------------------------------
-    def _debugcon_write(self, data: bytes) -> None:
-        out = self.console if self.console is not None else sys.stdout.buffer
-        out.write(data)
-        if b"\n" in data:
-            out.flush()
-
     def _flush_console(self) -> None:
         out = self.console if self.console is not None else sys.stdout.buffer
         # A closed or broken console must not turn a finished run into an error.
         with contextlib.suppress(OSError, ValueError):
             out.flush()
-
-    def _debug_exit_write(self, data: bytes) -> None:
-        self._request_stop("exit", (int.from_bytes(data, "little") << 1) | 1)
 
     # --- clients -------------------------------------------------------------------------
     def _attach(self, client: Client) -> None:

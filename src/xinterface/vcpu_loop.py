@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import GuestError, GuestIOError
+from .grace import ReaderSlot
 from .kvm import VcpuFd, uapi
 
 if TYPE_CHECKING:
@@ -49,9 +50,10 @@ class Bus(Protocol):
 class VcpuLoop:
     """Runs one vCPU until it halts or the machine stops. ``counts[reason]`` counts exits."""
 
-    def __init__(self, machine: Machine, vcpu: VcpuFd) -> None:
+    def __init__(self, machine: Machine, vcpu: VcpuFd, slot: ReaderSlot) -> None:
         self.machine = machine
         self.vcpu = vcpu
+        self.slot = slot
         self.index = vcpu.index
         self.counts = [0] * _EXIT_SLOTS
         self.halted = False
@@ -67,15 +69,34 @@ class VcpuLoop:
 
     def run(self) -> None:
         """The thread body. Errors go to the machine, which stops every vCPU and re-raises."""
-        self.thread_id = threading.get_ident()
+        self.thread_id = self.slot.thread_id = threading.get_ident()
         try:
             self._loop()
         except BaseException as exc:  # handed to Machine.run(), which re-raises it
             self.machine._fail(exc)
         finally:
+            self.slot.leave_if_inside()
+            self.slot.thread_id = None
             self.machine._vcpu_done(self)
 
     def _loop(self) -> None:
+        # What is being dispatched, for the GuestIOError that wraps a handler's exception.
+        self._space, self._addr, self._size = "", 0, 0
+        try:
+            self._exits()
+        except GuestError:
+            raise
+        except Exception as exc:
+            if not self.slot.count & 1:
+                raise  # not raised by a handler: a bug of ours, shown as it is
+            where = (f"port {self._addr:#x}" if self._space == "pio"
+                     else f"MMIO address {self._addr:#x}")
+            raise GuestIOError(
+                f"the handler of a {self._size}-byte access to {where} raised "
+                f"{type(exc).__name__}: {exc}", vcpu=self.index, space=self._space,
+                addr=self._addr, length=self._size) from exc
+
+    def _exits(self) -> None:
         machine = self.machine
         fd = self.vcpu.fd
         mm = self.vcpu.run_mmap
@@ -90,6 +111,7 @@ class VcpuLoop:
         pio_write, pio_read = pio.write, pio.read
         mmio_write, mmio_read = mmio.write, mmio.read
         strict = machine.strict
+        slot = self.slot
         self.halted = False
         while not machine._stopping:
             try:
@@ -106,11 +128,16 @@ class VcpuLoop:
             if reason == exit_io:
                 direction, size, port, count, offset = unpack_io(mm, _RUN_UNION)
                 if count == 1:
+                    self._space, self._addr, self._size = "pio", port, size
+                    slot.count += 1
                     if direction:
-                        if not pio_write(port, mm[offset : offset + size]) and strict:
+                        claimed = pio_write(port, mm[offset : offset + size])
+                        slot.count += 1
+                        if not claimed and strict:
                             self._unhandled("pio", port, size, write=True)
                     else:
                         value = pio_read(port, size)
+                        slot.count += 1
                         if value is None:
                             value = self._unhandled("pio", port, size, write=False)
                         mm[offset : offset + size] = value
@@ -121,11 +148,16 @@ class VcpuLoop:
                 if size > 8:
                     raise GuestError(f"MMIO exit with length {size}", vcpu=self.index,
                                      regs=self.registers())
+                self._space, self._addr, self._size = "mmio", addr, size
+                slot.count += 1
                 if is_write:
-                    if not mmio_write(addr, data[:size]) and strict:
+                    claimed = mmio_write(addr, data[:size])
+                    slot.count += 1
+                    if not claimed and strict:
                         self._unhandled("mmio", addr, size, write=True)
                 else:
                     value = mmio_read(addr, size)
+                    slot.count += 1
                     if value is None:
                         value = self._unhandled("mmio", addr, size, write=False)
                     mm[_MMIO_DATA : _MMIO_DATA + size] = value
@@ -136,13 +168,19 @@ class VcpuLoop:
         """``rep outs``/``rep ins``: KVM hands over ``count`` elements, served one by one."""
         mm = self.vcpu.run_mmap
         bus = self.machine.buses()[0]
+        slot = self.slot
+        self._space, self._addr, self._size = "pio", port, size
         for i in range(count):
             at = offset + i * size
+            slot.count += 1
             if direction:
-                if not bus.write(port, mm[at : at + size]):
+                claimed = bus.write(port, mm[at : at + size])
+                slot.count += 1
+                if not claimed and self.machine.strict:
                     self._unhandled("pio", port, size, write=True)
             else:
                 value = bus.read(port, size)
+                slot.count += 1
                 if value is None:
                     value = self._unhandled("pio", port, size, write=False)
                 mm[at : at + size] = value

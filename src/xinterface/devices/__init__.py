@@ -1,0 +1,2 @@
+"""Device models. Each is an xinterface client: it registers on the buses through the
+xinterface in one method and unregisters in another; nothing else touches it."""

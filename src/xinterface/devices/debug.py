@@ -1,0 +1,79 @@
+"""The debug ports guests and their authors know from Bochs and QEMU.
+
+- Port 0xe9, the debug console (Bochs "port e9 hack", QEMU ``-device isa-debugcon``): each
+  byte written goes to the console; a read returns 0xe9 so a guest can detect it.
+- Port 0xf4, debug exit (QEMU ``-device isa-debug-exit,iobase=0xf4``): writing ``v`` ends the
+  run with exit status ``(v << 1) | 1``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, BinaryIO
+
+from ..xinterface import XInterface, XIOEventFlags, XIORange, bind
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+
+DEBUGCON_PORT = 0xE9
+DEBUGCON_READBACK = 0xE9
+DEBUG_EXIT_PORT = 0xF4
+
+
+class DebugConsole:
+    """Port 0xe9: bytes to ``out`` (default: stdout). A wider write sends each byte, LSB first."""
+
+    def __init__(self, out: BinaryIO | None = None, port: int = DEBUGCON_PORT) -> None:
+        self.out = out
+        self.port = port
+        self._range: XIORange | None = None
+
+    def attach(self, intf: XInterface) -> None:
+        self._range = intf.iorange(self.port, 1, XIOEventFlags.PIO, read=self._read,
+                                   write=self._write, name="debugcon")
+
+    def detach(self) -> None:
+        if self._range is not None:
+            self._range.deassign()
+            self._range = None
+
+    def _write(self, offset: int, data: bytes) -> None:
+        out = self.out if self.out is not None else sys.stdout.buffer
+        out.write(data)
+        if b"\n" in data:
+            out.flush()
+
+    def _read(self, offset: int, size: int) -> bytes:
+        return bytes([DEBUGCON_READBACK]) * size
+
+
+class DebugExit:
+    """Port 0xf4: a write of ``v`` (any width, little-endian) ends the run, status (v<<1)|1."""
+
+    def __init__(self, port: int = DEBUG_EXIT_PORT) -> None:
+        self.port = port
+        self._range: XIORange | None = None
+        self._intf: XInterface | None = None
+
+    def attach(self, intf: XInterface) -> None:
+        self._intf = intf
+        self._range = intf.iorange(self.port, 1, XIOEventFlags.PIO, write=self._write,
+                                   name="debug-exit")
+
+    def detach(self) -> None:
+        if self._range is not None:
+            self._range.deassign()
+            self._range = None
+
+    def _write(self, offset: int, data: bytes) -> None:
+        assert self._intf is not None
+        self._intf.machine.exit((int.from_bytes(data, "little") << 1) | 1)
+
+
+def attach_debug_ports(machine: Machine) -> XInterface:
+    """Both ports on ``machine``, through one xinterface the machine's close() tears down."""
+    intf = bind(machine)
+    DebugConsole(machine.console).attach(intf)
+    DebugExit().attach(intf)
+    return intf
