@@ -13,6 +13,7 @@ import errno
 import signal
 import sys
 import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Sequence
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, TextIO
 
 from . import loader
-from .errors import XInterfaceError
+from .delivery.eventfd import EventLoop
+from .delivery.posted import CoalescedRing
+from .errors import GuestError, GuestIOError, XInterfaceError
 from .grace import Grace
 from .iobus import IoBus
 from .kvm import Kvm, uapi
@@ -125,6 +128,10 @@ class Machine:
         self.pio_bus = IoBus("pio", PIO_LIMIT, self.grace)
         self.mmio_bus = IoBus("mmio", MMIO_LIMIT, self.grace)
         self._clients: list[Client] = []
+        self.ring: CoalescedRing | None = None
+        self._drain_slot = self.grace.slot()
+        self._event_loop: EventLoop | None = None
+        self._caps: dict[int, int] = {}
         _install_kick_handler()
         layout = layout_from(memory)
         self._kvm = kvm = Kvm()
@@ -145,6 +152,8 @@ class Machine:
                 vcpu = self.vm.create_vcpu(index)
                 self.vcpus.append(VcpuLoop(self, vcpu, self.grace.slot()))
                 vcpu.set_cpuid2(_cpuid_for(cpuid, index))
+            # One ring per VM; every vCPU maps it, vCPU 0's mapping serves.
+            self.ring = CoalescedRing(self.vcpus[0].vcpu.run_mmap)
         except BaseException:
             self.close()
             raise
@@ -199,9 +208,11 @@ class Machine:
         loader.load_flat(self.memory, [v.vcpu for v in self.vcpus], bytes(image), gpa, mode)
 
     # --- running --------------------------------------------------------------------------
-    def run(self, timeout: float | None = None) -> RunResult:
+    def run(self, timeout: float | None = None, *, poll: float | None = None) -> RunResult:
         """Run every vCPU from where it is until they all halt or the run is ended.
 
+        ``poll``: also drain the POSTED ring every ``poll`` seconds from a poller thread (it
+        is drained at every exit and when the run ends anyway).
         Raises the error that stopped the run (``GuestError``, a handler's exception).
         """
         self._check_open()
@@ -209,13 +220,16 @@ class Machine:
             raise XInterfaceError(errno.EBUSY, "the machine is already running",
                                   argument="machine", value=self)
         try:
-            return self._run(timeout)
+            return self._run(timeout, poll)
         finally:
             self._run_lock.release()
 
-    def _run(self, timeout: float | None) -> RunResult:
+    def _run(self, timeout: float | None, poll: float | None) -> RunResult:
+        if self._error is not None:  # a handler failed between runs (the EVENTFD thread)
+            error, self._error = self._error, None
+            raise error
         self._stopping = False
-        self._reason = self._exit_code = self._error = None
+        self._reason = self._exit_code = None
         self._all_done.clear()
         before = [list(loop.counts) for loop in self.vcpus]
         self._live = len(self.vcpus)
@@ -224,9 +238,15 @@ class Machine:
             loop.set_immediate_exit(0)
             threads.append(threading.Thread(target=loop.run, name=f"vcpu{loop.index}",
                                             daemon=True))
+        poller = None
+        if poll is not None:
+            poller = threading.Thread(target=self._poll, args=(poll,), name="xinterface-poll",
+                                      daemon=True)
         try:
             for thread in threads:
                 thread.start()
+            if poller is not None:
+                poller.start()
             if not self._all_done.wait(timeout):
                 self._request_stop("timeout")
         finally:
@@ -234,6 +254,13 @@ class Machine:
             self._request_stop("stopped")
             for thread in threads:
                 thread.join()
+            if poller is not None and poller.is_alive():
+                poller.join()
+            if self._error is None:
+                try:
+                    self.flush()  # posted writes of this run reach their handlers before we return
+                except BaseException as exc:
+                    self._error = exc
             self._flush_console()
         if self._error is not None:
             error, self._error = self._error, None
@@ -247,6 +274,73 @@ class Machine:
         if reason == "stopped" and all(loop.halted for loop in self.vcpus):
             reason = "hlt"
         return RunResult(reason, self._exit_code, exits)
+
+    # --- POSTED and EVENTFD delivery -----------------------------------------------------------
+    def has_cap(self, cap: int) -> int:
+        """``KVM_CHECK_EXTENSION`` on the VM, cached."""
+        if cap not in self._caps:
+            self._caps[cap] = self.vm.check_extension(cap)
+        return self._caps[cap]
+
+    def flush(self) -> int:
+        """Deliver every posted write waiting in the coalesced ring, in order; how many."""
+        ring = self.ring
+        if ring is None or not ring.pending():
+            return 0
+        with ring.lock:
+            slot = self._drain_slot
+            inside = slot.count & 1
+            if not inside:
+                slot.thread_id = threading.get_ident()
+                slot.count += 1
+            try:
+                return ring.drain(self._dispatch_posted)
+            finally:
+                if not inside:
+                    slot.count += 1
+
+    def _drain_from_vcpu(self, loop: VcpuLoop) -> None:
+        """Drain on a vCPU thread, inside its own grace slot; a handler error names it."""
+        assert self.ring is not None
+        slot = loop.slot
+        inside = slot.count & 1
+        if not inside:
+            slot.count += 1
+        try:
+            self.ring.drain(self._dispatch_posted)
+        except GuestError:
+            raise
+        except Exception as exc:
+            raise GuestIOError(f"the handler of a posted write raised {type(exc).__name__}: "
+                               f"{exc}", vcpu=loop.index, space="posted", addr=0,
+                               length=0) from exc
+        finally:
+            if not inside:
+                slot.count += 1
+
+    def _dispatch_posted(self, pio: bool, addr: int, data: bytes) -> None:
+        bus = self.pio_bus if pio else self.mmio_bus
+        if not bus.write(addr, data) and self.strict:
+            where = f"port {addr:#x}" if pio else f"MMIO address {addr:#x}"
+            raise GuestIOError(f"unhandled posted {len(data)}-byte write to {where} (strict "
+                               "mode)", vcpu=-1, space=bus.space, addr=addr, length=len(data))
+
+    def _poll(self, interval: float) -> None:
+        while not self._stopping:
+            try:
+                self.flush()
+            except BaseException as exc:
+                self._fail(exc)
+                return
+            time.sleep(interval)
+
+    def event_loop(self) -> EventLoop:
+        """The epoll thread of EVENTFD events, started on first use."""
+        with self._lock:
+            self._check_open()
+            if self._event_loop is None:
+                self._event_loop = EventLoop(self.grace, self._fail)
+            return self._event_loop
 
     def stop(self) -> None:
         """End the current run from any thread; ``run()`` returns reason ``"stopped"``."""
@@ -314,6 +408,12 @@ class Machine:
             for client in list(self._clients):
                 client._machine_closing()
             self._closed = True
+            if self._event_loop is not None:
+                self._event_loop.close()
+                self._event_loop = None
+            if self.ring is not None:
+                self.ring.release()
+                self.ring = None
             vm = getattr(self, "vm", None)
             if vm is not None:
                 _machines.pop(vm.fd, None)

@@ -112,6 +112,8 @@ class VcpuLoop:
         mmio_write, mmio_read = mmio.write, mmio.read
         strict = machine.strict
         slot = self.slot
+        ring = machine.ring
+        assert ring is not None
         self.halted = False
         while not machine._stopping:
             try:
@@ -125,6 +127,9 @@ class VcpuLoop:
                                  vcpu=self.index, regs=self.registers()) from None
             reason = words[_RUN_EXIT_REASON_WORD]
             counts[reason if reason < _EXIT_SLOTS else 0] += 1
+            if ring.zones and ring.pending():
+                # Posted writes first: a later access must not overtake them (any vCPU's).
+                machine._drain_from_vcpu(self)
             if reason == exit_io:
                 direction, size, port, count, offset = unpack_io(mm, _RUN_UNION)
                 if count == 1:

@@ -9,15 +9,19 @@ client down instead of letting one keep the VM alive.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import errno
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from .errors import XInterfaceError
+from .delivery import Delivery
+from .delivery.eventfd import new_eventfd, read_count
+from .errors import GuestIOError, XInterfaceError
 from .iobus import IoBus, RangeDevice, RangeRead, RangeWrite
+from .kvm import uapi
 from .machine import Machine, machine_for_fd
 from .memory import GuestMemory
 
@@ -33,6 +37,13 @@ KVM_XIOEVENT_FLAG_PIO = int(XIOEventFlags.PIO)
 KVM_XIOEVENT_VALID_FLAG_MASK = (1 << len(XIOEventFlags)) - 1
 
 EVENT_LENGTHS = (1, 2, 4, 8)
+
+_CAP_NAMES = {
+    uapi.KVM_CAP_COALESCED_PIO: "KVM_CAP_COALESCED_PIO",
+    uapi.KVM_CAP_COALESCED_MMIO: "KVM_CAP_COALESCED_MMIO",
+    uapi.KVM_CAP_IRQFD: "KVM_CAP_IRQFD",
+    uapi.KVM_CAP_IRQFD_RESAMPLE: "KVM_CAP_IRQFD_RESAMPLE",
+}
 
 Signal = Callable[["XIOEvent", bytes], None]
 
@@ -188,14 +199,16 @@ class XInterface(_Counted):
                                   "the 64-bit address space", argument="addr", value=addr)
         return bus, addr, length
 
-    def ioevent(self, addr: int, length: int, flags: int = 0, *,
-                signal: Signal | None = None) -> XIOEvent:
+    def ioevent(self, addr: int, length: int, flags: int = 0, *, signal: Signal | None = None,
+                delivery: Delivery = Delivery.SYNC, datamatch: int | None = None) -> XIOEvent:
         """``ops->ioevent``: call ``signal(event, payload)`` on each guest write of exactly
         ``length`` bytes to ``addr`` (a port with ``XIOEventFlags.PIO``, else MMIO).
 
         ``EINVAL`` for a length other than 1, 2, 4, 8, an address past the bus or overflowing
         it, unknown flag bits; ``EEXIST`` if the bus has an event at ``(addr, length)``.
         The event is published fully built: a write can never see it half initialised.
+        ``delivery`` picks the path (README: Delivery modes); ``EOPNOTSUPP`` if the kernel
+        lacks it. ``datamatch`` (EVENTFD only) fires on that value alone.
         """
         bus, addr, length = self._bus(addr, length, flags)
         if length not in EVENT_LENGTHS:
@@ -204,16 +217,100 @@ class XInterface(_Counted):
         if signal is not None and not callable(signal):
             raise XInterfaceError(errno.EINVAL, f"signal {signal!r} is not callable",
                                   argument="signal", value=signal)
-        event = XIOEvent(self, bus, addr, length, int(flags), signal)
+        if not isinstance(delivery, Delivery):
+            raise XInterfaceError(errno.EINVAL, f"delivery {delivery!r} is not a Delivery",
+                                  argument="delivery", value=delivery)
+        if datamatch is not None:
+            if delivery is not Delivery.EVENTFD:
+                raise XInterfaceError(errno.EINVAL, "datamatch is only for Delivery.EVENTFD",
+                                      argument="datamatch", value=datamatch)
+            if (isinstance(datamatch, bool) or not isinstance(datamatch, int)
+                    or not 0 <= datamatch < 1 << (8 * length)):
+                raise XInterfaceError(errno.EINVAL, f"datamatch {datamatch!r} does not fit in "
+                                      f"{length} bytes", argument="datamatch", value=datamatch)
+        if delivery is Delivery.EVENTFD:
+            return self._eventfd_event(bus, addr, length, int(flags), signal, datamatch)
+        if delivery is Delivery.POSTED:
+            cap = uapi.KVM_CAP_COALESCED_PIO if bus.space == "pio" else uapi.KVM_CAP_COALESCED_MMIO
+            if not self.machine.has_cap(cap):
+                raise XInterfaceError(errno.EOPNOTSUPP, f"the kernel lacks {_CAP_NAMES[cap]}: no "
+                                      f"POSTED delivery on the {bus.space} bus",
+                                      argument="delivery", value=delivery)
+        event = XIOEvent(self, bus, addr, length, int(flags), signal, delivery)
         self.get()
         try:
             bus.add_event(event)
+            if delivery is Delivery.POSTED:
+                try:
+                    self._add_zone(event)
+                except BaseException:
+                    bus.remove_event(event)
+                    raise
         except BaseException:
             self.put()
             raise
         with self._lock:
             self._io.add(event)
         return event
+
+    def _add_zone(self, event: XIOEvent) -> None:
+        ring = self.machine.ring
+        assert ring is not None
+        try:
+            self.machine.vm.register_coalesced_mmio(event.addr, event.length,
+                                                    event._bus.space == "pio")
+        except OSError as exc:
+            raise XInterfaceError(exc.errno or errno.EIO, f"KVM_REGISTER_COALESCED_MMIO for "
+                                  f"{event!r}: {exc.strerror}", argument="addr",
+                                  value=event.addr) from None
+        with ring.lock:
+            ring.zones += 1
+
+    def _eventfd_event(self, bus: IoBus, addr: int, length: int, flags: int,
+                       signal: Signal | None, datamatch: int | None) -> XIOEvent:
+        if not self.machine.has_cap(uapi.KVM_CAP_IOEVENTFD):
+            raise XInterfaceError(errno.EOPNOTSUPP, "the kernel lacks KVM_CAP_IOEVENTFD",
+                                  argument="delivery", value=Delivery.EVENTFD)
+        event = XIOEventFd(self, bus, addr, length, flags, datamatch)
+        self.get()
+        try:
+            event._assign()
+        except BaseException:
+            event._close()
+            self.put()
+            raise
+        with self._lock:
+            self._io.add(event)
+        event.signal = signal  # starts the event-loop thread's watch if set
+        return event
+
+    def irqfd(self, gsi: int, *, resample: bool = False) -> XIrqfd:
+        """An eventfd bound to interrupt line ``gsi`` (``KVM_IRQFD``): ``.trigger()`` raises
+        it. ``resample=True`` for a level-triggered line: the line stays asserted until the
+        guest's EOI, which signals ``.resamplefd``. Needs ``Machine(irqchip=True)``.
+        """
+        self._check()
+        if not self.machine.irqchip:
+            raise XInterfaceError(errno.EOPNOTSUPP, "irqfd needs an in-kernel irqchip: "
+                                  "Machine(irqchip=True)", argument="gsi", value=gsi)
+        cap = uapi.KVM_CAP_IRQFD_RESAMPLE if resample else uapi.KVM_CAP_IRQFD
+        if not self.machine.has_cap(cap):
+            raise XInterfaceError(errno.EOPNOTSUPP, f"the kernel lacks {_CAP_NAMES[cap]}",
+                                  argument="resample", value=resample)
+        if isinstance(gsi, bool) or not isinstance(gsi, int) or not 0 <= gsi < 1 << 32:
+            raise XInterfaceError(errno.EINVAL, f"gsi {gsi!r} is not an interrupt line",
+                                  argument="gsi", value=gsi)
+        irq = XIrqfd(self, gsi, resample)
+        self.get()
+        try:
+            irq._assign()
+        except BaseException:
+            irq._close()
+            self.put()
+            raise
+        with self._lock:
+            self._io.add(irq)
+        return irq
 
     def iorange(self, base: int, size: int, flags: int = 0, *, read: RangeRead | None = None,
                 write: RangeWrite | None = None, name: str = "") -> XIORange:
@@ -320,24 +417,190 @@ class XIOEvent(_BusEntry):
 
     ``signal`` may be set or changed at any time; with none set, matching writes are claimed
     and dropped. ``priv`` is the client's. The handler runs on the trapping vCPU's thread
-    with the vCPU paused, and may call any xinterface method, ``deassign()`` included.
+    with the vCPU paused (SYNC), on whichever thread drains the ring (POSTED), or on the
+    event-loop thread (EVENTFD), and may call any xinterface method, ``deassign()`` included.
     """
 
     def __init__(self, intf: XInterface, bus: IoBus, addr: int, length: int, flags: int,
-                 signal: Signal | None) -> None:
+                 signal: Signal | None, delivery: Delivery = Delivery.SYNC) -> None:
         super().__init__(intf, bus)
         self.addr = addr
         self.length = length
         self.flags = XIOEventFlags(flags)
-        self.signal = signal
+        self.delivery = delivery
         self.priv: Any = None
         self.live = True
+        self.signal = signal
 
     def _unpublish(self) -> None:
+        if self.delivery is Delivery.POSTED:
+            machine = self.intf.machine
+            ring = machine.ring
+            if ring is not None and not machine.closed:
+                machine.vm.unregister_coalesced_mmio(self.addr, self.length,
+                                                     self._bus.space == "pio")
+                with ring.lock:
+                    ring.zones -= 1
+                # Writes logged while the zone existed still reach the handler, in order,
+                # before deassign returns; none can be logged after this point.
+                machine.flush()
         self._bus.remove_event(self)
 
     def __repr__(self) -> str:
         return f"XIOEvent({self._bus.space} {self.addr:#x} len {self.length})"
+
+
+class XIOEventFd(XIOEvent):
+    """An EVENTFD event: a KVM ioeventfd. ``fileno()`` for selectors, ``await wait()`` and
+    ``async for`` for asyncio (when no ``signal`` is set: one reader per eventfd).
+    """
+
+    def __init__(self, intf: XInterface, bus: IoBus, addr: int, length: int, flags: int,
+                 datamatch: int | None) -> None:
+        self.datamatch = datamatch
+        self._fd = new_eventfd()
+        self._signal: Signal | None = None
+        self._watched = False
+        self._payload = b"" if datamatch is None else datamatch.to_bytes(length, "little")
+        self.count = 0
+        super().__init__(intf, bus, addr, length, flags, None, Delivery.EVENTFD)
+
+    @property
+    def signal(self) -> Signal | None:
+        return self._signal
+
+    @signal.setter
+    def signal(self, value: Signal | None) -> None:
+        self._signal = value
+        if self._fd < 0 or self._deassigned:
+            return
+        loop = self.intf.machine.event_loop()
+        if value is not None and not self._watched:
+            loop.add(self._fd, self._ready)
+            self._watched = True
+        elif value is None and self._watched:
+            loop.remove(self._fd)
+            self._watched = False
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise _badf("the event")
+        return self._fd
+
+    def _ready(self) -> None:
+        n = read_count(self._fd)
+        signal = self._signal
+        if n and signal is not None and self.live:
+            self.count += n
+            try:
+                signal(self, self._payload)
+            except Exception as exc:
+                raise GuestIOError(f"the handler of {self!r} raised {type(exc).__name__}: "
+                                   f"{exc}", vcpu=-1, space=self._bus.space, addr=self.addr,
+                                   length=self.length) from exc
+
+    async def wait(self) -> int:
+        """Wait (asyncio) until the guest has written; the number of writes since last time."""
+        loop = asyncio.get_running_loop()
+        fd = self.fileno()
+        while True:
+            n = read_count(fd)
+            if n:
+                self.count += n
+                return n
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _resolve, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+
+    def __aiter__(self) -> AsyncIterator[int]:
+        return self._counts()
+
+    async def _counts(self) -> AsyncIterator[int]:
+        while not self._deassigned:
+            yield await self.wait()
+
+    def _ioeventfd(self, deassign: bool) -> None:
+        arg = uapi.kvm_ioeventfd(addr=self.addr, len=self.length, fd=self._fd)
+        arg.flags = (uapi.KVM_IOEVENTFD_FLAG_PIO if self._bus.space == "pio" else 0) | (
+            uapi.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0)
+        if self.datamatch is not None:
+            arg.flags |= uapi.KVM_IOEVENTFD_FLAG_DATAMATCH
+            arg.datamatch = self.datamatch
+        self.intf.machine.vm.ioeventfd(arg)
+
+    def _assign(self) -> None:
+        try:
+            self._ioeventfd(deassign=False)
+        except OSError as exc:
+            raise XInterfaceError(exc.errno or errno.EIO, f"KVM_IOEVENTFD for {self!r}: "
+                                  f"{exc.strerror}", argument="addr", value=self.addr) from None
+
+    def _unpublish(self) -> None:
+        self.live = False
+        if self._watched:
+            self.intf.machine.event_loop().remove(self._fd)
+            self._watched = False
+        if not self.intf.machine.closed:
+            self._ioeventfd(deassign=True)
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __repr__(self) -> str:
+        match = "" if self.datamatch is None else f" datamatch {self.datamatch:#x}"
+        return f"XIOEvent({self._bus.space} {self.addr:#x} len {self.length} eventfd{match})"
+
+
+class XIrqfd(_BusEntry):
+    """``intf.irqfd(gsi)``: ``trigger()`` raises the guest interrupt ``gsi`` through KVM."""
+
+    def __init__(self, intf: XInterface, gsi: int, resample: bool) -> None:
+        super().__init__(intf, intf.machine.pio_bus)
+        self.gsi = gsi
+        self.fd = new_eventfd()
+        self.resamplefd = new_eventfd() if resample else -1
+
+    def trigger(self) -> None:
+        if self.fd < 0:
+            raise _badf("the irqfd")
+        os.eventfd_write(self.fd, 1)
+
+    def _irqfd(self, deassign: bool) -> None:
+        arg = uapi.kvm_irqfd(fd=self.fd, gsi=self.gsi)
+        if deassign:
+            arg.flags = uapi.KVM_IRQFD_FLAG_DEASSIGN
+        elif self.resamplefd >= 0:
+            arg.flags = uapi.KVM_IRQFD_FLAG_RESAMPLE
+            arg.resamplefd = self.resamplefd
+        self.intf.machine.vm.irqfd(arg)
+
+    def _assign(self) -> None:
+        try:
+            self._irqfd(deassign=False)
+        except OSError as exc:
+            raise XInterfaceError(exc.errno or errno.EIO, f"KVM_IRQFD for gsi {self.gsi}: "
+                                  f"{exc.strerror}", argument="gsi", value=self.gsi) from None
+
+    def _unpublish(self) -> None:
+        if not self.intf.machine.closed:
+            self._irqfd(deassign=True)
+        self._close()
+
+    def _close(self) -> None:
+        for name in ("fd", "resamplefd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+    def __repr__(self) -> str:
+        return f"XIrqfd(gsi {self.gsi})"
 
 
 class XIORange(_BusEntry):
@@ -455,6 +718,11 @@ class XSGMap(_GuestMap):
         parts = ", ".join(f"({g:#x}, {n:#x})" for g, n in self.elements[:4])
         more = ", ..." if len(self.elements) > 4 else ""
         return f"XSGMap([{parts}{more}])"
+
+
+def _resolve(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 def bind(target: Machine | int) -> XInterface:

@@ -1,0 +1,91 @@
+"""EVENTFD delivery: KVM ioeventfd, and the one epoll thread that calls their handlers.
+
+``KVM_IOEVENTFD`` makes a matching guest write signal an eventfd inside the kernel, with no
+exit to userspace. An eventfd is a counter: N writes before the reader wakes read as one
+value N, so N writes may give fewer handler calls (the count is the handler's payload length
+of zero bytes, or the datamatch value; ``XIOEvent.count`` totals what was read).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections.abc import Callable
+
+from ..grace import Grace
+
+
+def new_eventfd() -> int:
+    return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+
+def read_count(fd: int) -> int:
+    """The eventfd's counter (and reset it); 0 if nothing was signalled."""
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0
+
+
+class EventLoop:
+    """An epoll thread calling ``callback()`` when an fd becomes readable.
+
+    The thread owns a grace reader slot, so removing an fd waits for a callback in progress.
+    """
+
+    def __init__(self, grace: Grace, on_error: Callable[[BaseException], None]) -> None:
+        self._grace = grace
+        self._on_error = on_error
+        self._slot = grace.slot()
+        self._epoll = select.epoll()
+        self._wake = new_eventfd()
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._callbacks[fd] = callback
+            self._epoll.register(fd, select.EPOLLIN)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="xinterface-eventfd",
+                                                daemon=True)
+                self._thread.start()
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd``; on return its callback is not running and never will be."""
+        with self._lock:
+            if self._callbacks.pop(fd, None) is None:
+                return
+            self._epoll.unregister(fd)
+        self._grace.synchronize()
+
+    def _run(self) -> None:
+        slot = self._slot
+        slot.thread_id = threading.get_ident()
+        while not self._closing:
+            for fd, _ in self._epoll.poll():
+                if fd == self._wake:
+                    read_count(fd)
+                    continue
+                slot.count += 1
+                try:
+                    callback = self._callbacks.get(fd)
+                    if callback is not None:
+                        callback()
+                except BaseException as exc:  # handed to the machine: it stops and re-raises
+                    self._on_error(exc)
+                finally:
+                    slot.count += 1
+
+    def close(self) -> None:
+        self._closing = True
+        os.eventfd_write(self._wake, 1)
+        if self._thread is not None:
+            self._thread.join()
+        self._grace.drop(self._slot)
+        self._epoll.close()
+        os.close(self._wake)

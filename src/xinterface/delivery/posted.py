@@ -1,0 +1,69 @@
+"""POSTED delivery: KVM's coalesced MMIO/PIO ring, drained into the buses in order.
+
+A write inside a registered zone does not exit: KVM appends ``(addr, len, pio, data)`` to a
+ring shared by every vCPU (one page of the vCPU mmap, ``KVM_COALESCED_MMIO_PAGE_OFFSET``;
+``first`` is ours to advance, ``last`` the kernel's). When the ring is full KVM exits
+normally instead, so nothing is lost. virt/kvm/coalesced_mmio.c accepts any write that lies
+entirely inside a zone, whatever its length: a 1-byte write into a 4-byte zone is logged too.
+Draining hands every entry to the bus as an ordinary write, so such a write reaches whatever
+would have received it (a range device, or the unhandled policy) and an exact
+``(addr, length)`` match reaches its event.
+
+Ordering: the machine drains before handling any other exit on any vCPU, so a later
+synchronous access never overtakes an earlier posted write.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import threading
+from collections.abc import Callable
+
+from ..kvm import uapi
+
+_HEADER = struct.Struct("<II")
+_ENTRY = struct.Struct("<QII8s")  # phys_addr, len, pio, data
+_RING_OFFSET = uapi.KVM_COALESCED_MMIO_PAGE_OFFSET * uapi.PAGE_SIZE
+_ENTRIES_OFFSET = _RING_OFFSET + _HEADER.size
+_MAX = uapi.COALESCED_RING_MAX
+
+# (pio, addr, payload) -> None; raises to stop the machine.
+Dispatch = Callable[[bool, int, bytes], None]
+
+
+class CoalescedRing:
+    """The VM's ring, read through vCPU 0's mapping, and the lock that serialises draining."""
+
+    def __init__(self, run_mmap: mmap.mmap) -> None:
+        self._mm = run_mmap
+        self._words = memoryview(run_mmap).cast("I")
+        self._first = _RING_OFFSET // 4
+        self._last = self._first + 1
+        # Reentrant: a handler called from a drain may deassign, which drains again.
+        self.lock = threading.RLock()
+        self.zones = 0  # registered zones; the exit loop skips the ring check when 0
+
+    def release(self) -> None:
+        self._words.release()
+
+    def pending(self) -> bool:
+        words = self._words
+        return bool(words[self._first] != words[self._last])
+
+    def drain(self, dispatch: Dispatch) -> int:
+        """Hand every entry to ``dispatch`` in ring order; returns how many there were."""
+        done = 0
+        words, mm = self._words, self._mm
+        with self.lock:
+            while True:
+                first = words[self._first]
+                if first == words[self._last]:
+                    return done
+                addr, length, pio, data = _ENTRY.unpack_from(mm, _ENTRIES_OFFSET
+                                                             + first * _ENTRY.size)
+                # Consume before dispatching: a drain re-entered from the handler starts at
+                # the next entry, and the kernel may reuse this slot as soon as we move on.
+                words[self._first] = (first + 1) % _MAX
+                dispatch(bool(pio), addr, data[: min(length, 8)])
+                done += 1
