@@ -1,0 +1,1 @@
+../src/xinterface/bench/floor.c

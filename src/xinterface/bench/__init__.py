@@ -1,0 +1,1 @@
+"""Benchmarks: what each path costs, next to the C floor. Run with ``xinterface bench``."""
