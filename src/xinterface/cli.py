@@ -114,3 +114,43 @@ def run(image: Path, gpa: int, mode: str, memory: int, vcpus: int, trace: bool,
         assert result.exit_code is not None
         sys.exit(result.exit_code)
     sys.exit(0)
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Small sizes, 3 rounds: under 30 s.")
+@click.option("--repeats", type=int, default=None, help="Rounds (default 3 quick, 7 full).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the results and the machine description as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write matplotlib figures (needs the plot extra).")
+@click.option("--scale", type=float, default=1.0, hidden=True,
+              help="Multiply every size (tests use a tiny scale).")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: Path | None,
+          scale: float, debug: bool) -> None:
+    """Measure every path side by side with the C floor: medians, p10-p90, ratios."""
+    from rich.progress import Progress
+
+    from .bench import report, suite
+
+    try:
+        figs, notices = suite.figures(quick, scale)
+        rounds = repeats or (3 if quick else 7)
+        with Progress(transient=True) as progress:
+            task = progress.add_task("benchmarks", total=rounds * len(figs))
+
+            def step(name: str) -> None:
+                progress.update(task, advance=1, description=f"{name:<24}")
+
+            suite.run_suite(figs, rounds, step)
+        results = suite.results(figs)
+        machine = suite.machine_info()
+        for notice in notices:
+            click.echo(f"xinterface: {notice}", err=True)
+        report.print_table(results, machine)
+        if json_path is not None:
+            report.write_json(json_path, results, machine)
+        if plot_path is not None:
+            report.plot(plot_path, results)
+    except (XInterfaceError, KvmError, GuestError, AssemblerError, RuntimeError, OSError) as exc:
+        _fail(str(exc), debug)

@@ -1,0 +1,62 @@
+"""Showing bench results: a rich table, JSON, and an optional matplotlib plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def table(results: list[dict[str, object]], machine: dict[str, object]) -> Table:
+    t = Table(title=f"xinterface bench on {machine.get('cpu') or 'this machine'} "
+                    f"({machine.get('kvm_module')}, Python {machine.get('python')})")
+    t.add_column("figure")
+    t.add_column("median", justify="right")
+    t.add_column("p10 - p90", justify="right")
+    t.add_column("unit")
+    t.add_column("x floor", justify="right")
+    for r in results:
+        ratio = r["ratio_to_floor"]
+        t.add_row(str(r["name"]), f"{r['median']:,.0f}", f"{r['p10']:,.0f} - {r['p90']:,.0f}",
+                  str(r["unit"]), f"{ratio:.2f}" if isinstance(ratio, float) else "")
+    return t
+
+
+def write_json(path: Path, results: list[dict[str, object]],
+               machine: dict[str, object]) -> None:
+    path.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+
+
+def plot(path: Path, results: list[dict[str, object]]) -> None:
+    """Cost per path next to the floors, and bus scaling. Needs the ``plot`` extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("--plot needs matplotlib: pip install 'xinterface[plot]'") from exc
+    writes = [r for r in results if r["unit"] == "ns/write"
+              and not str(r["name"]).startswith("bus.")]
+    bus = [r for r in results if str(r["name"]).startswith("bus.events.")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    names = [str(r["name"]) for r in writes]
+    left.barh(names, [float(str(r["median"])) / 1000 for r in writes],
+              color=["grey" if n.startswith("floor") else "tab:blue" for n in names])
+    left.set_xlabel("µs per guest write (median)")
+    left.set_title("cost per path; grey: the C floor")
+    right.plot([int(str(r["name"]).rsplit(".", 1)[1]) for r in bus],
+               [float(str(r["median"])) / 1000 for r in bus], marker="o")
+    right.set_xscale("log")
+    right.set_ylim(bottom=0)
+    right.set_xlabel("events registered on the bus")
+    right.set_ylabel("µs per SYNC write")
+    right.set_title("dispatch cost vs registrations")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def print_table(results: list[dict[str, object]], machine: dict[str, object]) -> None:
+    Console().print(table(results, machine))

@@ -1,0 +1,145 @@
+"""The benchmark suite: every figure sampled in rounds, interleaved, so ratios hold on a noisy
+machine; medians with p10-p90 and the ratio of each figure to its C floor."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from ..delivery import Delivery
+from .floor import FloorUnavailable, build_floor, run_floor
+from .memory_ops import sample as memory_sample
+from .paths import eventfd_latency, write_cost
+
+Sample = Callable[[], float]
+
+
+@dataclass
+class Figure:
+    name: str
+    unit: str
+    sample: Sample
+    floor: str | None = None
+    samples: list[float] = field(default_factory=list)
+
+    def quantile(self, q: float) -> float:
+        data = sorted(self.samples)
+        return data[min(len(data) - 1, max(0, round(q * (len(data) - 1))))]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def _floor_sample(mode: str, count: int) -> Sample:
+    binary = build_floor()
+    return lambda: run_floor(mode, count, binary=binary).ns_per_write
+
+
+def figures(quick: bool, scale: float = 1.0) -> tuple[list[Figure], list[str]]:
+    """The suite, and notices for what had to be skipped."""
+    n_sync = max(50, int((5_000 if quick else 40_000) * scale))
+    n_fast = max(200, int((20_000 if quick else 200_000) * scale))
+    rounds = max(10, int((100 if quick else 500) * scale))
+    mem = max(20, int((200 if quick else 2_000) * scale))
+    notices: list[str] = []
+    out: list[Figure] = []
+    floors = {"floor.pio.1": ("pio", n_sync), "floor.mmio.4": ("mmio", n_sync),
+              "floor.coalesced.pio.1": ("coalesced-pio", n_fast),
+              "floor.coalesced.mmio.4": ("coalesced-mmio", n_fast),
+              "floor.eventfd.pio.1": ("eventfd-pio", n_fast)}
+    for name, (mode, count) in floors.items():
+        try:
+            out.append(Figure(name, "ns/write", _floor_sample(mode, count)))
+        except FloorUnavailable as exc:
+            notices.append(f"{name} skipped: {exc}")
+    have = {f.name for f in out}
+
+    def floor(name: str) -> str | None:
+        return name if name in have else None
+
+    out += [
+        Figure("sync.pio.1", "ns/write", partial(write_cost, n_sync), floor("floor.pio.1")),
+        Figure("sync.pio.4", "ns/write", partial(write_cost, n_sync, size=4),
+               floor("floor.pio.1")),
+        Figure("sync.mmio.4", "ns/write", partial(write_cost, n_sync, size=4, mmio=True),
+               floor("floor.mmio.4")),
+        Figure("sync.mmio.8", "ns/write", partial(write_cost, n_sync, size=8, mmio=True),
+               floor("floor.mmio.4")),
+        Figure("posted.pio.1", "ns/write",
+               partial(write_cost, n_fast, delivery=Delivery.POSTED, poll=0.0002),
+               floor("floor.coalesced.pio.1")),
+        Figure("posted.mmio.4", "ns/write",
+               partial(write_cost, n_fast, size=4, mmio=True, delivery=Delivery.POSTED,
+                       poll=0.0002), floor("floor.coalesced.mmio.4")),
+        Figure("eventfd.pio.1", "ns/write", partial(write_cost, n_fast,
+                                                    delivery=Delivery.EVENTFD),
+               floor("floor.eventfd.pio.1")),
+        Figure("eventfd.latency", "ns", partial(eventfd_latency, rounds)),
+    ]
+    for n in (1, 100, 10_000, 100_000):
+        out.append(Figure(f"bus.events.{n}", "ns/write",
+                          partial(write_cost, n_sync, registered=n), floor("floor.pio.1")))
+    for size, label in ((8, "8"), (4096, "4k"), (1 << 20, "1m")):
+        number = mem if size < 1 << 20 else max(5, mem // 50)
+        out += [
+            Figure(f"floor.slice_read.{label}", "ns", partial(memory_sample, "slice_read",
+                                                             size, number)),
+            Figure(f"floor.slice_write.{label}", "ns", partial(memory_sample, "slice_write",
+                                                              size, number)),
+            Figure(f"memory.copy_from.{label}", "ns", partial(memory_sample, "copy_from",
+                                                             size, number),
+                   f"floor.slice_read.{label}"),
+            Figure(f"memory.copy_to.{label}", "ns", partial(memory_sample, "copy_to",
+                                                           size, number),
+                   f"floor.slice_write.{label}"),
+        ]
+    out += [
+        Figure("floor.slice_view", "ns", partial(memory_sample, "slice_view", 4096, mem)),
+        Figure("memory.vmap", "ns", partial(memory_sample, "vmap", 4096, mem),
+               "floor.slice_view"),
+    ]
+    return out, notices
+
+
+def run_suite(figs: list[Figure], repeats: int,
+              progress: Callable[[str], None] = lambda name: None) -> None:
+    """``repeats`` rounds; each round samples every figure once, in order."""
+    for _ in range(repeats):
+        for fig in figs:
+            progress(fig.name)
+            fig.samples.append(fig.sample())
+
+
+def machine_info() -> dict[str, object]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+            f.seek(0)
+            nested = " hypervisor" in f.read()
+    except OSError:
+        nested = False
+    kvm_module = next((m for m in ("kvm_pvm", "kvm_intel", "kvm_amd")
+                       if os.path.exists(f"/sys/module/{m}")), "unknown")
+    return {"cpu": cpu, "kernel": platform.release(), "nested": nested,
+            "kvm_module": kvm_module, "cpus": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def results(figs: list[Figure]) -> list[dict[str, object]]:
+    by_name = {f.name: f for f in figs}
+    out: list[dict[str, object]] = []
+    for f in figs:
+        ratio = f.median / by_name[f.floor].median if f.floor else None
+        out.append({"name": f.name, "unit": f.unit, "median": f.median,
+                    "p10": f.quantile(0.1), "p90": f.quantile(0.9),
+                    "ratio_to_floor": ratio, "floor": f.floor, "samples": len(f.samples)})
+    return out

@@ -1,0 +1,38 @@
+"""``xinterface bench --quick`` at a tiny size: valid JSON with every figure (no timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import needs_kvm
+
+pytestmark = needs_kvm
+
+NAMES = {
+    "floor.pio.1", "floor.mmio.4", "floor.coalesced.pio.1", "floor.eventfd.pio.1",
+    "sync.pio.1", "sync.pio.4", "sync.mmio.4", "sync.mmio.8", "posted.pio.1", "posted.mmio.4",
+    "eventfd.pio.1", "eventfd.latency", "bus.events.1", "bus.events.100", "bus.events.10000",
+    "bus.events.100000", "memory.copy_from.4k", "memory.copy_to.4k", "memory.vmap",
+}
+
+
+def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "xinterface", "bench", "--quick", "--scale",
+                           "0.01", "--repeats", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert {"cpu", "kernel", "nested", "python"} <= set(data["machine"])
+    by_name = {r["name"]: r for r in data["results"]}
+    assert set(by_name) >= NAMES
+    for r in data["results"]:
+        assert r["p10"] <= r["median"] <= r["p90"]
+        assert r["median"] > 0
+        assert r["samples"] == 2
+    assert by_name["sync.pio.1"]["floor"] == "floor.pio.1"
+    assert by_name["sync.pio.1"]["ratio_to_floor"] > 0
+    assert "sync.pio.1" in done.stdout  # the table
