@@ -78,6 +78,11 @@ class IoBus:
         self._ranges: tuple[tuple[int, ...], tuple[RangeDevice, ...]] = ((), ())
 
     # --- the hot path ------------------------------------------------------------------------
+    @property
+    def events(self) -> dict[int, EventEntry]:
+        """The live event table, keyed by :func:`event_key`, for the exit loop's fast path."""
+        return self._events
+
     def write(self, addr: int, data: bytes) -> bool:
         event = self._events.get((addr << 4) | len(data))
         if event is not None and event.live:
@@ -85,6 +90,10 @@ class IoBus:
             if signal is not None:
                 signal(event, data)
             return True  # claimed; with no signal set, dropped as in the seed
+        return self.write_ranges(addr, data)
+
+    def write_ranges(self, addr: int, data: bytes) -> bool:
+        """The second half of :meth:`write`: the range device holding ``addr``, if any."""
         starts, devices = self._ranges
         i = bisect.bisect_right(starts, addr) - 1
         if i >= 0:
