@@ -329,7 +329,7 @@ class Machine:
             if not inside:
                 slot.count += 1
 
-    def _dispatch_posted(self, pio: bool, addr: int, data: bytes) -> None:
+    def _dispatch_posted(self, pio: int, addr: int, data: bytes) -> None:
         bus = self.pio_bus if pio else self.mmio_bus
         if not bus.write(addr, data) and self.strict:
             where = f"port {addr:#x}" if pio else f"MMIO address {addr:#x}"

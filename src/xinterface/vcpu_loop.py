@@ -121,6 +121,8 @@ class VcpuLoop:
         slot = self.slot
         ring = machine.ring
         assert ring is not None
+        reason_word, union, mmio_data, mask = (_RUN_EXIT_REASON_WORD, _RUN_UNION, _MMIO_DATA,
+                                               _EXIT_MASK)
         self.halted = False
         while not machine._stopping:
             try:
@@ -132,13 +134,13 @@ class VcpuLoop:
             except OSError as exc:
                 raise GuestError(f"KVM_RUN failed: {exc.strerror} (errno {exc.errno})",
                                  vcpu=self.index, regs=self.registers()) from None
-            reason = words[_RUN_EXIT_REASON_WORD]
-            counts[reason & _EXIT_MASK] += 1
+            reason = words[reason_word]
+            counts[reason & mask] += 1
             if ring.zones and ring.pending():
                 # Posted writes first: a later access must not overtake them (any vCPU's).
                 machine._drain_from_vcpu(self)
             if reason == exit_io:
-                direction, size, port, count, offset = unpack_io(mm, _RUN_UNION)
+                direction, size, port, count, offset = unpack_io(mm, union)
                 if count == 1:
                     slot.count += 1
                     if direction:
@@ -163,7 +165,7 @@ class VcpuLoop:
                 else:
                     self._string_io(direction, size, port, count, offset)
             elif reason == exit_mmio:
-                addr, data, size, is_write = unpack_mmio(mm, _RUN_UNION)
+                addr, data, size, is_write = unpack_mmio(mm, union)
                 if size > 8:
                     raise GuestError(f"MMIO exit with length {size}", vcpu=self.index,
                                      regs=self.registers())
@@ -186,7 +188,7 @@ class VcpuLoop:
                     slot.count += 1
                     if value is None:
                         value = self._unhandled("mmio", addr, size, write=False)
-                    mm[_MMIO_DATA : _MMIO_DATA + size] = value
+                    mm[mmio_data : mmio_data + size] = value
             elif self._other_exit(reason):
                 return
 

@@ -487,7 +487,7 @@ class XIOEventFd(XIOEvent):
             raise _badf("the event")
         return self._fd
 
-    def _ready(self) -> None:
+    def _ready(self) -> int:
         n = read_count(self._fd)
         signal = self._signal
         if n and signal is not None and self.live:
@@ -498,6 +498,7 @@ class XIOEventFd(XIOEvent):
                 raise GuestIOError(f"the handler of {self!r} raised {type(exc).__name__}: "
                                    f"{exc}", vcpu=-1, space=self._bus.space, addr=self.addr,
                                    length=self.length) from exc
+        return n
 
     async def wait(self) -> int:
         """Wait (asyncio) until the guest has written; the number of writes since last time."""

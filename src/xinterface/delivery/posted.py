@@ -15,6 +15,7 @@ synchronous access never overtakes an earlier posted write.
 
 from __future__ import annotations
 
+import collections
 import mmap
 import struct
 import threading
@@ -29,7 +30,7 @@ _ENTRIES_OFFSET = _RING_OFFSET + _HEADER.size
 _MAX = uapi.COALESCED_RING_MAX
 
 # (pio, addr, payload) -> None; raises to stop the machine.
-Dispatch = Callable[[bool, int, bytes], None]
+Dispatch = Callable[[int, int, bytes], None]
 
 
 class CoalescedRing:
@@ -43,27 +44,43 @@ class CoalescedRing:
         # Reentrant: a handler called from a drain may deassign, which drains again.
         self.lock = threading.RLock()
         self.zones = 0  # registered zones; the exit loop skips the ring check when 0
+        # Entries taken off the ring, not yet dispatched. A drain re-entered from a handler
+        # continues from here, so entries are dispatched in ring order, each exactly once.
+        self._pending: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
 
     def release(self) -> None:
         self._words.release()
 
     def pending(self) -> bool:
         words = self._words
-        return bool(words[self._first] != words[self._last])
+        return bool(words[self._first] != words[self._last]) or bool(self._pending)
+
+    def _take(self) -> None:
+        """Move every logged entry to ``_pending`` and give the ring's slots back at once."""
+        words, mm = self._words, self._mm
+        first, last = words[self._first], words[self._last]
+        if first == last:
+            return
+        size = _ENTRY.size
+        if first < last:
+            chunk = mm[_ENTRIES_OFFSET + first * size : _ENTRIES_OFFSET + last * size]
+        else:  # wrapped: the tail of the ring, then its head
+            chunk = (mm[_ENTRIES_OFFSET + first * size : _ENTRIES_OFFSET + _MAX * size]
+                     + mm[_ENTRIES_OFFSET : _ENTRIES_OFFSET + last * size])
+        self._pending.extend(_ENTRY.iter_unpack(chunk))
+        # Copied out: the kernel may reuse the slots now (it only reads ``first``).
+        words[self._first] = last
 
     def drain(self, dispatch: Dispatch) -> int:
-        """Hand every entry to ``dispatch`` in ring order; returns how many there were."""
+        """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many."""
         done = 0
-        words, mm = self._words, self._mm
+        pending = self._pending
         with self.lock:
-            while True:
-                first = words[self._first]
-                if first == words[self._last]:
-                    return done
-                addr, length, pio, data = _ENTRY.unpack_from(mm, _ENTRIES_OFFSET
-                                                             + first * _ENTRY.size)
-                # Consume before dispatching: a drain re-entered from the handler starts at
-                # the next entry, and the kernel may reuse this slot as soon as we move on.
-                words[self._first] = (first + 1) % _MAX
-                dispatch(bool(pio), addr, data[: min(length, 8)])
+            self._take()
+            while pending:
+                addr, length, pio, data = pending.popleft()
+                dispatch(pio, addr, data[:length] if length < 8 else data)
                 done += 1
+                if not pending:
+                    self._take()
+            return done
