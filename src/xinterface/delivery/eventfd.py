@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 from ..grace import Grace
 
-
 # After handling a wake-up, wait this long before waiting on the fds again (see _run).
 COALESCE_SECONDS = 100e-6
 
