@@ -13,7 +13,7 @@ from functools import partial
 from ..delivery import Delivery
 from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
-from .paths import eventfd_latency, write_cost
+from .paths import dispatch_cost, eventfd_latency, write_cost
 
 Sample = Callable[[], float]
 
@@ -84,6 +84,9 @@ def figures(quick: bool, scale: float = 1.0) -> tuple[list[Figure], list[str]]:
     for n in (1, 100, 10_000, 100_000):
         out.append(Figure(f"bus.events.{n}", "ns/write",
                           partial(write_cost, n_sync, registered=n), floor("floor.pio.1")))
+    for n in (1, 100, 10_000, 100_000):
+        out.append(Figure(f"bus.dispatch.{n}", "ns", partial(dispatch_cost, n, mem * 50),
+                          "bus.dispatch.1" if n > 1 else None))
     for size, label in ((8, "8"), (4096, "4k"), (1 << 20, "1m")):
         number = mem if size < 1 << 20 else max(5, mem // 50)
         out += [

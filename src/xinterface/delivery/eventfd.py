@@ -2,8 +2,8 @@
 
 ``KVM_IOEVENTFD`` makes a matching guest write signal an eventfd inside the kernel, with no
 exit to userspace. An eventfd is a counter: N writes before the reader wakes read as one
-value N, so N writes may give fewer handler calls (the count is the handler's payload length
-of zero bytes, or the datamatch value; ``XIOEvent.count`` totals what was read).
+value N, so N writes may give fewer handler calls. The handler's payload is empty, or the
+datamatch value; ``XIOEventFd.count`` totals the writes read so far.
 """
 
 from __future__ import annotations
