@@ -338,3 +338,28 @@ def test_close_releases_every_kind(writer: Callable[[int, int, int], xi.Machine]
         intf.irqfd(4)
     assert len(os.listdir("/proc/self/fd")) == before
     assert intf.released
+
+
+@pytest.mark.parametrize(
+    ("cap", "kwargs"),
+    [
+        (uapi.KVM_CAP_COALESCED_PIO, {"flags": PIO, "delivery": POSTED}),
+        (uapi.KVM_CAP_COALESCED_MMIO, {"flags": 0, "delivery": POSTED}),
+        (uapi.KVM_CAP_IOEVENTFD, {"flags": PIO, "delivery": EVENTFD}),
+    ],
+)
+def test_a_mode_the_kernel_lacks_is_refused_at_registration(cap: int,
+                                                            kwargs: dict[str, object]) -> None:
+    # These machines have every capability, so the probe's answer is overridden: what is
+    # tested is that registration checks it, refuses cleanly, and leaves nothing behind.
+    with xi.Machine(memory=1 << 20) as m:
+        m._caps[cap] = 0
+        intf = xi.bind(m)
+        sizes = len(m.pio_bus), len(m.mmio_bus)
+        with pytest.raises(xi.XInterfaceError) as info:
+            intf.ioevent(0x610, 4, **kwargs)  # type: ignore[arg-type]
+        assert info.value.errno == errno.EOPNOTSUPP
+        assert info.value.argument == "delivery"
+        assert (len(m.pio_bus), len(m.mmio_bus)) == sizes
+        intf.put()
+        assert intf.released  # no reference leaked

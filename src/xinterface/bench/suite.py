@@ -13,9 +13,10 @@ from functools import partial
 from ..delivery import Delivery
 from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
-from .paths import dispatch_cost, eventfd_latency, write_cost
+from .paths import dispatch_cost, latency, write_cost
 
 Sample = Callable[[], float]
+POLL = 200e-6  # the POSTED poller's period in the posted.* figures
 
 
 @dataclass
@@ -71,15 +72,17 @@ def figures(quick: bool, scale: float = 1.0) -> tuple[list[Figure], list[str]]:
         Figure("sync.mmio.8", "ns/write", partial(write_cost, n_sync, size=8, mmio=True),
                floor("floor.mmio.4")),
         Figure("posted.pio.1", "ns/write",
-               partial(write_cost, n_fast, delivery=Delivery.POSTED, poll=0.0002),
+               partial(write_cost, n_fast, delivery=Delivery.POSTED, poll=POLL),
                floor("floor.coalesced.pio.1")),
         Figure("posted.mmio.4", "ns/write",
                partial(write_cost, n_fast, size=4, mmio=True, delivery=Delivery.POSTED,
-                       poll=0.0002), floor("floor.coalesced.mmio.4")),
+                       poll=POLL), floor("floor.coalesced.mmio.4")),
         Figure("eventfd.pio.1", "ns/write", partial(write_cost, n_fast,
                                                     delivery=Delivery.EVENTFD),
                floor("floor.eventfd.pio.1")),
-        Figure("eventfd.latency", "ns", partial(eventfd_latency, rounds)),
+        Figure("sync.latency", "ns", partial(latency, rounds, Delivery.SYNC)),
+        Figure("posted.latency", "ns", partial(latency, rounds, Delivery.POSTED, POLL)),
+        Figure("eventfd.latency", "ns", partial(latency, rounds, Delivery.EVENTFD)),
     ]
     for n in (1, 100, 10_000, 100_000):
         out.append(Figure(f"bus.events.{n}", "ns/write",
