@@ -123,18 +123,20 @@ def run(image: Path, gpa: int, mode: str, memory: int, vcpus: int, trace: bool,
               help="Write the results and the machine description as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write matplotlib figures (needs the plot extra).")
+@click.option("--peer", "peers", type=click.Choice(["qemu"]), multiple=True,
+              help="Also run the same guest binary on this VMM (qemu-system-x86_64).")
 @click.option("--scale", type=float, default=1.0, hidden=True,
               help="Multiply every size (tests use a tiny scale).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: Path | None,
-          scale: float, debug: bool) -> None:
+          peers: tuple[str, ...], scale: float, debug: bool) -> None:
     """Measure every path side by side with the C floor: medians, p10-p90, ratios."""
     from rich.progress import Progress
 
     from .bench import report, suite
 
     try:
-        figs, notices = suite.figures(quick, scale)
+        figs, notices = suite.figures(quick, scale, peers)
         rounds = repeats or (3 if quick else 7)
         with Progress(transient=True) as progress:
             task = progress.add_task("benchmarks", total=rounds * len(figs))

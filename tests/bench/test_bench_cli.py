@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,23 +17,32 @@ NAMES = {
     "sync.pio.1", "sync.pio.4", "sync.mmio.4", "sync.mmio.8", "posted.pio.1", "posted.mmio.4",
     "eventfd.pio.1", "eventfd.latency", "bus.events.1", "bus.events.100", "bus.events.10000",
     "bus.events.100000", "memory.copy_from.4k", "memory.copy_to.4k", "memory.vmap",
+    "sync.latency", "posted.latency", "bus.dispatch.1", "bus.dispatch.100000",
 }
+# .ci/run installs Debian's qemu-system-x86, so CI always measures the peer.
+PEER = {"qemu.pio.1", "bootsector.pio.1"}
 
 
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "xinterface", "bench", "--quick", "--scale",
-                           "0.01", "--repeats", "2", "--json", str(out)],
+                           "0.01", "--repeats", "2", "--peer", "qemu", "--json", str(out)],
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
     assert {"cpu", "kernel", "nested", "python"} <= set(data["machine"])
     by_name = {r["name"]: r for r in data["results"]}
     assert set(by_name) >= NAMES
+    if shutil.which("qemu-system-x86_64"):
+        assert set(by_name) >= PEER
+    else:
+        assert "qemu.pio.1 skipped" in done.stderr
     for r in data["results"]:
         assert r["p10"] <= r["median"] <= r["p90"]
-        assert r["median"] > 0
         assert r["samples"] == 2
+        # At this tiny size QEMU's start-up jitter can exceed the difference of its two runs.
+        if r["name"] != "qemu.pio.1":
+            assert r["median"] > 0, r
     assert by_name["sync.pio.1"]["floor"] == "floor.pio.1"
     assert by_name["sync.pio.1"]["ratio_to_floor"] > 0
     assert "sync.pio.1" in done.stdout  # the table

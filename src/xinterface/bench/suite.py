@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from ..delivery import Delivery
 from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
 from .paths import dispatch_cost, latency, write_cost
+from .peer import QEMU, own_write_cost, qemu_write_cost
 
 Sample = Callable[[], float]
 POLL = 200e-6  # the POSTED poller's period in the posted.* figures
@@ -41,8 +43,10 @@ def _floor_sample(mode: str, count: int) -> Sample:
     return lambda: run_floor(mode, count, binary=binary).ns_per_write
 
 
-def figures(quick: bool, scale: float = 1.0) -> tuple[list[Figure], list[str]]:
-    """The suite, and notices for what had to be skipped."""
+def figures(quick: bool, scale: float = 1.0,
+            peers: tuple[str, ...] = ()) -> tuple[list[Figure], list[str]]:
+    """The suite, and notices for what had to be skipped. ``peers``: ``("qemu",)`` adds the
+    same boot-sector guest on QEMU and on xinterface."""
     n_sync = max(50, int((5_000 if quick else 40_000) * scale))
     n_fast = max(200, int((20_000 if quick else 200_000) * scale))
     rounds = max(10, int((100 if quick else 500) * scale))
@@ -104,6 +108,19 @@ def figures(quick: bool, scale: float = 1.0) -> tuple[list[Figure], list[str]]:
                                                            size, number),
                    f"floor.slice_write.{label}"),
         ]
+    if "qemu" in peers:
+        if shutil.which(QEMU) is None:
+            notices.append(f"qemu.pio.1 skipped: {QEMU} not found "
+                           "(apt-get install qemu-system-x86)")
+        else:
+            large = max(2_000, int((200_000 if quick else 500_000) * scale))
+            out += [
+                Figure("qemu.pio.1", "ns/write",
+                       partial(qemu_write_cost, max(1, large // 100), large),
+                       floor("floor.pio.1")),
+                Figure("bootsector.pio.1", "ns/write", partial(own_write_cost, n_sync),
+                       floor("floor.pio.1")),
+            ]
     out += [
         Figure("floor.slice_view", "ns", partial(memory_sample, "slice_view", 4096, mem)),
         Figure("memory.vmap", "ns", partial(memory_sample, "vmap", 4096, mem),
