@@ -123,13 +123,16 @@ def run(image: Path, gpa: int, mode: str, memory: int, vcpus: int, trace: bool,
               help="Write the results and the machine description as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write matplotlib figures (needs the plot extra).")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the table as Markdown.")
 @click.option("--peer", "peers", type=click.Choice(["qemu"]), multiple=True,
               help="Also run the same guest binary on this VMM (qemu-system-x86_64).")
 @click.option("--scale", type=float, default=1.0, hidden=True,
               help="Multiply every size (tests use a tiny scale).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: Path | None,
-          peers: tuple[str, ...], scale: float, debug: bool) -> None:
+          markdown_path: Path | None, peers: tuple[str, ...], scale: float,
+          debug: bool) -> None:
     """Measure every path side by side with the C floor: medians, p10-p90, ratios."""
     from rich.progress import Progress
 
@@ -154,5 +157,7 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
             report.write_json(json_path, results, machine)
         if plot_path is not None:
             report.plot(plot_path, results)
+        if markdown_path is not None:
+            markdown_path.write_text(report.markdown(results, machine))
     except (XInterfaceError, KvmError, GuestError, AssemblerError, RuntimeError, OSError) as exc:
         _fail(str(exc), debug)

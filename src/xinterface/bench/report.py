@@ -29,6 +29,19 @@ def write_json(path: Path, results: list[dict[str, object]],
     path.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
 
 
+def markdown(results: list[dict[str, object]], machine: dict[str, object]) -> str:
+    """The table as Markdown, for README's Performance section."""
+    lines = [f"Measured on {machine.get('cpu')}, kernel {machine.get('kernel')} "
+             f"({machine.get('kvm_module')}, {machine.get('cpus')} CPUs, nested: "
+             f"{machine.get('nested')}), Python {machine.get('python')}.", "",
+             "| figure | median | p10 - p90 | unit | x floor |", "|---|---:|---:|---|---:|"]
+    for r in results:
+        ratio = r["ratio_to_floor"]
+        lines.append(f"| `{r['name']}` | {r['median']:,.0f} | {r['p10']:,.0f} - {r['p90']:,.0f}"
+                     f" | {r['unit']} | {f'{ratio:.2f}' if isinstance(ratio, float) else ''} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(path: Path, results: list[dict[str, object]]) -> None:
     """Cost per path next to the floors, and bus scaling. Needs the ``plot`` extra."""
     try:
@@ -41,6 +54,7 @@ def plot(path: Path, results: list[dict[str, object]]) -> None:
     writes = [r for r in results if r["unit"] == "ns/write"
               and not str(r["name"]).startswith("bus.")]
     bus = [r for r in results if str(r["name"]).startswith("bus.events.")]
+    dispatch = [r for r in results if str(r["name"]).startswith("bus.dispatch.")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     names = [str(r["name"]) for r in writes]
     left.barh(names, [float(str(r["median"])) / 1000 for r in writes],
@@ -52,8 +66,14 @@ def plot(path: Path, results: list[dict[str, object]]) -> None:
     right.set_xscale("log")
     right.set_ylim(bottom=0)
     right.set_xlabel("events registered on the bus")
-    right.set_ylabel("µs per SYNC write")
-    right.set_title("dispatch cost vs registrations")
+    right.set_ylabel("µs per SYNC write (blue)")
+    right.set_title("cost vs registrations")
+    if dispatch:
+        alone = right.twinx()
+        alone.plot([int(str(r["name"]).rsplit(".", 1)[1]) for r in dispatch],
+                   [float(str(r["median"])) for r in dispatch], marker="s", color="tab:orange")
+        alone.set_ylim(bottom=0)
+        alone.set_ylabel("ns per dispatch alone (orange)")
     fig.tight_layout()
     fig.savefig(path)
 
