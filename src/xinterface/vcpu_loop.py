@@ -139,58 +139,53 @@ class VcpuLoop:
             if ring.zones and ring.pending():
                 # Posted writes first: a later access must not overtake them (any vCPU's).
                 machine._drain_from_vcpu(self)
+            # Reads are served here; writes fall through to the common tail below.
             if reason == exit_io:
-                direction, size, port, count, offset = unpack_io(mm, union)
-                if count == 1:
+                direction, size, addr, count, offset = unpack_io(mm, union)
+                if count != 1:
+                    self._string_io(direction, size, addr, count, offset)
+                    continue
+                if not direction:
                     slot.count += 1
-                    if direction:
-                        data = mm[offset : offset + size]
-                        event = pio_events.get((port << 4) | size)
-                        if event is not None and event.live:
-                            signal = event.signal
-                            if signal is not None:
-                                signal(event, data)
-                            slot.count += 1
-                        else:
-                            claimed = pio_ranges(port, data)
-                            slot.count += 1
-                            if not claimed and strict:
-                                self._unhandled("pio", port, size, write=True)
-                    else:
-                        value = pio_read(port, size)
-                        slot.count += 1
-                        if value is None:
-                            value = self._unhandled("pio", port, size, write=False)
-                        mm[offset : offset + size] = value
-                else:
-                    self._string_io(direction, size, port, count, offset)
+                    value = pio_read(addr, size)
+                    slot.count += 1
+                    if value is None:
+                        value = self._unhandled("pio", addr, size, write=False)
+                    mm[offset : offset + size] = value
+                    continue
+                data = mm[offset : offset + size]
+                events, ranges, space = pio_events, pio_ranges, "pio"
             elif reason == exit_mmio:
                 addr, data, size, is_write = unpack_mmio(mm, union)
                 if size > 8:
                     raise GuestError(f"MMIO exit with length {size}", vcpu=self.index,
                                      regs=self.registers())
-                slot.count += 1
-                if is_write:
-                    data = data[:size]
-                    event = mmio_events.get((addr << 4) | size)
-                    if event is not None and event.live:
-                        signal = event.signal
-                        if signal is not None:
-                            signal(event, data)
-                        slot.count += 1
-                    else:
-                        claimed = mmio_ranges(addr, data)
-                        slot.count += 1
-                        if not claimed and strict:
-                            self._unhandled("mmio", addr, size, write=True)
-                else:
+                if not is_write:
+                    slot.count += 1
                     value = mmio_read(addr, size)
                     slot.count += 1
                     if value is None:
                         value = self._unhandled("mmio", addr, size, write=False)
                     mm[mmio_data : mmio_data + size] = value
+                    continue
+                data = data[:size]
+                events, ranges, space = mmio_events, mmio_ranges, "mmio"
             elif self._other_exit(reason):
                 return
+            else:
+                continue
+            slot.count += 1
+            event = events.get((addr << 4) | size)
+            if event is not None and event.live:
+                signal = event.signal
+                if signal is not None:
+                    signal(event, data)
+                slot.count += 1
+            else:
+                claimed = ranges(addr, data)
+                slot.count += 1
+                if not claimed and strict:
+                    self._unhandled(space, addr, size, write=True)
 
     def _string_io(self, direction: int, size: int, port: int, count: int, offset: int) -> None:
         """``rep outs``/``rep ins``: KVM hands over ``count`` elements, served one by one."""

@@ -15,7 +15,7 @@ import errno
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .delivery import Delivery
 from .delivery.eventfd import new_eventfd, read_count
@@ -236,51 +236,26 @@ class XInterface(_Counted):
                 raise XInterfaceError(errno.EOPNOTSUPP, f"the kernel lacks {_CAP_NAMES[cap]}: no "
                                       f"POSTED delivery on the {bus.space} bus",
                                       argument="delivery", value=delivery)
-        event = XIOEvent(self, bus, addr, length, int(flags), signal, delivery)
+        return self._register(XIOEvent(self, bus, addr, length, int(flags), signal, delivery))
+
+    def _register(self, entry: _E) -> _E:
+        """Publish ``entry`` holding a reference for it: all of it, or nothing and no reference."""
         self.get()
         try:
-            bus.add_event(event)
-            if delivery is Delivery.POSTED:
-                try:
-                    self._add_zone(event)
-                except BaseException:
-                    bus.remove_event(event)
-                    raise
+            entry._publish()
         except BaseException:
             self.put()
             raise
         with self._lock:
-            self._io.add(event)
-        return event
-
-    def _add_zone(self, event: XIOEvent) -> None:
-        ring = self.machine.ring
-        assert ring is not None
-        try:
-            self.machine.vm.register_coalesced_mmio(event.addr, event.length,
-                                                    event._bus.space == "pio")
-        except OSError as exc:
-            raise XInterfaceError(exc.errno or errno.EIO, f"KVM_REGISTER_COALESCED_MMIO for "
-                                  f"{event!r}: {exc.strerror}", argument="addr",
-                                  value=event.addr) from None
-        with ring.lock:
-            ring.zones += 1
+            self._io.add(entry)
+        return entry
 
     def _eventfd_event(self, bus: IoBus, addr: int, length: int, flags: int,
                        signal: Signal | None, datamatch: int | None) -> XIOEvent:
         if not self.machine.has_cap(uapi.KVM_CAP_IOEVENTFD):
             raise XInterfaceError(errno.EOPNOTSUPP, "the kernel lacks KVM_CAP_IOEVENTFD",
                                   argument="delivery", value=Delivery.EVENTFD)
-        event = XIOEventFd(self, bus, addr, length, flags, datamatch)
-        self.get()
-        try:
-            event._assign()
-        except BaseException:
-            event._close()
-            self.put()
-            raise
-        with self._lock:
-            self._io.add(event)
+        event = self._register(XIOEventFd(self, bus, addr, length, flags, datamatch))
         event.signal = signal  # starts the event-loop thread's watch if set
         return event
 
@@ -300,17 +275,7 @@ class XInterface(_Counted):
         if isinstance(gsi, bool) or not isinstance(gsi, int) or not 0 <= gsi < 1 << 32:
             raise XInterfaceError(errno.EINVAL, f"gsi {gsi!r} is not an interrupt line",
                                   argument="gsi", value=gsi)
-        irq = XIrqfd(self, gsi, resample)
-        self.get()
-        try:
-            irq._assign()
-        except BaseException:
-            irq._close()
-            self.put()
-            raise
-        with self._lock:
-            self._io.add(irq)
-        return irq
+        return self._register(XIrqfd(self, gsi, resample))
 
     def iorange(self, base: int, size: int, flags: int = 0, *, read: RangeRead | None = None,
                 write: RangeWrite | None = None, name: str = "") -> XIORange:
@@ -325,17 +290,7 @@ class XInterface(_Counted):
         if base + size > bus.limit:
             raise XInterfaceError(errno.EINVAL, f"base {base:#x} + size {size:#x} is past the "
                                   f"end of the {bus.space} bus", argument="size", value=size)
-        device = RangeDevice(base, size, read, write, name)
-        entry = XIORange(self, bus, device)
-        self.get()
-        try:
-            bus.add_range(device)
-        except BaseException:
-            self.put()
-            raise
-        with self._lock:
-            self._io.add(entry)
-        return entry
+        return self._register(XIORange(self, bus, RangeDevice(base, size, read, write, name)))
 
     def _drop_io(self, entry: _BusEntry) -> None:
         with self._lock:
@@ -408,8 +363,21 @@ class _BusEntry:
         if not self.intf.released:
             self.intf.put()
 
+    def _publish(self) -> None:
+        """Make the entry live (bus, kernel); on failure undo everything done so far."""
+        raise NotImplementedError
+
     def _unpublish(self) -> None:
         raise NotImplementedError
+
+
+_E = TypeVar("_E", bound=_BusEntry)
+
+
+def _kvm_failure(exc: OSError, what: str, argument: str, value: object) -> XInterfaceError:
+    """A failed registration ioctl, as the client's error: the kernel's errno, our words."""
+    return XInterfaceError(exc.errno or errno.EIO, f"{what}: {exc.strerror}",
+                           argument=argument, value=value)
 
 
 class XIOEvent(_BusEntry):
@@ -431,6 +399,22 @@ class XIOEvent(_BusEntry):
         self.priv: Any = None
         self.live = True
         self.signal = signal
+
+    def _publish(self) -> None:
+        self._bus.add_event(self)
+        if self.delivery is not Delivery.POSTED:
+            return
+        machine = self.intf.machine
+        try:
+            machine.vm.register_coalesced_mmio(self.addr, self.length, self._bus.space == "pio")
+        except OSError as exc:
+            self._bus.remove_event(self)
+            raise _kvm_failure(exc, f"KVM_REGISTER_COALESCED_MMIO for {self!r}", "addr",
+                               self.addr) from None
+        ring = machine.ring
+        assert ring is not None
+        with ring.lock:
+            ring.zones += 1
 
     def _unpublish(self) -> None:
         if self.delivery is Delivery.POSTED:
@@ -532,12 +516,12 @@ class XIOEventFd(XIOEvent):
             arg.datamatch = self.datamatch
         self.intf.machine.vm.ioeventfd(arg)
 
-    def _assign(self) -> None:
+    def _publish(self) -> None:
         try:
             self._ioeventfd(deassign=False)
         except OSError as exc:
-            raise XInterfaceError(exc.errno or errno.EIO, f"KVM_IOEVENTFD for {self!r}: "
-                                  f"{exc.strerror}", argument="addr", value=self.addr) from None
+            self._close()
+            raise _kvm_failure(exc, f"KVM_IOEVENTFD for {self!r}", "addr", self.addr) from None
 
     def _unpublish(self) -> None:
         self.live = False
@@ -581,12 +565,12 @@ class XIrqfd(_BusEntry):
             arg.resamplefd = self.resamplefd
         self.intf.machine.vm.irqfd(arg)
 
-    def _assign(self) -> None:
+    def _publish(self) -> None:
         try:
             self._irqfd(deassign=False)
         except OSError as exc:
-            raise XInterfaceError(exc.errno or errno.EIO, f"KVM_IRQFD for gsi {self.gsi}: "
-                                  f"{exc.strerror}", argument="gsi", value=self.gsi) from None
+            self._close()
+            raise _kvm_failure(exc, f"KVM_IRQFD for gsi {self.gsi}", "gsi", self.gsi) from None
 
     def _unpublish(self) -> None:
         if not self.intf.machine.closed:
@@ -612,6 +596,9 @@ class XIORange(_BusEntry):
         self.device = device
         self.base = device.base
         self.size = device.size
+
+    def _publish(self) -> None:
+        self._bus.add_range(self.device)
 
     def _unpublish(self) -> None:
         self._bus.remove_range(self.device)
