@@ -139,6 +139,27 @@ class GuestMemory:
         self._starts.insert(i, gpa)
         return region
 
+    def punch(self, gpa: int, size: int) -> None:
+        """Take ``[gpa, gpa+size)`` out of guest RAM (for a ROM alias, say): the region holding
+        it becomes the parts before and after, the same memory mapped again, contents kept."""
+        region = self.region_at(gpa)
+        if region is None or gpa + size > region.end or region.readonly:
+            raise XInterfaceError(errno.EINVAL, f"gpa {gpa:#x}+{size:#x} is not inside one RAM "
+                                  "region", argument="gpa", value=gpa)
+        pieces = [(region.gpa, gpa - region.gpa), (gpa + size, region.end - gpa - size)]
+        i = self.regions.index(region)
+        self._vm.set_user_memory_region(region.slot, region.gpa, 0, 0)  # size 0 deletes it
+        del self.regions[i], self._starts[i]
+        try:
+            for start, length in pieces:
+                if length:
+                    self.add_region(start, length, memfd=region.memfd,
+                                    offset=start - region.gpa)
+        finally:
+            region.view.release()
+            region.mapping.close()
+            os.close(region.memfd)
+
     @property
     def size(self) -> int:
         """Bytes of guest RAM, aliases and ROM included."""

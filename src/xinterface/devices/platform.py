@@ -1,0 +1,99 @@
+"""A microvm-like PC built from xinterface clients, for unmodified firmware (SeaBIOS).
+
+What Debian's ``bios-microvm.bin`` looks for: fw_cfg with DMA (signature, ID, CPU counts, RAM
+size, ``etc/e820``, ``etc/boot-fail-wait``), a debug console on 0x402, COM1, the CMOS/RTC, and
+the reset ports. Everything else it probes (PCI config space, the PIT's speaker port, ...) is
+unclaimed: reads return all-ones and writes are dropped, as on a board without the device.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ..machine import Machine
+from ..memory import HIGH_RAM_BASE
+from ..xinterface import XInterface, bind
+from .cmos import Cmos, memory_registers
+from .debug import DebugConsole
+from .fw_cfg import (
+    E820_RAM,
+    FW_CFG_MAX_CPUS,
+    FW_CFG_NB_CPUS,
+    FW_CFG_RAM_SIZE,
+    FwCfg,
+    e820_table,
+)
+from .reset import ResetControl
+from .uart import Uart16550
+
+SEABIOS_DEBUG_PORT = 0x402  # SeaBIOS's CONFIG_DEBUG_IO port, as QEMU's isa-debugcon
+BOOT_FAIL_WAIT_SECONDS = 0  # no retry delay after "No bootable device": reset at once
+
+
+@dataclass
+class Platform:
+    intf: XInterface
+    fw_cfg: FwCfg
+    debugcon: DebugConsole
+    uart: Uart16550
+    cmos: Cmos
+    reset: ResetControl
+
+
+def ram_layout(machine: Machine) -> tuple[int, int]:
+    """(RAM below 4 GiB, RAM above it) as e820 reports it: firmware ROM left out, the BIOS
+    alias below 1 MiB counted as RAM, as QEMU reports it (SeaBIOS reserves it itself)."""
+    assert machine.memory is not None
+    low = max((r.end for r in machine.memory.regions if not r.readonly and r.end <= 1 << 32),
+              default=0)
+    high = sum(r.size for r in machine.memory.regions if r.gpa >= HIGH_RAM_BASE)
+    return low, high
+
+
+def attach_microvm(machine: Machine, *, debugcon: BinaryIO | None = None,
+                   serial: BinaryIO | None = None) -> Platform:
+    """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it)."""
+    low, high = ram_layout(machine)
+    fw = FwCfg()
+    cpus = len(machine.vcpus)
+    fw.items[FW_CFG_NB_CPUS] = struct.pack("<H", cpus)
+    fw.items[FW_CFG_MAX_CPUS] = struct.pack("<H", cpus)
+    fw.items[FW_CFG_RAM_SIZE] = struct.pack("<Q", low + high)
+    e820 = [(0, low, E820_RAM)] + ([(HIGH_RAM_BASE, high, E820_RAM)] if high else [])
+    fw.add_file("etc/e820", e820_table(e820))
+    fw.add_file("etc/boot-fail-wait", struct.pack("<I", BOOT_FAIL_WAIT_SECONDS))
+    intf = bind(machine)
+    platform = Platform(intf, fw, DebugConsole(debugcon, port=SEABIOS_DEBUG_PORT),
+                        Uart16550(serial), Cmos(memory_registers(low, high)), ResetControl())
+    for device in (platform.fw_cfg, platform.debugcon, platform.uart, platform.cmos,
+                   platform.reset):
+        device.attach(intf)
+    return platform
+
+
+class Until:
+    """A byte stream that forwards writes and calls ``on_match`` once ``text`` has appeared."""
+
+    def __init__(self, out: BinaryIO, text: bytes, on_match: Callable[[], None]) -> None:
+        self.out = out
+        self.text = text
+        self.matched = False
+        self._on_match = on_match
+        self._tail = b""
+
+    def write(self, data: bytes) -> int:
+        n = self.out.write(data)
+        if not self.matched and self.text:
+            seen = self._tail + data
+            if self.text in seen:
+                self.matched = True
+                self.out.flush()
+                self._on_match()
+            self._tail = seen[-(len(self.text) - 1):] if len(self.text) > 1 else b""
+        return n
+
+    def flush(self) -> None:
+        self.out.flush()
