@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import click
 
@@ -161,3 +163,64 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
             markdown_path.write_text(report.markdown(results, machine))
     except (XInterfaceError, KvmError, GuestError, AssemblerError, RuntimeError, OSError) as exc:
         _fail(str(exc), debug)
+
+
+def _stream(target: str, stack: contextlib.ExitStack) -> BinaryIO | None:
+    """``-`` for stdout, else a file opened for writing; ``""`` for nowhere."""
+    if not target:
+        return None
+    if target == "-":
+        return sys.stdout.buffer
+    return stack.enter_context(open(target, "wb"))
+
+
+@main.command()
+@click.option("--bios", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Firmware image, e.g. /usr/share/seabios/bios-microvm.bin.")
+@click.option("--memory", type=SizeType(), default="64M", show_default=True)
+@click.option("--debugcon", default="-", show_default=True,
+              help="Where the firmware's debug console (port 0x402) goes: FILE or - (stdout).")
+@click.option("--serial", default="-", show_default=True,
+              help="Where COM1 (0x3f8) output goes: FILE or - (stdout).")
+@click.option("--until", "until", default=None,
+              help="End with status 0 once TEXT appears on the debug console or serial.")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds before the run is ended with an error (0: no limit).")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
+         timeout: float, debug: bool) -> None:
+    """Boot firmware from the reset vector on the standard devices (fw_cfg, COM1, CMOS/RTC,
+    debug console at 0x402), all of them xinterface clients."""
+    from .devices import Output
+    from .devices.platform import Until, attach_microvm
+
+    matched: list[Until] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            machine = stack.enter_context(Machine(memory=memory, irqchip=True))
+            machine.load_firmware(bios)
+            outputs: list[Output | None] = [_stream(debugcon, stack), _stream(serial, stack)]
+            if until is not None:
+                matched = [Until(out or open_null(stack), until.encode(), machine.stop)
+                           for out in outputs]
+                outputs = list(matched)
+            attach_microvm(machine, debugcon=outputs[0], serial=outputs[1])
+            result = machine.run(timeout=timeout or None)
+    except GuestError as exc:
+        _fail(str(exc).splitlines()[0] + " (--debug shows registers)"
+              if not debug else str(exc), debug)
+    except (XInterfaceError, KvmError, OSError) as exc:
+        _fail(str(exc), debug)
+    if any(w.matched for w in matched):
+        sys.exit(0)
+    if result.reason == "timeout":
+        wanted = f" without {until!r} appearing" if until else ""
+        _fail(f"the firmware was still running after {timeout:g} s{wanted}; raise --timeout",
+              debug=False, status=EXIT_TIMEOUT)
+    if until is not None:
+        _fail(f"the firmware stopped ({result.reason}) before {until!r} appeared", debug=False)
+    sys.exit(0 if result.reason in ("hlt", "reset", "shutdown") else 1)
+
+
+def open_null(stack: contextlib.ExitStack) -> BinaryIO:
+    return stack.enter_context(open(os.devnull, "wb"))

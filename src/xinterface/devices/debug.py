@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from ..xinterface import XInterface, XIOEventFlags, XIORange, bind
+from . import Output
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -24,7 +25,7 @@ DEBUG_EXIT_PORT = 0xF4
 class DebugConsole:
     """Port 0xe9: bytes to ``out`` (default: stdout). A wider write sends each byte, LSB first."""
 
-    def __init__(self, out: BinaryIO | None = None, port: int = DEBUGCON_PORT) -> None:
+    def __init__(self, out: Output | None = None, port: int = DEBUGCON_PORT) -> None:
         self.out = out
         self.port = port
         self._range: XIORange | None = None

@@ -11,11 +11,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from ..machine import Machine
 from ..memory import HIGH_RAM_BASE
 from ..xinterface import XInterface, bind
+from . import Output
 from .cmos import Cmos, memory_registers
 from .debug import DebugConsole
 from .fw_cfg import (
@@ -53,8 +53,8 @@ def ram_layout(machine: Machine) -> tuple[int, int]:
     return low, high
 
 
-def attach_microvm(machine: Machine, *, debugcon: BinaryIO | None = None,
-                   serial: BinaryIO | None = None) -> Platform:
+def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
+                   serial: Output | None = None) -> Platform:
     """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it)."""
     low, high = ram_layout(machine)
     fw = FwCfg()
@@ -77,14 +77,14 @@ def attach_microvm(machine: Machine, *, debugcon: BinaryIO | None = None,
 class Until:
     """A byte stream that forwards writes and calls ``on_match`` once ``text`` has appeared."""
 
-    def __init__(self, out: BinaryIO, text: bytes, on_match: Callable[[], None]) -> None:
+    def __init__(self, out: Output, text: bytes, on_match: Callable[[], None]) -> None:
         self.out = out
         self.text = text
         self.matched = False
         self._on_match = on_match
         self._tail = b""
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes, /) -> object:
         n = self.out.write(data)
         if not self.matched and self.text:
             seen = self._tail + data
@@ -95,5 +95,5 @@ class Until:
             self._tail = seen[-(len(self.text) - 1):] if len(self.text) > 1 else b""
         return n
 
-    def flush(self) -> None:
-        self.out.flush()
+    def flush(self) -> object:
+        return self.out.flush()

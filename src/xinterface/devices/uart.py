@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 import threading
 from collections import deque
-from typing import BinaryIO
 
 from ..xinterface import XInterface, XIOEventFlags, XIORange, XIrqfd
+from . import Output
 
 COM1_BASE = 0x3F8
 COM1_IRQ = 4
@@ -48,7 +48,7 @@ MSR_IDLE = 0xB0       # DCD, DSR, CTS asserted: a terminal is attached
 class Uart16550:
     """COM port model; :meth:`feed` gives it bytes to receive (from any thread)."""
 
-    def __init__(self, out: BinaryIO | None = None, base: int = COM1_BASE,
+    def __init__(self, out: Output | None = None, base: int = COM1_BASE,
                  irq: int = COM1_IRQ) -> None:
         self.out = out
         self.base = base
