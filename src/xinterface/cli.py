@@ -186,9 +186,11 @@ def _stream(target: str, stack: contextlib.ExitStack) -> BinaryIO | None:
               help="End with status 0 once TEXT appears on the debug console or serial.")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds before the run is ended with an error (0: no limit).")
+@click.option("--posted-debugcon", is_flag=True,
+              help="Debug console bytes through KVM's coalesced ring: no exit per byte.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
-         timeout: float, debug: bool) -> None:
+         timeout: float, posted_debugcon: bool, debug: bool) -> None:
     """Boot firmware from the reset vector on the standard devices (fw_cfg, COM1, CMOS/RTC,
     debug console at 0x402), all of them xinterface clients."""
     from .devices import Output
@@ -204,7 +206,8 @@ def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
                 matched = [Until(out or open_null(stack), until.encode(), machine.stop)
                            for out in outputs]
                 outputs = list(matched)
-            attach_microvm(machine, debugcon=outputs[0], serial=outputs[1])
+            attach_microvm(machine, debugcon=outputs[0], serial=outputs[1],
+                           posted_debugcon=posted_debugcon)
             result = machine.run(timeout=timeout or None)
     except GuestError as exc:
         _fail(str(exc).splitlines()[0] + " (--debug shows registers)"

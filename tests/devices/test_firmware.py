@@ -27,12 +27,13 @@ pytestmark = needs_kvm
 SEABIOS = Path("/usr/share/seabios/bios-microvm.bin")
 
 
-def boot_seabios(memory: int) -> tuple[xi.RunResult, str, fw_cfg.FwCfg]:
+def boot_seabios(memory: int, posted: bool = False) -> tuple[xi.RunResult, str, fw_cfg.FwCfg]:
     out = io.BytesIO()
     with xi.Machine(memory=memory, irqchip=True) as m:
         m.load_firmware(SEABIOS)
         watch = Until(out, b"enter handle_19", m.stop)
-        platform = attach_microvm(m, debugcon=watch, serial=io.BytesIO())
+        platform = attach_microvm(m, debugcon=watch, serial=io.BytesIO(),
+                                  posted_debugcon=posted)
         result = m.run(timeout=120)
         assert watch.matched, out.getvalue().decode(errors="replace")[-2000:]
         return result, out.getvalue().decode(errors="replace"), platform.fw_cfg
@@ -48,6 +49,17 @@ def test_seabios_reaches_its_boot_attempt(memory: int) -> None:
     assert "Found 1 serial ports" in log  # our 16550A passed SeaBIOS's probe
     assert log.index("Found QEMU fw_cfg") < log.index("enter handle_19")
     assert fw.dma_errors == 0
+
+
+def test_posted_debug_console_keeps_the_output_and_saves_the_exits() -> None:
+    sync_result, sync_log, _ = boot_seabios(32 << 20)
+    posted_result, posted_log, _ = boot_seabios(32 << 20, posted=True)
+    end = sync_log.index("enter handle_19")
+    # Byte for byte the same output, in the same order (POSTED may have run a little further
+    # before the stop took effect).
+    assert posted_log[:end] == sync_log[:end]
+    # One exit per byte of output with SYNC; with POSTED only ring-full and other exits.
+    assert sync_result.exits["io"] - posted_result.exits["io"] > end // 2
 
 
 def test_boot_command_until() -> None:

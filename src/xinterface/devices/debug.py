@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ..xinterface import XInterface, XIOEventFlags, XIORange, bind
+from ..delivery import Delivery
+from ..xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange, bind
 from . import Output
 
 if TYPE_CHECKING:
@@ -23,21 +24,33 @@ DEBUG_EXIT_PORT = 0xF4
 
 
 class DebugConsole:
-    """Port 0xe9: bytes to ``out`` (default: stdout). A wider write sends each byte, LSB first."""
+    """Port 0xe9: bytes to ``out`` (default: stdout). A wider write sends each byte, LSB first.
 
-    def __init__(self, out: Output | None = None, port: int = DEBUGCON_PORT) -> None:
+    ``posted=True`` takes 1-byte writes through KVM's coalesced PIO ring (Delivery.POSTED):
+    no exit per byte; the bytes reach ``out`` in order, at the guest's next exit.
+    """
+
+    def __init__(self, out: Output | None = None, port: int = DEBUGCON_PORT, *,
+                 posted: bool = False) -> None:
         self.out = out
         self.port = port
-        self._range: XIORange | None = None
+        self.posted = posted
+        self._entries: list[XIORange | XIOEvent] = []
 
     def attach(self, intf: XInterface) -> None:
-        self._range = intf.iorange(self.port, 1, XIOEventFlags.PIO, read=self._read,
-                                   write=self._write, name="debugcon")
+        self._entries = [intf.iorange(self.port, 1, XIOEventFlags.PIO, read=self._read,
+                                      write=self._write, name="debugcon")]
+        if self.posted:
+            self._entries.append(intf.ioevent(self.port, 1, XIOEventFlags.PIO,
+                                              signal=self._posted, delivery=Delivery.POSTED))
 
     def detach(self) -> None:
-        if self._range is not None:
-            self._range.deassign()
-            self._range = None
+        for entry in self._entries:
+            entry.deassign()
+        self._entries = []
+
+    def _posted(self, ev: XIOEvent, payload: bytes) -> None:
+        self._write(0, payload)
 
     def _write(self, offset: int, data: bytes) -> None:
         out = self.out if self.out is not None else sys.stdout.buffer

@@ -54,7 +54,7 @@ def ram_layout(machine: Machine) -> tuple[int, int]:
 
 
 def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
-                   serial: Output | None = None) -> Platform:
+                   serial: Output | None = None, posted_debugcon: bool = False) -> Platform:
     """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it)."""
     low, high = ram_layout(machine)
     fw = FwCfg()
@@ -66,7 +66,8 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     fw.add_file("etc/e820", e820_table(e820))
     fw.add_file("etc/boot-fail-wait", struct.pack("<I", BOOT_FAIL_WAIT_SECONDS))
     intf = bind(machine)
-    platform = Platform(intf, fw, DebugConsole(debugcon, port=SEABIOS_DEBUG_PORT),
+    platform = Platform(intf, fw, DebugConsole(debugcon, port=SEABIOS_DEBUG_PORT,
+                                               posted=posted_debugcon),
                         Uart16550(serial), Cmos(memory_registers(low, high)), ResetControl())
     for device in (platform.fw_cfg, platform.debugcon, platform.uart, platform.cmos,
                    platform.reset):
