@@ -139,40 +139,40 @@ class VcpuLoop:
             if ring.zones and ring.pending():
                 # Posted writes first: a later access must not overtake them (any vCPU's).
                 machine._drain_from_vcpu(self)
-            # Reads are served here; writes fall through to the common tail below.
+            # Decode the access; reads and writes are then served by one tail each, below.
             if reason == exit_io:
                 direction, size, addr, count, offset = unpack_io(mm, union)
                 if count != 1:
                     self._string_io(direction, size, addr, count, offset)
                     continue
-                if not direction:
-                    slot.count += 1
-                    value = pio_read(addr, size)
-                    slot.count += 1
-                    if value is None:
-                        value = self._unhandled("pio", addr, size, write=False)
-                    mm[offset : offset + size] = value
-                    continue
-                data = mm[offset : offset + size]
-                events, ranges, space = pio_events, pio_ranges, "pio"
+                space, is_write = "pio", direction
+                if is_write:
+                    data = mm[offset : offset + size]
+                    events, ranges = pio_events, pio_ranges
+                else:
+                    read = pio_read
             elif reason == exit_mmio:
                 addr, data, size, is_write = unpack_mmio(mm, union)
                 if size > 8:
                     raise GuestError(f"MMIO exit with length {size}", vcpu=self.index,
                                      regs=self.registers())
-                if not is_write:
-                    slot.count += 1
-                    value = mmio_read(addr, size)
-                    slot.count += 1
-                    if value is None:
-                        value = self._unhandled("mmio", addr, size, write=False)
-                    mm[mmio_data : mmio_data + size] = value
-                    continue
-                data = data[:size]
-                events, ranges, space = mmio_events, mmio_ranges, "mmio"
+                space = "mmio"
+                if is_write:
+                    data = data[:size]
+                    events, ranges = mmio_events, mmio_ranges
+                else:
+                    read, offset = mmio_read, mmio_data
             elif self._other_exit(reason):
                 return
             else:
+                continue
+            if not is_write:
+                slot.count += 1
+                value = read(addr, size)
+                slot.count += 1
+                if value is None:
+                    value = self._unhandled(space, addr, size, write=False)
+                mm[offset : offset + size] = value
                 continue
             slot.count += 1
             event = events.get((addr << 4) | size)
