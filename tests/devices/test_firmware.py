@@ -227,3 +227,20 @@ def test_debug_console_on_another_port(guest: Assemble) -> None:
         DebugConsole(out, port=0xE9).attach(xi.bind(m))
         assert m.run(timeout=10).reason == "hlt"
     assert out.getvalue() == b"hi1"
+
+
+def test_platform_leaks_no_fd_and_no_thread() -> None:
+    import os
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with xi.Machine(memory=2 << 20, irqchip=True) as m:  # warm-up: lazily created state
+        attach_microvm(m, debugcon=io.BytesIO(), serial=io.BytesIO())
+    before, threads = fds(), threading.active_count()
+    for _ in range(20):
+        with xi.Machine(memory=2 << 20, irqchip=True) as m:
+            m.load_firmware(SEABIOS)
+            attach_microvm(m, debugcon=io.BytesIO(), serial=io.BytesIO(), posted_debugcon=True)
+    assert fds() == before
+    assert threading.active_count() == threads
