@@ -186,11 +186,14 @@ def _stream(target: str, stack: contextlib.ExitStack) -> BinaryIO | None:
               help="End with status 0 once TEXT appears on the debug console or serial.")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds before the run is ended with an error (0: no limit).")
+@click.option("--board", type=click.Choice(["microvm", "pc"]), default="microvm",
+              show_default=True,
+              help="pc adds the i440FX/PIIX3 PCI configuration space (SeaBIOS's bios.bin).")
 @click.option("--posted-debugcon", is_flag=True,
               help="Debug console bytes through KVM's coalesced ring: no exit per byte.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
-         timeout: float, posted_debugcon: bool, debug: bool) -> None:
+         timeout: float, board: str, posted_debugcon: bool, debug: bool) -> None:
     """Boot firmware from the reset vector on the standard devices (fw_cfg, COM1, CMOS/RTC,
     debug console at 0x402), all of them xinterface clients."""
     from .devices import Output
@@ -207,7 +210,7 @@ def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
                            for out in outputs]
                 outputs = list(matched)
             attach_microvm(machine, debugcon=outputs[0], serial=outputs[1],
-                           posted_debugcon=posted_debugcon)
+                           posted_debugcon=posted_debugcon, pci=board == "pc")
             result = machine.run(timeout=timeout or None)
     except GuestError as exc:
         _fail(str(exc).splitlines()[0] + " (--debug shows registers)"

@@ -62,6 +62,36 @@ def test_posted_debug_console_keeps_the_output_and_saves_the_exits() -> None:
     assert sync_result.exits["io"] - posted_result.exits["io"] > end // 2
 
 
+def test_seabios_pc_build_on_the_i440fx_board() -> None:
+    # The stretch: SeaBIOS's bios.bin for QEMU's pc machine finds the PCI host bridge and the
+    # PIIX3 through configuration mechanism #1, and still reaches its boot attempt.
+    done = subprocess.run([sys.executable, "-m", "xinterface", "boot", "--bios",
+                           str(SEABIOS.with_name("bios.bin")), "--board", "pc", "--memory", "32M",
+                           "--until", "enter handle_19", "--serial", ""],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Found 2 PCI devices" in done.stdout
+    assert "PCI: init bdf=00:00.0 id=8086:1237" in done.stdout
+    assert "PCI: init bdf=00:01.0 id=8086:7000" in done.stdout
+    assert done.stdout.rstrip().endswith("enter handle_19")
+
+
+def test_pci_config_space_reads_all_ones_where_nothing_is() -> None:
+    from xinterface.devices.pci import PciHost
+
+    host = PciHost()
+    host._write_address(0, (0x80000000 | (1 << 11)).to_bytes(4, "little"))
+    assert host._read_data(0, 4) == b"\x86\x80\x00\x70"          # 8086:7000
+    host._write_address(0, (0x80000000 | (5 << 11)).to_bytes(4, "little"))
+    assert host._read_data(0, 4) == b"\xff" * 4                  # empty slot
+    host._write_address(0, (1 << 11).to_bytes(4, "little"))      # enable bit clear
+    assert host._read_data(2, 2) == b"\xff" * 2
+    host._write_address(0, 0x80000000.to_bytes(4, "little"))
+    host._write_data(0, b"\0\0\0\0")                             # the ID is read-only
+    assert host._read_data(0, 2) == b"\x86\x80"
+    assert host._write_address(1, b"\x06") is False                # byte access: not ours
+
+
 def test_boot_command_until() -> None:
     done = subprocess.run([sys.executable, "-m", "xinterface", "boot", "--bios", str(SEABIOS),
                            "--memory", "32M", "--until", "enter handle_19", "--serial", ""],

@@ -26,6 +26,7 @@ from .fw_cfg import (
     FwCfg,
     e820_table,
 )
+from .pci import PciHost
 from .reset import ResetControl
 from .uart import Uart16550
 
@@ -41,6 +42,7 @@ class Platform:
     uart: Uart16550
     cmos: Cmos
     reset: ResetControl
+    pci: PciHost | None = None
 
 
 def ram_layout(machine: Machine) -> tuple[int, int]:
@@ -54,8 +56,13 @@ def ram_layout(machine: Machine) -> tuple[int, int]:
 
 
 def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
-                   serial: Output | None = None, posted_debugcon: bool = False) -> Platform:
-    """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it)."""
+                   serial: Output | None = None, posted_debugcon: bool = False,
+                   pci: bool = False) -> Platform:
+    """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it).
+
+    ``pci=True`` adds the i440FX/PIIX3 configuration space of QEMU's ``pc`` machine, for
+    firmware built for it (SeaBIOS's ``bios.bin``).
+    """
     low, high = ram_layout(machine)
     fw = FwCfg()
     cpus = len(machine.vcpus)
@@ -72,6 +79,9 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     for device in (platform.fw_cfg, platform.debugcon, platform.uart, platform.cmos,
                    platform.reset):
         device.attach(intf)
+    if pci:
+        platform.pci = PciHost()
+        platform.pci.attach(intf)
     return platform
 
 

@@ -1,0 +1,108 @@
+"""PCI configuration space (configuration mechanism #1) with the i440FX host bridge and the
+PIIX3 ISA bridge, what firmware built for QEMU's ``pc`` machine expects to find.
+
+Mechanism #1: PCI Local Bus Specification 3.0, 3.2.2.3.2: a 32-bit write to 0xcf8 latches
+(enable bit 31, bus 23:16, device 15:11, function 10:8, register 7:2); 0xcfc-0xcff read or
+write the addressed dword's bytes. Device identities and registers: Intel 82441FX (PMC) and
+82371SB (PIIX3) datasheets. A function that does not exist reads all-ones, so firmware
+probing every slot finds exactly these two.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+from ..xinterface import XInterface, XIOEventFlags, XIORange
+
+CONFIG_ADDRESS = 0xCF8
+CONFIG_DATA = 0xCFC
+ENABLE = 1 << 31
+
+VENDOR_INTEL = 0x8086
+DEVICE_I440FX = 0x1237
+DEVICE_PIIX3_ISA = 0x7000
+CLASS_HOST_BRIDGE = 0x060000
+CLASS_ISA_BRIDGE = 0x060100
+HEADER_MULTIFUNCTION = 0x80
+I440FX_PAM0 = 0x59       # PAM0-PAM6: attributes of the BIOS and option ROM areas
+PIIX3_PIRQ_ROUTE = 0x60  # PIRQA-D routing; 0x80: disabled
+_WRITABLE_FROM = 0x40    # the standard header is read-only here; device registers follow
+
+
+def config_header(vendor: int, device: int, class_code: int, header_type: int = 0) -> bytearray:
+    space = bytearray(256)
+    struct.pack_into("<HH", space, 0x00, vendor, device)
+    struct.pack_into("<I", space, 0x08, class_code << 8)  # revision 0
+    space[0x0E] = header_type
+    return space
+
+
+class PciHost:
+    """Bus 0 with 00:00.0 (i440FX host bridge) and 00:01.0 (PIIX3 ISA bridge)."""
+
+    def __init__(self) -> None:
+        host = config_header(VENDOR_INTEL, DEVICE_I440FX, CLASS_HOST_BRIDGE)
+        isa = config_header(VENDOR_INTEL, DEVICE_PIIX3_ISA, CLASS_ISA_BRIDGE,
+                            HEADER_MULTIFUNCTION)
+        isa[PIIX3_PIRQ_ROUTE : PIIX3_PIRQ_ROUTE + 4] = b"\x80" * 4
+        # (bus, device, function) -> configuration space
+        self.functions: dict[tuple[int, int, int], bytearray] = {(0, 0, 0): host,
+                                                                 (0, 1, 0): isa}
+        self.address = 0
+        self._lock = threading.Lock()
+        self._ranges: list[XIORange] = []
+
+    def attach(self, intf: XInterface) -> None:
+        pio = XIOEventFlags.PIO
+        self._ranges = [
+            intf.iorange(CONFIG_ADDRESS, 4, pio, read=self._read_address,
+                         write=self._write_address, name="pci address"),
+            intf.iorange(CONFIG_DATA, 4, pio, read=self._read_data, write=self._write_data,
+                         name="pci data"),
+        ]
+
+    def detach(self) -> None:
+        for r in self._ranges:
+            r.deassign()
+        self._ranges = []
+
+    def _write_address(self, offset: int, data: bytes) -> bool:
+        if offset != 0 or len(data) != 4:
+            return False  # byte accesses at 0xcf8-0xcfb are not the address register
+        with self._lock:
+            self.address = int.from_bytes(data, "little")
+        return True
+
+    def _read_address(self, offset: int, size: int) -> bytes | None:
+        if offset != 0 or size != 4:
+            return None
+        return self.address.to_bytes(4, "little")
+
+    def _target(self, offset: int) -> tuple[bytearray, int] | None:
+        address = self.address
+        if not address & ENABLE:
+            return None
+        key = ((address >> 16) & 0xFF, (address >> 11) & 0x1F, (address >> 8) & 0x7)
+        space = self.functions.get(key)
+        if space is None:
+            return None
+        return space, (address & 0xFC) + offset
+
+    def _read_data(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            hit = self._target(offset)
+            if hit is None:
+                return b"\xff" * size
+            space, reg = hit
+            return bytes(space[reg : reg + size]).ljust(size, b"\xff")
+
+    def _write_data(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            hit = self._target(offset)
+            if hit is None:
+                return
+            space, reg = hit
+            for i, byte in enumerate(data):
+                if _WRITABLE_FROM <= reg + i < len(space):
+                    space[reg + i] = byte
