@@ -1,0 +1,113 @@
+"""vmap and sgmap: views of guest RAM that hold a reference on their interface."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .refcount import Counted
+
+if TYPE_CHECKING:
+    from .xinterface import XInterface
+
+
+class GuestMap(Counted):
+    """Views of guest RAM holding a reference on their interface (``struct kvm_xvmap``)."""
+
+    def __init__(self, intf: XInterface, views: list[memoryview]) -> None:
+        super().__init__()
+        intf.get()
+        self.intf = intf
+        self._views = views
+        intf._add_map(self)
+
+    def _last_put(self) -> None:
+        self._release_views()
+        self.intf._drop_map(self)
+        self.intf.put()
+
+    def _release_views(self) -> None:
+        for view in self._views:
+            try:
+                view.release()
+            except BufferError:
+                raise BufferError(f"{self!r} is still exported to another buffer (e.g. a NumPy "
+                                  "array); drop that first") from None
+
+    def _force_release(self) -> None:
+        with self._lock:
+            if self._dead:
+                return
+            self._release_views()
+            self._dead = True
+            self._refs = 0
+            self.intf._drop_map(self)
+
+    def __enter__(self) -> GuestMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._dead:
+            self.put()
+
+
+class XVMap(GuestMap):
+    """``intf.vmap(gpa, length)``: ``.addr`` is a writable zero-copy ``memoryview``.
+
+    After the last ``put`` the view is released: using ``.addr`` raises ``ValueError``.
+    """
+
+    _what = "the vmap"
+
+    def __init__(self, intf: XInterface, gpa: int, length: int, view: memoryview) -> None:
+        self.gpa = gpa
+        self.len = length
+        super().__init__(intf, [view])
+
+    @property
+    def addr(self) -> memoryview:
+        return self._views[0]
+
+    def get(self) -> XVMap:
+        super().get()
+        return self
+
+    def __enter__(self) -> XVMap:
+        return self
+
+    def __repr__(self) -> str:
+        return f"XVMap(gpa={self.gpa:#x}, len={self.len:#x})"
+
+
+class XSGMap(GuestMap):
+    """``intf.sgmap([(gpa, length), ...])``: ``.views[i]`` maps element ``i``."""
+
+    _what = "the sgmap"
+
+    def __init__(self, intf: XInterface, elements: list[tuple[int, int]],
+                 views: list[memoryview]) -> None:
+        self.elements = elements
+        super().__init__(intf, views)
+
+    @property
+    def views(self) -> list[memoryview]:
+        return list(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __iter__(self) -> Iterator[memoryview]:
+        return iter(self._views)
+
+    def get(self) -> XSGMap:
+        super().get()
+        return self
+
+    def __enter__(self) -> XSGMap:
+        return self
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"({g:#x}, {n:#x})" for g, n in self.elements[:4])
+        more = ", ..." if len(self.elements) > 4 else ""
+        return f"XSGMap([{parts}{more}])"
+
