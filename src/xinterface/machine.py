@@ -40,12 +40,6 @@ MMIO_LIMIT = 1 << 64  # guest-physical address space as KVM reports it
 IDENTITY_MAP_ADDR = 0xFEFFC000
 TSS_ADDR = 0xFEFFD000
 KICK_SIGNAL = signal.SIGRTMIN + 1
-FOUR_GIB = 1 << 32
-BIOS_ALIAS_SIZE = 128 << 10   # the firmware's tail seen below 1 MiB (0xE0000-0xFFFFF)
-BIOS_ALIAS_END = 1 << 20
-FIRMWARE_MIN, FIRMWARE_MAX = 64 << 10, 16 << 20
-RESET_CR0 = 0x60000010        # SDM Vol. 3A, 9.1.1: CD, NW and ET set after reset
-RESET_IP = 0xFFF0
 
 _machines: weakref.WeakValueDictionary[int, Machine] = weakref.WeakValueDictionary()
 
@@ -227,45 +221,13 @@ class Machine:
         loader.load_flat(self.memory, [v.vcpu for v in self.vcpus], bytes(image), gpa, mode)
 
     def load_firmware(self, firmware: str | os.PathLike[str] | bytes) -> None:
-        """Map a firmware image (a path, or its bytes) as the platform does, start at reset.
-
-        The image is mapped read-only (``KVM_MEM_READONLY``) to end at 4 GiB, and its last
-        128 KiB also at 0xE0000-0xFFFFF, as writable memory shared with it, as QEMU's microvm
-        does for RAM firmware (SeaBIOS keeps its data there). Guest writes to the high ROM
-        exit as MMIO and are dropped. vCPU 0 starts from the architectural reset state: CS
-        selector 0xF000 with base 0xFFFF0000, IP 0xFFF0.
-        """
+        """Map a firmware image (a path, or its bytes) as the platform does; vCPU 0 starts
+        from the reset vector. See :mod:`xinterface.loader.firmware`."""
         self._check_open()
         assert self.memory is not None
         data = bytes(firmware) if isinstance(firmware, bytes | bytearray) else (
             Path(firmware).read_bytes())
-        size = len(data)
-        if not FIRMWARE_MIN <= size <= FIRMWARE_MAX or size % uapi.PAGE_SIZE:
-            raise XInterfaceError(errno.EINVAL, f"firmware of {size} bytes: it must be a "
-                                  f"multiple of 4 KiB from {FIRMWARE_MIN >> 10} KiB to "
-                                  f"{FIRMWARE_MAX >> 20} MiB", argument="firmware", value=size)
-        fd = os.memfd_create("xinterface-firmware", os.MFD_CLOEXEC)
-        try:
-            os.write(fd, data)
-            self.memory.add_region(FOUR_GIB - size, size, readonly=True, memfd=fd)
-            alias = min(size, BIOS_ALIAS_SIZE)
-            base = BIOS_ALIAS_END - alias
-            if self.memory.region_at(base) is not None:
-                self.memory.punch(base, alias)
-            self.memory.add_region(base, alias, memfd=fd, offset=size - alias)
-        finally:
-            os.close(fd)
-        vcpu = self.vcpus[0].vcpu
-        sregs = vcpu.get_sregs()
-        sregs.cs.selector, sregs.cs.base, sregs.cs.limit = 0xF000, 0xFFFF0000, 0xFFFF
-        for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
-            seg.selector, seg.base, seg.limit = 0, 0, 0xFFFF
-        sregs.cr0 = RESET_CR0
-        sregs.cr3 = sregs.cr4 = sregs.efer = 0
-        vcpu.set_sregs(sregs)
-        regs = uapi.kvm_regs()
-        regs.rip, regs.rflags = RESET_IP, 0x2
-        vcpu.set_regs(regs)
+        loader.load_firmware(self.memory, self.vcpus[0].vcpu, data)
 
     # --- running --------------------------------------------------------------------------
     def run(self, timeout: float | None = None, *, poll: float | None = None) -> RunResult:
