@@ -353,7 +353,7 @@ def test_a_mode_the_kernel_lacks_is_refused_at_registration(cap: int,
     # These machines have every capability, so the probe's answer is overridden: what is
     # tested is that registration checks it, refuses cleanly, and leaves nothing behind.
     with xi.Machine(memory=1 << 20) as m:
-        m._caps[cap] = 0
+        m.vm._caps[cap] = 0
         intf = xi.bind(m)
         sizes = len(m.pio_bus), len(m.mmio_bus)
         with pytest.raises(xi.XInterfaceError) as info:

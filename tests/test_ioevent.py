@@ -89,13 +89,13 @@ def intf() -> Iterator[xi.XInterface]:
 )
 def test_invalid_arguments_are_einval(intf: xi.XInterface, addr: int, length: int, flags: int,
                                       argument: str) -> None:
-    sizes = len(intf.machine.pio_bus), len(intf.machine.mmio_bus)
+    sizes = len(intf.vm.pio_bus), len(intf.vm.mmio_bus)
     with pytest.raises(xi.XInterfaceError) as info:
         intf.ioevent(addr, length, flags)
     assert info.value.errno == errno.EINVAL
     assert info.value.argument == argument
     assert argument in str(info.value)
-    assert (len(intf.machine.pio_bus), len(intf.machine.mmio_bus)) == sizes
+    assert (len(intf.vm.pio_bus), len(intf.vm.mmio_bus)) == sizes
 
 
 def test_seed_constants() -> None:
@@ -130,10 +130,10 @@ def test_event_holds_and_deassign_drops_the_interface_reference(intf: xi.XInterf
 
 def test_100k_events_on_a_bus(intf: xi.XInterface) -> None:
     events = [intf.ioevent(MMIO_BASE + 8 * i, 4) for i in range(100_000)]
-    assert len(intf.machine.mmio_bus) == 100_000
+    assert len(intf.vm.mmio_bus) == 100_000
     for ev in events:
         ev.deassign()
-    assert len(intf.machine.mmio_bus) == 0
+    assert len(intf.vm.mmio_bus) == 0
 
 
 # --- dispatch on real guests ------------------------------------------------------------------

@@ -48,7 +48,7 @@ def expected_errno(addr: int, length: int, flags: int) -> int | None:
     flags=st.one_of(st.sampled_from([0, 1]), st.integers(-2, 2**32)),
 )
 def test_ioevent_arguments(intf: xi.XInterface, addr: int, length: int, flags: int) -> None:
-    buses = intf.machine.pio_bus, intf.machine.mmio_bus
+    buses = intf.vm.pio_bus, intf.vm.mmio_bus
     before = [len(b) for b in buses]
     want = expected_errno(addr, length, flags)
     if want is None:

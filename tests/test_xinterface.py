@@ -40,7 +40,7 @@ def test_bind_machine_and_fd(machine: xi.Machine) -> None:
     a, b = xi.bind(machine), xi.bind(machine.fd)
     a.copy_to(0x100, b"via a")
     assert b.copy_from(0x100, 5) == b"via a"
-    assert a.machine is b.machine is machine
+    assert a.vm is b.vm is machine.vm
 
 
 def test_bind_closed_fd_is_ebadf() -> None:
@@ -156,13 +156,13 @@ def test_copies_span_adjacent_slots(intf: xi.XInterface) -> None:
                           (0xFFFF8, 0x10, 0xFFFF8), (0x103FF0, 0x20, 0x104000)])
 def test_copy_into_a_hole_copies_nothing(intf: xi.XInterface, gpa: int, length: int,
                                          first_bad: int) -> None:
-    before = intf.machine.memory.read(0x1FF00, 0x100) if intf.machine.memory else b""
+    before = intf.vm.memory.read(0x1FF00, 0x100) if intf.vm.memory else b""
     with pytest.raises(xi.XInterfaceError) as info:
         intf.copy_to(gpa, b"\xaa" * length)
     assert info.value.errno == errno.EFAULT
     assert f"gpa {first_bad:#x}" in str(info.value)
-    assert intf.machine.memory is not None
-    assert intf.machine.memory.read(0x1FF00, 0x100) == before
+    assert intf.vm.memory is not None
+    assert intf.vm.memory.read(0x1FF00, 0x100) == before
     with pytest.raises(xi.XInterfaceError) as info:
         intf.copy_from(gpa, length)
     assert info.value.errno == errno.EFAULT

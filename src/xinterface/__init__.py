@@ -4,8 +4,10 @@ Public names live here; every other module is importable but private.
 """
 
 from .delivery import Delivery
+from .devices.debug import attach_debug_ports
 from .errors import GuestError, GuestIOError, KvmError, XInterfaceError
 from .machine import Machine, RunResult
+from .vm import Vm
 from .xinterface import (
     KVM_XIOEVENT_FLAG_PIO,
     KVM_XIOEVENT_VALID_FLAG_MASK,
@@ -29,6 +31,7 @@ __all__ = [
     "KvmError",
     "Machine",
     "RunResult",
+    "Vm",
     "XIOEvent",
     "XIOEventFd",
     "XIOEventFlags",
@@ -41,3 +44,7 @@ __all__ = [
     "bind",
 ]
 __version__ = "0.1.0"
+
+# The composition root: the runner imports no device; the facade gives Machine(debug_ports=True)
+# its ports (0xe9 console, 0xf4 exit), attached through the public xinterface like any client.
+Machine.default_devices = (attach_debug_ports,)

@@ -196,8 +196,8 @@ def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
          timeout: float, board: str, posted_debugcon: bool, debug: bool) -> None:
     """Boot firmware from the reset vector on the standard devices (fw_cfg, COM1, CMOS/RTC,
     debug console at 0x402), all of them xinterface clients."""
-    from .devices import Output
-    from .devices.platform import Until, attach_microvm
+    from .boards import BOARDS
+    from .devices import Output, Until
 
     matched: list[Until] = []
     try:
@@ -209,8 +209,8 @@ def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
                 matched = [Until(out or open_null(stack), until.encode(), machine.stop)
                            for out in outputs]
                 outputs = list(matched)
-            attach_microvm(machine, debugcon=outputs[0], serial=outputs[1],
-                           posted_debugcon=posted_debugcon, pci=board == "pc")
+            BOARDS[board](machine, debugcon=outputs[0], serial=outputs[1],
+                          posted_debugcon=posted_debugcon)
             result = machine.run(timeout=timeout or None)
     except GuestError as exc:
         _fail(str(exc).splitlines()[0] + " (--debug shows registers)"

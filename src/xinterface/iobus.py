@@ -33,6 +33,13 @@ RangeRead = Callable[[int, int], "bytes | None"]
 MAX_EVENTS = 1 << 20  # per bus; ENOSPC beyond. The kernel's io bus allowed 1000 devices.
 
 
+class Bus(Protocol):
+    """What the exit loop needs of an I/O bus: claim a write, serve a read."""
+
+    def write(self, addr: int, data: bytes) -> bool: ...
+    def read(self, addr: int, size: int) -> bytes | None: ...
+
+
 class EventEntry(Protocol):
     """What the bus needs of an exact-match event (an ``XIOEvent``)."""
 

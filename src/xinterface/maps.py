@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from .refcount import Counted
+from .vm import Vm
 
-if TYPE_CHECKING:
-    from .xinterface import XInterface
+
+class Handle(Protocol):
+    """What a map needs of the interface that made it (an ``XInterface``), and the memory
+    services a map's user may call through ``m.intf``. Stated here so that this module need
+    not import the interface (README, Layout)."""
+
+    @property
+    def vm(self) -> Vm: ...
+    @property
+    def released(self) -> bool: ...
+    def get(self) -> Any: ...
+    def put(self) -> None: ...
+    def _add_map(self, m: GuestMap) -> None: ...
+    def _drop_map(self, m: GuestMap) -> None: ...
+    def _drop_io(self, entry: Any) -> None: ...
+    def copy_to(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
+    def copy_from(self, gpa: int, length: int) -> bytes: ...
+    def vmap(self, gpa: int, length: int) -> XVMap: ...
+    def sgmap(self, elements: Sequence[tuple[int, int]]) -> XSGMap: ...
 
 
 class GuestMap(Counted):
     """Views of guest RAM holding a reference on their interface (``struct kvm_xvmap``)."""
 
-    def __init__(self, intf: XInterface, views: list[memoryview]) -> None:
+    def __init__(self, intf: Handle, views: list[memoryview]) -> None:
         super().__init__()
         intf.get()
         self.intf = intf
@@ -59,7 +77,7 @@ class XVMap(GuestMap):
 
     _what = "the vmap"
 
-    def __init__(self, intf: XInterface, gpa: int, length: int, view: memoryview) -> None:
+    def __init__(self, intf: Handle, gpa: int, length: int, view: memoryview) -> None:
         self.gpa = gpa
         self.len = length
         super().__init__(intf, [view])
@@ -84,7 +102,7 @@ class XSGMap(GuestMap):
 
     _what = "the sgmap"
 
-    def __init__(self, intf: XInterface, elements: list[tuple[int, int]],
+    def __init__(self, intf: Handle, elements: list[tuple[int, int]],
                  views: list[memoryview]) -> None:
         self.elements = elements
         super().__init__(intf, views)

@@ -12,7 +12,6 @@ def badf(what: str) -> XInterfaceError:
     return XInterfaceError(errno.EBADF, f"{what} is released", argument="self", value=what)
 
 
-
 class Counted:
     """A reference count whose last ``put`` runs ``_last_put`` exactly once."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from .vcpu_loop import Bus
+from .iobus import Bus
 
 
 class TracingBus:

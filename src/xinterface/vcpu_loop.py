@@ -11,14 +11,14 @@ from __future__ import annotations
 import fcntl
 import struct
 import threading
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from .delivery.posted import CoalescedRing
 from .errors import GuestError, GuestIOError
 from .grace import ReaderSlot
+from .iobus import Bus
 from .kvm import VcpuFd, uapi
-
-if TYPE_CHECKING:
-    from .machine import Machine
 
 # kvm_run offsets (checked against <linux/kvm.h> via the ctypes layout in tests/kvm).
 _RUN_EXIT_REASON_WORD = uapi.kvm_run.exit_reason.offset // 4
@@ -40,20 +40,40 @@ _INTERNAL_NAMES = {
 }
 
 
-class Bus(Protocol):
-    """What the exit loop needs of an I/O bus: claim a write, serve a read."""
+class LoopOwner(Protocol):
+    """What a vCPU thread needs of whoever runs it: the whole contract, for this loop and any
+    other implementation of it (a compiled loop keeps the same one).
 
-    def write(self, addr: int, data: bytes) -> bool: ...
-    def read(self, addr: int, size: int) -> bytes | None: ...
+    ``stopping`` is read before every ``KVM_RUN``; ``request_stop``/``fail`` end the run of
+    every vCPU; ``vcpu_done`` is the thread's last call.
+    """
+
+    stopping: bool
+
+    @property
+    def strict(self) -> bool: ...
+    def buses(self) -> tuple[Bus, Bus]: ...
+    def write_paths(self) -> tuple[dict[int, Any], Callable[[int, bytes], bool],
+                                   dict[int, Any], Callable[[int, bytes], bool]]: ...
+    def drain_posted(self, loop: VcpuLoop) -> None: ...
+    def request_stop(self, reason: str, exit_code: int | None = None) -> None: ...
+    def fail(self, exc: BaseException) -> None: ...
+    def vcpu_done(self, loop: VcpuLoop) -> None: ...
 
 
 class VcpuLoop:
-    """Runs one vCPU until it halts or the machine stops. ``counts[reason]`` counts exits."""
+    """Runs one vCPU until it halts or the machine stops. ``counts[reason]`` counts exits.
 
-    def __init__(self, machine: Machine, vcpu: VcpuFd, slot: ReaderSlot) -> None:
-        self.machine = machine
+    ``slot`` is this thread's grace-period reader slot; ``ring`` the VM's coalesced ring,
+    drained (through ``owner.drain_posted``) before any exit is handled.
+    """
+
+    def __init__(self, owner: LoopOwner, vcpu: VcpuFd, slot: ReaderSlot,
+                 ring: CoalescedRing) -> None:
+        self.owner = owner
         self.vcpu = vcpu
         self.slot = slot
+        self.ring = ring
         self.index = vcpu.index
         self.counts = [0] * (_EXIT_MASK + 1)
         self.halted = False
@@ -73,11 +93,11 @@ class VcpuLoop:
         try:
             self._loop()
         except BaseException as exc:  # handed to Machine.run(), which re-raises it
-            self.machine._fail(exc)
+            self.owner.fail(exc)
         finally:
             self.slot.leave_if_inside()
             self.slot.thread_id = None
-            self.machine._vcpu_done(self)
+            self.owner.vcpu_done(self)
 
     def _loop(self) -> None:
         try:
@@ -102,7 +122,7 @@ class VcpuLoop:
                 length=size) from exc
 
     def _exits(self) -> None:
-        machine = self.machine
+        owner = self.owner
         fd = self.vcpu.fd
         mm = self.vcpu.run_mmap
         words = self._words
@@ -112,19 +132,19 @@ class VcpuLoop:
         exit_io, exit_mmio = uapi.KVM_EXIT_IO, uapi.KVM_EXIT_MMIO
         unpack_io = _IO.unpack_from
         unpack_mmio = _MMIO.unpack_from
-        pio, mmio = machine.buses()
+        pio, mmio = owner.buses()
         pio_read, mmio_read = pio.read, mmio.read
         # Writes: the exact-match event is looked up here, saving a call per exit; the rest
         # is IoBus.write_ranges. Same semantics as IoBus.write (see there).
-        pio_events, pio_ranges, mmio_events, mmio_ranges = machine.write_paths()
-        strict = machine.strict
+        pio_events, pio_ranges, mmio_events, mmio_ranges = owner.write_paths()
+        strict = owner.strict
         slot = self.slot
-        ring = machine.ring
-        assert ring is not None
+        ring = self.ring
+        drain = owner.drain_posted
         reason_word, union, mmio_data, mask = (_RUN_EXIT_REASON_WORD, _RUN_UNION, _MMIO_DATA,
                                                _EXIT_MASK)
         self.halted = False
-        while not machine._stopping:
+        while not owner.stopping:
             try:
                 ioctl(fd, kvm_run, 0)
             except InterruptedError:
@@ -138,7 +158,7 @@ class VcpuLoop:
             counts[reason & mask] += 1
             if ring.zones and ring.pending():
                 # Posted writes first: a later access must not overtake them (any vCPU's).
-                machine._drain_from_vcpu(self)
+                drain(self)
             # Decode the access; reads and writes are then served by one tail each, below.
             if reason == exit_io:
                 direction, size, addr, count, offset = unpack_io(mm, union)
@@ -190,7 +210,7 @@ class VcpuLoop:
     def _string_io(self, direction: int, size: int, port: int, count: int, offset: int) -> None:
         """``rep outs``/``rep ins``: KVM hands over ``count`` elements, served one by one."""
         mm = self.vcpu.run_mmap
-        bus = self.machine.buses()[0]
+        bus = self.owner.buses()[0]
         slot = self.slot
         for i in range(count):
             at = offset + i * size
@@ -198,7 +218,7 @@ class VcpuLoop:
             if direction:
                 claimed = bus.write(port, mm[at : at + size])
                 slot.count += 1
-                if not claimed and self.machine.strict:
+                if not claimed and self.owner.strict:
                     self._unhandled("pio", port, size, write=True)
             else:
                 value = bus.read(port, size)
@@ -209,7 +229,7 @@ class VcpuLoop:
 
     def _unhandled(self, space: str, addr: int, size: int, *, write: bool) -> bytes:
         """Nobody claimed the access: all-ones / dropped, or a stop when the machine is strict."""
-        if self.machine.strict:
+        if self.owner.strict:
             kind = "write to" if write else "read from"
             where = f"port {addr:#x}" if space == "pio" else f"MMIO address {addr:#x}"
             raise GuestIOError(f"unhandled {size}-byte {kind} {where} (strict mode)",
@@ -241,10 +261,10 @@ class VcpuLoop:
         if reason == uapi.KVM_EXIT_SYSTEM_EVENT:
             kind, _ = _SYSTEM_EVENT.unpack_from(mm, _RUN_UNION)
             if kind == uapi.KVM_SYSTEM_EVENT_SHUTDOWN:
-                self.machine._request_stop("shutdown")
+                self.owner.request_stop("shutdown")
                 return True
             if kind == uapi.KVM_SYSTEM_EVENT_RESET:
-                self.machine._request_stop("reset")
+                self.owner.request_stop("reset")
                 return True
             raise GuestError(f"system event {kind} (KVM_EXIT_SYSTEM_EVENT)", vcpu=self.index,
                              regs=self.registers())

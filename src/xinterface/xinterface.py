@@ -2,9 +2,9 @@
 
 ``kvm_xinterface_bind`` / ``get`` / ``put`` / ``ops->copy_to`` / ``ops->copy_from`` /
 ``ops->vmap`` and the scatter-gather map of the series, as Python objects over a
-:class:`~xinterface.machine.Machine`. Differences from the seed are the fixes DESIGN.md lists:
-copies translate every byte (not only the first gpa), and closing the machine tears every
-client down instead of letting one keep the VM alive.
+:class:`~xinterface.vm.Vm` (the seed's ``struct kvm``). Differences from the seed are the
+fixes DESIGN.md lists: copies translate every byte (not only the first gpa), and closing the
+machine tears every client down instead of letting one keep the VM alive.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ import errno
 import os
 import threading
 from collections.abc import Sequence
+from typing import Protocol
 
 from .delivery import Delivery
 from .errors import XInterfaceError
 from .iobus import IoBus, RangeDevice, RangeRead, RangeWrite
 from .kvm import uapi
-from .machine import Machine, machine_for_fd
 from .maps import GuestMap, XSGMap, XVMap
 from .memory import GuestMemory
 from .refcount import Counted, badf
+from .vm import Vm, vm_for_fd
 from .xioevent import (
     CAP_NAMES,
     EVENT_LENGTHS,
@@ -67,18 +68,29 @@ def _check_gpa(gpa: object) -> int:
 
 
 
+class HasVm(Protocol):
+    """Anything that carries a Vm, as a Machine does: ``bind()`` accepts it."""
+
+    @property
+    def vm(self) -> Vm: ...
+
+
 class XInterface(Counted):
-    """A client's handle on one machine (``struct kvm_xinterface``). Made by :func:`bind`."""
+    """A client's handle on one VM (``struct kvm_xinterface``). Made by :func:`bind`.
+
+    ``vm`` is the :class:`~xinterface.vm.Vm` bound to: a device reads ``vm.irqchip`` there
+    and ends a run with ``vm.exit(status)`` or ``vm.request_reset()``.
+    """
 
     _what = "the xinterface"
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, vm: Vm) -> None:
         super().__init__()
-        self.machine = machine
+        self.vm = vm
         self._maps: set[GuestMap] = set()
         self._io: set[BusEntry] = set()
         self._release_lock = threading.Lock()
-        machine._attach(self)
+        vm.attach(self)
 
     def get(self) -> XInterface:
         super().get()
@@ -86,7 +98,7 @@ class XInterface(Counted):
 
     def _memory(self) -> GuestMemory:
         self._check()
-        memory = self.machine.memory
+        memory = self.vm.memory
         if memory is None:
             raise badf("the machine")
         return memory
@@ -144,7 +156,7 @@ class XInterface(Counted):
             raise XInterfaceError(errno.EINVAL, f"flags {flags!r} has bits outside "
                                   f"KVM_XIOEVENT_VALID_FLAG_MASK ({mask:#x})",
                                   argument="flags", value=flags)
-        bus = self.machine.pio_bus if flags & XIOEventFlags.PIO else self.machine.mmio_bus
+        bus = self.vm.pio_bus if flags & XIOEventFlags.PIO else self.vm.mmio_bus
         if isinstance(addr, bool) or not isinstance(addr, int) or addr < 0:
             raise XInterfaceError(errno.EINVAL, f"addr {addr!r} must be a non-negative int",
                                   argument="addr", value=addr)
@@ -193,7 +205,7 @@ class XInterface(Counted):
             return self._eventfd_event(bus, addr, length, int(flags), signal, datamatch)
         if delivery is Delivery.POSTED:
             cap = uapi.KVM_CAP_COALESCED_PIO if bus.space == "pio" else uapi.KVM_CAP_COALESCED_MMIO
-            if not self.machine.has_cap(cap):
+            if not self.vm.has_cap(cap):
                 raise XInterfaceError(errno.EOPNOTSUPP, f"the kernel lacks {CAP_NAMES[cap]}: no "
                                       f"POSTED delivery on the {bus.space} bus",
                                       argument="delivery", value=delivery)
@@ -213,7 +225,7 @@ class XInterface(Counted):
 
     def _eventfd_event(self, bus: IoBus, addr: int, length: int, flags: int,
                        signal: Signal | None, datamatch: int | None) -> XIOEvent:
-        if not self.machine.has_cap(uapi.KVM_CAP_IOEVENTFD):
+        if not self.vm.has_cap(uapi.KVM_CAP_IOEVENTFD):
             raise XInterfaceError(errno.EOPNOTSUPP, "the kernel lacks KVM_CAP_IOEVENTFD",
                                   argument="delivery", value=Delivery.EVENTFD)
         event = self._register(XIOEventFd(self, bus, addr, length, flags, datamatch))
@@ -226,11 +238,11 @@ class XInterface(Counted):
         guest's EOI, which signals ``.resamplefd``. Needs ``Machine(irqchip=True)``.
         """
         self._check()
-        if not self.machine.irqchip:
+        if not self.vm.irqchip:
             raise XInterfaceError(errno.EOPNOTSUPP, "irqfd needs an in-kernel irqchip: "
                                   "Machine(irqchip=True)", argument="gsi", value=gsi)
         cap = uapi.KVM_CAP_IRQFD_RESAMPLE if resample else uapi.KVM_CAP_IRQFD
-        if not self.machine.has_cap(cap):
+        if not self.vm.has_cap(cap):
             raise XInterfaceError(errno.EOPNOTSUPP, f"the kernel lacks {CAP_NAMES[cap]}",
                                   argument="resample", value=resample)
         if isinstance(gsi, bool) or not isinstance(gsi, int) or not 0 <= gsi < 1 << 32:
@@ -263,7 +275,7 @@ class XInterface(Counted):
     def release(self) -> None:
         """``ops->release``: runs once, on the last ``put`` (or when the machine closes)."""
         with self._release_lock:
-            self.machine._detach(self)
+            self.vm.detach(self)
 
     def _add_map(self, m: GuestMap) -> None:
         self._maps.add(m)
@@ -271,8 +283,8 @@ class XInterface(Counted):
     def _drop_map(self, m: GuestMap) -> None:
         self._maps.discard(m)
 
-    def _machine_closing(self) -> None:
-        """Tear down for Machine.close(): release every map, then the interface itself.
+    def _vm_closing(self) -> None:
+        """Tear down for closing the VM: release every map, then the interface itself.
 
         A map whose view is still exported (e.g. to a NumPy array) raises BufferError and
         stays, and so does the interface, so close() can be retried once it is dropped.
@@ -303,28 +315,34 @@ class XInterface(Counted):
 
 
 
-def bind(target: Machine | int) -> XInterface:
-    """``kvm_xinterface_bind``: an interface on a Machine, or on the VM fd of one of ours.
+def bind(target: Vm | HasVm | int) -> XInterface:
+    """``kvm_xinterface_bind``: an interface on a Vm, on a Machine (its ``.vm``), or on the VM
+    fd of one of ours.
 
-    ``EBADF`` for a closed fd or machine, ``EINVAL`` for an fd that is not one of our VMs.
+    ``EBADF`` for a closed fd or VM, ``EINVAL`` for an fd that is not one of our VMs.
     """
-    if isinstance(target, Machine):
-        machine = target
+    vm: Vm | None
+    if isinstance(target, Vm):
+        vm = target
     elif isinstance(target, int) and not isinstance(target, bool):
+        if not 0 <= target < 1 << 31:
+            raise XInterfaceError(errno.EBADF, f"fd {target} is not a file descriptor",
+                                  argument="target", value=target)
         try:
             os.fstat(target)
         except OSError:
             raise XInterfaceError(errno.EBADF, f"fd {target} is not an open file descriptor",
                                   argument="target", value=target) from None
-        found = machine_for_fd(target)
-        if found is None:
+        vm = vm_for_fd(target)
+        if vm is None:
             raise XInterfaceError(errno.EINVAL, f"fd {target} is not the VM fd of a Machine "
                                   "of this process", argument="target", value=target)
-        machine = found
     else:
-        raise XInterfaceError(errno.EINVAL, f"target {target!r} is neither a Machine nor a "
-                              "VM fd", argument="target", value=target)
-    if machine.closed:
+        vm = getattr(target, "vm", None)
+        if not isinstance(vm, Vm):
+            raise XInterfaceError(errno.EINVAL, f"target {target!r} is neither a Machine, a Vm "
+                                  "nor a VM fd", argument="target", value=target)
+    if vm.closed:
         raise XInterfaceError(errno.EBADF, "the machine is closed", argument="target",
                               value=target)
-    return XInterface(machine)
+    return XInterface(vm)

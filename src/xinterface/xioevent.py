@@ -13,17 +13,15 @@ import errno
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .delivery import Delivery
 from .delivery.eventfd import new_eventfd, read_count
 from .errors import GuestIOError, XInterfaceError
-from .iobus import IoBus, RangeDevice
+from .iobus import IoBus, RangeDevice, RangeRead, RangeWrite
 from .kvm import uapi
+from .maps import Handle
 from .refcount import badf
-
-if TYPE_CHECKING:
-    from .xinterface import XInterface
 
 
 class XIOEventFlags(enum.IntFlag):
@@ -48,10 +46,23 @@ CAP_NAMES = {
 Signal = Callable[["XIOEvent", bytes], None]
 
 
+class Interface(Handle, Protocol):
+    """An ``XInterface`` as the entries it publishes see it: the memory services and the I/O
+    ones, so that a handler may call ``ev.intf.ioevent(...)``. Stated here so that this module
+    need not import the interface (README, Layout)."""
+
+    def ioevent(self, addr: int, length: int, flags: int = 0, *, signal: Signal | None = None,
+                delivery: Delivery = Delivery.SYNC,
+                datamatch: int | None = None) -> XIOEvent: ...
+    def irqfd(self, gsi: int, *, resample: bool = False) -> XIrqfd: ...
+    def iorange(self, base: int, size: int, flags: int = 0, *, read: RangeRead | None = None,
+                write: RangeWrite | None = None, name: str = "") -> XIORange: ...
+
+
 class BusEntry:
     """Something this interface published on a bus; ``deassign`` takes it down once."""
 
-    def __init__(self, intf: XInterface, bus: IoBus) -> None:
+    def __init__(self, intf: Interface, bus: IoBus) -> None:
         self.intf = intf
         self._bus = bus
         self._deassigned = False
@@ -96,7 +107,7 @@ class XIOEvent(BusEntry):
     event-loop thread (EVENTFD), and may call any xinterface method, ``deassign()`` included.
     """
 
-    def __init__(self, intf: XInterface, bus: IoBus, addr: int, length: int, flags: int,
+    def __init__(self, intf: Interface, bus: IoBus, addr: int, length: int, flags: int,
                  signal: Signal | None, delivery: Delivery = Delivery.SYNC) -> None:
         super().__init__(intf, bus)
         self.addr = addr
@@ -111,30 +122,30 @@ class XIOEvent(BusEntry):
         self._bus.add_event(self)
         if self.delivery is not Delivery.POSTED:
             return
-        machine = self.intf.machine
+        vm = self.intf.vm
         try:
-            machine.vm.register_coalesced_mmio(self.addr, self.length, self._bus.space == "pio")
+            vm.vmfd.register_coalesced_mmio(self.addr, self.length, self._bus.space == "pio")
         except OSError as exc:
             self._bus.remove_event(self)
             raise kvm_failure(exc, f"KVM_REGISTER_COALESCED_MMIO for {self!r}", "addr",
                                self.addr) from None
-        ring = machine.ring
+        ring = vm.ring
         assert ring is not None
         with ring.lock:
             ring.zones += 1
 
     def _unpublish(self) -> None:
         if self.delivery is Delivery.POSTED:
-            machine = self.intf.machine
-            ring = machine.ring
-            if ring is not None and not machine.closed:
-                machine.vm.unregister_coalesced_mmio(self.addr, self.length,
-                                                     self._bus.space == "pio")
+            vm = self.intf.vm
+            ring = vm.ring
+            if ring is not None and not vm.closed:
+                vm.vmfd.unregister_coalesced_mmio(self.addr, self.length,
+                                                  self._bus.space == "pio")
                 with ring.lock:
                     ring.zones -= 1
                 # Writes logged while the zone existed still reach the handler, in order,
                 # before deassign returns; none can be logged after this point.
-                machine.flush()
+                vm.flush()
         self._bus.remove_event(self)
 
     def __repr__(self) -> str:
@@ -146,7 +157,7 @@ class XIOEventFd(XIOEvent):
     ``async for`` for asyncio (when no ``signal`` is set: one reader per eventfd).
     """
 
-    def __init__(self, intf: XInterface, bus: IoBus, addr: int, length: int, flags: int,
+    def __init__(self, intf: Interface, bus: IoBus, addr: int, length: int, flags: int,
                  datamatch: int | None) -> None:
         self.datamatch = datamatch
         self._fd = new_eventfd()
@@ -165,7 +176,7 @@ class XIOEventFd(XIOEvent):
         self._signal = value
         if self._fd < 0 or self._deassigned:
             return
-        loop = self.intf.machine.event_loop()
+        loop = self.intf.vm.event_loop()
         if value is not None and not self._watched:
             loop.add(self._fd, self._ready)
             self._watched = True
@@ -221,7 +232,7 @@ class XIOEventFd(XIOEvent):
         if self.datamatch is not None:
             arg.flags |= uapi.KVM_IOEVENTFD_FLAG_DATAMATCH
             arg.datamatch = self.datamatch
-        self.intf.machine.vm.ioeventfd(arg)
+        self.intf.vm.vmfd.ioeventfd(arg)
 
     def _publish(self) -> None:
         try:
@@ -233,9 +244,9 @@ class XIOEventFd(XIOEvent):
     def _unpublish(self) -> None:
         self.live = False
         if self._watched:
-            self.intf.machine.event_loop().remove(self._fd)
+            self.intf.vm.event_loop().remove(self._fd)
             self._watched = False
-        if not self.intf.machine.closed:
+        if not self.intf.vm.closed:
             self._ioeventfd(deassign=True)
         self._close()
 
@@ -252,8 +263,8 @@ class XIOEventFd(XIOEvent):
 class XIrqfd(BusEntry):
     """``intf.irqfd(gsi)``: ``trigger()`` raises the guest interrupt ``gsi`` through KVM."""
 
-    def __init__(self, intf: XInterface, gsi: int, resample: bool) -> None:
-        super().__init__(intf, intf.machine.pio_bus)
+    def __init__(self, intf: Interface, gsi: int, resample: bool) -> None:
+        super().__init__(intf, intf.vm.pio_bus)
         self.gsi = gsi
         self.fd = new_eventfd()
         self.resamplefd = new_eventfd() if resample else -1
@@ -270,7 +281,7 @@ class XIrqfd(BusEntry):
         elif self.resamplefd >= 0:
             arg.flags = uapi.KVM_IRQFD_FLAG_RESAMPLE
             arg.resamplefd = self.resamplefd
-        self.intf.machine.vm.irqfd(arg)
+        self.intf.vm.vmfd.irqfd(arg)
 
     def _publish(self) -> None:
         try:
@@ -280,7 +291,7 @@ class XIrqfd(BusEntry):
             raise kvm_failure(exc, f"KVM_IRQFD for gsi {self.gsi}", "gsi", self.gsi) from None
 
     def _unpublish(self) -> None:
-        if not self.intf.machine.closed:
+        if not self.intf.vm.closed:
             self._irqfd(deassign=True)
         self._close()
 
@@ -298,7 +309,7 @@ class XIrqfd(BusEntry):
 class XIORange(BusEntry):
     """A range device published with :meth:`XInterface.iorange`."""
 
-    def __init__(self, intf: XInterface, bus: IoBus, device: RangeDevice) -> None:
+    def __init__(self, intf: Interface, bus: IoBus, device: RangeDevice) -> None:
         super().__init__(intf, bus)
         self.device = device
         self.base = device.base

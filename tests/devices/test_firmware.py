@@ -15,10 +15,10 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
-from xinterface.devices import fw_cfg
+from xinterface.boards import attach_microvm
+from xinterface.devices import Until, fw_cfg
 from xinterface.devices.cmos import Cmos, memory_registers
 from xinterface.devices.debug import DebugConsole
-from xinterface.devices.platform import Until, attach_microvm
 from xinterface.devices.uart import Uart16550
 
 pytestmark = needs_kvm

@@ -9,14 +9,12 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..delivery import Delivery
+from ..vm import Vm
 from ..xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange, bind
-from . import Output
-
-if TYPE_CHECKING:
-    from ..machine import Machine
+from .output import Output
 
 DEBUGCON_PORT = 0xE9
 DEBUGCON_READBACK = 0xE9
@@ -82,12 +80,21 @@ class DebugExit:
 
     def _write(self, offset: int, data: bytes) -> None:
         assert self._intf is not None
-        self._intf.machine.exit((int.from_bytes(data, "little") << 1) | 1)
+        self._intf.vm.exit((int.from_bytes(data, "little") << 1) | 1)
 
 
-def attach_debug_ports(machine: Machine) -> XInterface:
+class WithConsole(Protocol):
+    """A machine as the debug ports see it: the VM to bind to, and where the console goes."""
+
+    @property
+    def vm(self) -> Vm: ...
+    @property
+    def console(self) -> Output | None: ...
+
+
+def attach_debug_ports(machine: WithConsole) -> XInterface:
     """Both ports on ``machine``, through one xinterface the machine's close() tears down."""
-    intf = bind(machine)
+    intf = bind(machine.vm)
     DebugConsole(machine.console).attach(intf)
     DebugExit().attach(intf)
     return intf

@@ -31,8 +31,8 @@ class ResetControl:
 
     def _cf9(self, ev: XIOEvent, payload: bytes) -> None:
         if payload[0] & RESET_CONTROL_RST_CPU:
-            ev.intf.machine.request_reset()
+            ev.intf.vm.request_reset()
 
     def _kbc(self, ev: XIOEvent, payload: bytes) -> None:
         if payload[0] == KBC_PULSE_RESET:
-            ev.intf.machine.request_reset()
+            ev.intf.vm.request_reset()

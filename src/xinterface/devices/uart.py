@@ -14,7 +14,7 @@ import threading
 from collections import deque
 
 from ..xinterface import XInterface, XIOEventFlags, XIORange, XIrqfd
-from . import Output
+from .output import Output
 
 COM1_BASE = 0x3F8
 COM1_IRQ = 4
@@ -65,7 +65,7 @@ class Uart16550:
     def attach(self, intf: XInterface) -> None:
         self._range = intf.iorange(self.base, 8, XIOEventFlags.PIO, read=self._read,
                                    write=self._write, name="uart16550a")
-        if intf.machine.irqchip:
+        if intf.vm.irqchip:
             self._irqfd = intf.irqfd(self.irq)
 
     def detach(self) -> None:

@@ -75,10 +75,11 @@ class Kvm:
             return [uapi.kvm_cpuid_entry2.from_buffer_copy(e) for e in uapi.cpuid2_entries(buf)]
 
     def create_vm(self, machine_type: int = 0) -> VmFd:
+        mmap_size = self.get_vcpu_mmap_size()
         # KVM_CREATE_VM may fail with EINTR while the kernel waits on mmu notifiers.
         for _ in range(100):
             try:
-                return VmFd(ioctl(self.fd, uapi.KVM_CREATE_VM, machine_type), self)
+                return VmFd(ioctl(self.fd, uapi.KVM_CREATE_VM, machine_type), mmap_size)
             except KvmError as exc:
                 if exc.errno != errno.EINTR:
                     raise

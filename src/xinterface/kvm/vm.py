@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import TYPE_CHECKING
 
 from . import uapi
 from ._ioctl import ioctl
 from .vcpu import VcpuFd
 
-if TYPE_CHECKING:
-    from .system import Kvm
-
 
 class VmFd:
-    """A KVM virtual machine. ``kvm`` is the system object it came from."""
+    """A KVM virtual machine. ``vcpu_mmap_size`` is the system's ``KVM_GET_VCPU_MMAP_SIZE``,
+    the size of each vCPU's shared ``kvm_run`` mapping."""
 
-    def __init__(self, fd: int, kvm: Kvm) -> None:
+    def __init__(self, fd: int, vcpu_mmap_size: int) -> None:
         self.fd = fd
-        self.kvm = kvm
+        self.vcpu_mmap_size = vcpu_mmap_size
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -32,7 +29,7 @@ class VmFd:
     def create_vcpu(self, index: int) -> VcpuFd:
         fd = ioctl(self.fd, uapi.KVM_CREATE_VCPU, index, f"vCPU {index}")
         try:
-            return VcpuFd(fd, index, self.kvm.get_vcpu_mmap_size())
+            return VcpuFd(fd, index, self.vcpu_mmap_size)
         except BaseException:
             os.close(fd)
             raise

@@ -1,4 +1,5 @@
-"""A microvm-like PC built from xinterface clients, for unmodified firmware (SeaBIOS).
+"""The microvm board: a PC without PCI built from xinterface clients, for unmodified
+firmware (SeaBIOS's ``bios-microvm.bin``).
 
 What Debian's ``bios-microvm.bin`` looks for: fw_cfg with DMA (signature, ID, CPU counts, RAM
 size, ``etc/e820``, ``etc/boot-fail-wait``), a debug console on 0x402, COM1, the CMOS/RTC, and
@@ -9,16 +10,11 @@ unclaimed: reads return all-ones and writes are dropped, as on a board without t
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..machine import Machine
-from ..memory import HIGH_RAM_BASE
-from ..xinterface import XInterface, bind
-from . import Output
-from .cmos import Cmos, memory_registers
-from .debug import DebugConsole
-from .fw_cfg import (
+from ..devices.cmos import Cmos, memory_registers
+from ..devices.debug import DebugConsole
+from ..devices.fw_cfg import (
     E820_RAM,
     FW_CFG_MAX_CPUS,
     FW_CFG_NB_CPUS,
@@ -26,9 +22,13 @@ from .fw_cfg import (
     FwCfg,
     e820_table,
 )
-from .pci import PciHost
-from .reset import ResetControl
-from .uart import Uart16550
+from ..devices.output import Output
+from ..devices.pci import PciHost
+from ..devices.reset import ResetControl
+from ..devices.uart import Uart16550
+from ..machine import Machine
+from ..memory import HIGH_RAM_BASE, GuestMemory
+from ..xinterface import XInterface, bind
 
 SEABIOS_DEBUG_PORT = 0x402  # SeaBIOS's CONFIG_DEBUG_IO port, as QEMU's isa-debugcon
 BOOT_FAIL_WAIT_SECONDS = 0  # no retry delay after "No bootable device": reset at once
@@ -45,25 +45,20 @@ class Platform:
     pci: PciHost | None = None
 
 
-def ram_layout(machine: Machine) -> tuple[int, int]:
+def ram_layout(memory: GuestMemory) -> tuple[int, int]:
     """(RAM below 4 GiB, RAM above it) as e820 reports it: firmware ROM left out, the BIOS
     alias below 1 MiB counted as RAM, as QEMU reports it (SeaBIOS reserves it itself)."""
-    assert machine.memory is not None
-    low = max((r.end for r in machine.memory.regions if not r.readonly and r.end <= 1 << 32),
+    low = max((r.end for r in memory.regions if not r.readonly and r.end <= 1 << 32),
               default=0)
-    high = sum(r.size for r in machine.memory.regions if r.gpa >= HIGH_RAM_BASE)
+    high = sum(r.size for r in memory.regions if r.gpa >= HIGH_RAM_BASE)
     return low, high
 
 
 def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
-                   serial: Output | None = None, posted_debugcon: bool = False,
-                   pci: bool = False) -> Platform:
-    """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it).
-
-    ``pci=True`` adds the i440FX/PIIX3 configuration space of QEMU's ``pc`` machine, for
-    firmware built for it (SeaBIOS's ``bios.bin``).
-    """
-    low, high = ram_layout(machine)
+                   serial: Output | None = None, posted_debugcon: bool = False) -> Platform:
+    """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it)."""
+    assert machine.memory is not None
+    low, high = ram_layout(machine.memory)
     fw = FwCfg()
     cpus = len(machine.vcpus)
     fw.items[FW_CFG_NB_CPUS] = struct.pack("<H", cpus)
@@ -79,32 +74,4 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     for device in (platform.fw_cfg, platform.debugcon, platform.uart, platform.cmos,
                    platform.reset):
         device.attach(intf)
-    if pci:
-        platform.pci = PciHost()
-        platform.pci.attach(intf)
     return platform
-
-
-class Until:
-    """A byte stream that forwards writes and calls ``on_match`` once ``text`` has appeared."""
-
-    def __init__(self, out: Output, text: bytes, on_match: Callable[[], None]) -> None:
-        self.out = out
-        self.text = text
-        self.matched = False
-        self._on_match = on_match
-        self._tail = b""
-
-    def write(self, data: bytes, /) -> object:
-        n = self.out.write(data)
-        if not self.matched and self.text:
-            seen = self._tail + data
-            if self.text in seen:
-                self.matched = True
-                self.out.flush()
-                self._on_match()
-            self._tail = seen[-(len(self.text) - 1):] if len(self.text) > 1 else b""
-        return n
-
-    def flush(self) -> object:
-        return self.out.flush()

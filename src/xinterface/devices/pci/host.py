@@ -10,33 +10,24 @@ probing every slot finds exactly these two.
 
 from __future__ import annotations
 
-import struct
 import threading
 
-from ..xinterface import XInterface, XIOEventFlags, XIORange
+from ...xinterface import XInterface, XIOEventFlags, XIORange
+from .config import (
+    CLASS_HOST_BRIDGE,
+    CLASS_ISA_BRIDGE,
+    DEVICE_I440FX,
+    DEVICE_PIIX3_ISA,
+    HEADER_MULTIFUNCTION,
+    PIIX3_PIRQ_ROUTE,
+    VENDOR_INTEL,
+    WRITABLE_FROM,
+    config_header,
+)
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_DATA = 0xCFC
 ENABLE = 1 << 31
-
-VENDOR_INTEL = 0x8086
-DEVICE_I440FX = 0x1237
-DEVICE_PIIX3_ISA = 0x7000
-CLASS_HOST_BRIDGE = 0x060000
-CLASS_ISA_BRIDGE = 0x060100
-HEADER_MULTIFUNCTION = 0x80
-I440FX_PAM0 = 0x59       # PAM0-PAM6: attributes of the BIOS and option ROM areas
-PIIX3_PIRQ_ROUTE = 0x60  # PIRQA-D routing; 0x80: disabled
-_WRITABLE_FROM = 0x40    # the standard header is read-only here; device registers follow
-
-
-def config_header(vendor: int, device: int, class_code: int, header_type: int = 0) -> bytearray:
-    space = bytearray(256)
-    struct.pack_into("<HH", space, 0x00, vendor, device)
-    struct.pack_into("<I", space, 0x08, class_code << 8)  # revision 0
-    space[0x0E] = header_type
-    return space
-
 
 class PciHost:
     """Bus 0 with 00:00.0 (i440FX host bridge) and 00:01.0 (PIIX3 ISA bridge)."""
@@ -104,5 +95,5 @@ class PciHost:
                 return
             space, reg = hit
             for i, byte in enumerate(data):
-                if _WRITABLE_FROM <= reg + i < len(space):
+                if WRITABLE_FROM <= reg + i < len(space):
                     space[reg + i] = byte
