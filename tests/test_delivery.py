@@ -312,6 +312,32 @@ def test_irqfd_interrupts_reach_the_guest(guest: Assemble) -> None:
         intf.irqfd(5).deassign()  # the gsi is free again
 
 
+def test_set_irq_drives_a_line_the_guest_sees(guest: Assemble) -> None:
+    count, report = 5, 0x550
+    with xi.Machine(memory=1 << 20, irqchip=True) as m:
+        m.load_flat(guest("irq_count", IRQ=5, COUNT=count, REPORT=report), mode="protected")
+        intf = xi.bind(m)
+        reports: list[int] = []
+        intf.ioevent(report, 4, PIO, signal=collect(reports))
+
+        def host() -> None:
+            for i in range(count):
+                if not wait_for(lambda: len(reports) > i):  # noqa: B023 - called at once
+                    return
+                intf.set_irq(5, True)   # an edge for the 8259: raise, then drop
+                intf.set_irq(5, False)
+
+        worker = threading.Thread(target=host)
+        worker.start()
+        result = m.run(timeout=60)
+        worker.join()
+        assert (result.reason, result.exit_code) == ("exit", (count << 1) | 1)
+        assert reports == list(range(count + 1))
+    with xi.Machine(memory=1 << 20) as m, pytest.raises(xi.XInterfaceError) as info:
+        xi.bind(m).set_irq(5, True)
+    assert info.value.errno == errno.EOPNOTSUPP
+
+
 def test_irqfd_needs_an_irqchip() -> None:
     with xi.Machine(memory=1 << 20) as m, pytest.raises(xi.XInterfaceError) as info:
         xi.bind(m).irqfd(5)

@@ -250,6 +250,27 @@ class XInterface(Counted):
                                   argument="gsi", value=gsi)
         return self._register(XIrqfd(self, gsi, resample))
 
+    def set_irq(self, gsi: int, level: bool) -> None:
+        """Drive interrupt line ``gsi`` of the in-kernel irqchip to ``level`` (``KVM_IRQ_LINE``).
+
+        For level-triggered lines that a device holds asserted until the guest acknowledges
+        the device (PCI INTx: asserted while the ISR is set, dropped when the guest reads it).
+        An edge-triggered interrupt is a raise then a drop, or an irqfd's ``trigger()``.
+        Needs ``Machine(irqchip=True)``.
+        """
+        self._check()
+        if not self.vm.irqchip:
+            raise XInterfaceError(errno.EOPNOTSUPP, "set_irq needs an in-kernel irqchip: "
+                                  "Machine(irqchip=True)", argument="gsi", value=gsi)
+        if isinstance(gsi, bool) or not isinstance(gsi, int) or not 0 <= gsi < 1 << 32:
+            raise XInterfaceError(errno.EINVAL, f"gsi {gsi!r} is not an interrupt line",
+                                  argument="gsi", value=gsi)
+        try:
+            self.vm.vmfd.irq_line(gsi, 1 if level else 0)
+        except OSError as exc:
+            raise XInterfaceError(exc.errno or errno.EINVAL, f"KVM_IRQ_LINE for gsi {gsi}: "
+                                  f"{exc.strerror}", argument="gsi", value=gsi) from None
+
     def iorange(self, base: int, size: int, flags: int = 0, *, read: RangeRead | None = None,
                 write: RangeWrite | None = None, name: str = "") -> XIORange:
         """A range device for device models: ``size`` bytes of port or MMIO space at ``base``.

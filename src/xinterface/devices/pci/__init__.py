@@ -1,6 +1,7 @@
-"""PCI: configuration space (headers, later BARs and capabilities) and the host bridge."""
+"""PCI: configuration space (headers, BARs, capabilities) and the i440FX/PIIX3 host."""
 
 from .config import config_header
+from .function import Bar, PciFunction
 from .host import PciHost
 
-__all__ = ["PciHost", "config_header"]
+__all__ = ["Bar", "PciFunction", "PciHost", "config_header"]

@@ -22,27 +22,53 @@ from .config import (
     PIIX3_PIRQ_ROUTE,
     VENDOR_INTEL,
     WRITABLE_FROM,
-    config_header,
 )
+from .function import PciFunction
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_DATA = 0xCFC
 ENABLE = 1 << 31
 
+class Bridge(PciFunction):
+    """The host and ISA bridges: the header is read-only, chipset registers from 0x40 are
+    plain storage (PAM, PIRQ routing) that firmware programs."""
+
+    def write_capability(self, offset: int, data: bytes) -> None:
+        for i, byte in enumerate(data):
+            if WRITABLE_FROM <= offset + i < len(self.config):
+                self.config[offset + i] = byte
+
+
 class PciHost:
-    """Bus 0 with 00:00.0 (i440FX host bridge) and 00:01.0 (PIIX3 ISA bridge)."""
+    """Bus 0 with 00:00.0 (i440FX host bridge), 00:01.0 (PIIX3 ISA bridge), and the
+    functions :meth:`add` puts in other slots."""
 
     def __init__(self) -> None:
-        host = config_header(VENDOR_INTEL, DEVICE_I440FX, CLASS_HOST_BRIDGE)
-        isa = config_header(VENDOR_INTEL, DEVICE_PIIX3_ISA, CLASS_ISA_BRIDGE,
-                            HEADER_MULTIFUNCTION)
-        isa[PIIX3_PIRQ_ROUTE : PIIX3_PIRQ_ROUTE + 4] = b"\x80" * 4
-        # (bus, device, function) -> configuration space
-        self.functions: dict[tuple[int, int, int], bytearray] = {(0, 0, 0): host,
-                                                                 (0, 1, 0): isa}
+        self.host = Bridge(VENDOR_INTEL, DEVICE_I440FX, CLASS_HOST_BRIDGE)
+        self.isa = Bridge(VENDOR_INTEL, DEVICE_PIIX3_ISA, CLASS_ISA_BRIDGE,
+                          header_type=HEADER_MULTIFUNCTION)
+        self.isa.config[PIIX3_PIRQ_ROUTE : PIIX3_PIRQ_ROUTE + 4] = b"\x80" * 4
+        # (bus, device, function) -> function
+        self.functions: dict[tuple[int, int, int], PciFunction] = {(0, 0, 0): self.host,
+                                                                   (0, 1, 0): self.isa}
         self.address = 0
         self._lock = threading.Lock()
         self._ranges: list[XIORange] = []
+
+    def add(self, slot: int, function: PciFunction) -> None:
+        """Put ``function`` at 00:slot.0 (before the guest runs)."""
+        if not 2 <= slot < 32 or (0, slot, 0) in self.functions:
+            raise ValueError(f"PCI slot {slot} is not free")
+        self.functions[(0, slot, 0)] = function
+
+    def pirq_gsi(self, slot: int, pin: int) -> int | None:
+        """The interrupt line ``pin`` (1 = INTA#) of ``slot`` reaches, as the PIIX3's PIRQ
+        routing registers say now: links rotate by slot (PIRQ = (slot - 1 + pin - 1) mod 4,
+        the i440FX board wiring SeaBIOS and QEMU share); bit 7 set means not routed."""
+        if not 1 <= pin <= 4:
+            return None
+        route = self.isa.config[PIIX3_PIRQ_ROUTE + ((slot - 1 + pin - 1) & 3)]
+        return None if route & 0x80 or route >= 16 else route
 
     def attach(self, intf: XInterface) -> None:
         pio = XIOEventFlags.PIO
@@ -70,30 +96,28 @@ class PciHost:
             return None
         return self.address.to_bytes(4, "little")
 
-    def _target(self, offset: int) -> tuple[bytearray, int] | None:
+    def _target(self, offset: int) -> tuple[PciFunction, int] | None:
         address = self.address
         if not address & ENABLE:
             return None
         key = ((address >> 16) & 0xFF, (address >> 11) & 0x1F, (address >> 8) & 0x7)
-        space = self.functions.get(key)
-        if space is None:
+        function = self.functions.get(key)
+        if function is None:
             return None
-        return space, (address & 0xFC) + offset
+        return function, (address & 0xFC) + offset
 
     def _read_data(self, offset: int, size: int) -> bytes:
         with self._lock:
             hit = self._target(offset)
-            if hit is None:
-                return b"\xff" * size
-            space, reg = hit
-            return bytes(space[reg : reg + size]).ljust(size, b"\xff")
+        if hit is None:
+            return b"\xff" * size
+        function, reg = hit
+        return function.read(reg, size)
 
     def _write_data(self, offset: int, data: bytes) -> None:
         with self._lock:
             hit = self._target(offset)
-            if hit is None:
-                return
-            space, reg = hit
-            for i, byte in enumerate(data):
-                if WRITABLE_FROM <= reg + i < len(space):
-                    space[reg + i] = byte
+        if hit is None:
+            return
+        function, reg = hit
+        function.write(reg, data)
