@@ -3,6 +3,7 @@ the table-loader run the way SeaBIOS runs it, by a reader written here from the 
 
 from __future__ import annotations
 
+import io
 import shutil
 import struct
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import needs_kvm
 from xinterface.devices.acpi import aml, dsdt, loader, tables
 from xinterface.errors import XInterfaceError
 
@@ -425,39 +427,45 @@ def run_loader(files: dict[str, bytes]) -> FirmwareMemory:
     return memory
 
 
-def table_at(memory: FirmwareMemory, address: int, signature: bytes) -> bytes:
-    header = memory.read(address, 36)
+Read = Callable[[int, int], bytes]
+
+
+def table_at(read: Read, address: int, signature: bytes) -> bytes:
+    header = read(address, 36)
     assert header[:4] == signature
     length, = struct.unpack_from("<I", header, 4)
-    table = memory.read(address, length)
+    table = read(address, length)
     assert sum(table) & 0xFF == 0, f"{signature!r} checksum"
     return table
 
 
-def resolve(memory: FirmwareMemory) -> dict[str, bytes]:
+def resolve(read: Read, rsdp_address: int) -> dict[str, bytes]:
     """Follow RSDP -> XSDT (and RSDT) -> FADT -> DSDT, and XSDT -> MADT, as an OS does."""
-    rsdp_base, rsdp_data = memory.files[loader.RSDP_FILE]
-    rsdp = bytes(rsdp_data)
-    assert rsdp_base % 16 == 0 and 0xE0000 <= rsdp_base < 0x100000   # where the OS scans
+    assert rsdp_address % 16 == 0 and 0xE0000 <= rsdp_address < 0x100000   # where OSes scan
+    rsdp = read(rsdp_address, 36)
     assert rsdp[:8] == b"RSD PTR " and rsdp[15] == 2
     assert sum(rsdp[:20]) & 0xFF == 0 and sum(rsdp) & 0xFF == 0
     rsdt_address, length, xsdt_address = struct.unpack_from("<IIQ", rsdp, 16)
     assert length == 36
-    found = {"RSDP": rsdp, "XSDT": table_at(memory, xsdt_address, b"XSDT")}
+    found = {"RSDP": rsdp, "XSDT": table_at(read, xsdt_address, b"XSDT")}
     xsdt = found["XSDT"]
     entries = [struct.unpack_from("<Q", xsdt, o)[0] for o in range(36, len(xsdt), 8)]
     for address in entries:
-        signature = memory.read(address, 4)
-        found[signature.decode()] = table_at(memory, address, signature)
+        signature = read(address, 4)
+        found[signature.decode()] = table_at(read, address, signature)
     if rsdt_address:
-        rsdt = found["RSDT"] = table_at(memory, rsdt_address, b"RSDT")
+        rsdt = found["RSDT"] = table_at(read, rsdt_address, b"RSDT")
         assert [struct.unpack_from("<I", rsdt, o)[0] for o in range(36, len(rsdt), 4)] == entries
     fadt = found["FACP"]
     dsdt32, = struct.unpack_from("<I", fadt, 40)
     x_dsdt, = struct.unpack_from("<Q", fadt, 140)
     assert dsdt32 == x_dsdt != 0
-    found["DSDT"] = table_at(memory, x_dsdt, b"DSDT")
+    found["DSDT"] = table_at(read, x_dsdt, b"DSDT")
     return found
+
+
+def resolve_loaded(memory: FirmwareMemory) -> dict[str, bytes]:
+    return resolve(memory.read, memory.files[loader.RSDP_FILE][0])
 
 
 def test_loader_files_resolve_to_a_chain(tmp_path: Path) -> None:
@@ -474,7 +482,7 @@ def test_loader_files_resolve_to_a_chain(tmp_path: Path) -> None:
     fadt_at = blob.index(b"FACP")
     assert struct.unpack_from("<I", blob, fadt_at + 40) == (0,)
 
-    found = resolve(run_loader(files))
+    found = resolve_loaded(run_loader(files))
     assert set(found) == {"RSDP", "XSDT", "RSDT", "FACP", "APIC", "DSDT"}
     for name in ("XSDT", "RSDT", "FACP", "APIC", "DSDT"):
         disassemble(found[name], tmp_path, name.lower())
@@ -487,7 +495,7 @@ def test_loader_files_resolve_to_a_chain(tmp_path: Path) -> None:
 def test_loader_without_rsdt_and_checksums_from_any_start() -> None:
     files = loader.acpi_files(1, [], rsdt=False, reset=None, com1=False, rtc=False,
                               fw_cfg=False)
-    found = resolve(run_loader(files))
+    found = resolve_loaded(run_loader(files))
     assert "RSDT" not in found and struct.unpack_from("<I", found["RSDP"], 16) == (0,)
     assert b"LNRO" not in found["DSDT"] and b"PNP" not in found["DSDT"]
     # Checksum bytes are left zero in the files, as QEMU leaves them.
@@ -518,3 +526,48 @@ def test_table_loader_commands_and_bad_input() -> None:
             call()
         assert info.value.argument == argument, argument
     assert len(tl.encode()) == 3 * 128      # nothing half-written
+
+
+# --- SeaBIOS runs the loader ---------------------------------------------------------------------
+
+SEABIOS = Path("/usr/share/seabios/bios-microvm.bin")   # Debian's seabios package (CI has it)
+FSEG = range(0xE0000, 0x100000, 16)
+
+
+@needs_kvm
+def test_seabios_links_the_tables_and_finds_the_virtio_mmio_devices(tmp_path: Path) -> None:
+    import xinterface as xi
+    from xinterface.boards import attach_microvm
+    from xinterface.devices import Until
+
+    out = io.BytesIO()
+    devices = VIRTIO[:2]
+    with xi.Machine(memory=32 << 20, irqchip=True) as m:
+        m.load_firmware(SEABIOS)
+        watch = Until(out, b"enter handle_19", m.stop)
+        platform = attach_microvm(m, debugcon=watch, serial=io.BytesIO(), mmio_devices=devices)
+        assert m.run(timeout=120).reason == "stopped"
+        # What an OS would find: the RSDP on a 16-byte boundary of the F segment, and the
+        # chain it names, as SeaBIOS linked it in guest memory.
+        intf = platform.intf
+        fseg = intf.copy_from(FSEG.start, FSEG.stop - FSEG.start)
+        rsdps = [a for a in FSEG if fseg[a - FSEG.start : a - FSEG.start + 8] == b"RSD PTR "]
+        assert len(rsdps) == 1
+        found = resolve(intf.copy_from, rsdps[0])
+    log = out.getvalue().decode(errors="replace")
+    assert platform.fw_cfg.dma_errors == 0
+    # SeaBIOS 1.16 at its default debug level: the loader ran (the RSDP it installed names an
+    # XSDT that names the FADT), the DSDT came from the FADT's 32-bit pointer, and its parser
+    # found each LNRO0005 device's registers and interrupt, then probed them (nothing there).
+    fadt_address = int(log.split("table(50434146)=")[1].split(" ")[0], 16)  # 'FACP' as LE u32
+    xsdt = found["XSDT"]
+    assert fadt_address == struct.unpack_from("<Q", xsdt, 36)[0]   # the FADT is entry 0
+    dsdt_address = struct.unpack_from("<I", found["FACP"], 40)[0]
+    assert f"ACPI: parse DSDT at {dsdt_address:#010x} (len {len(found['DSDT'])})" in log
+    for i, (base, _, gsi) in enumerate(devices):
+        assert f"ACPI: virtio-mmio device VR{i:02X} at {base:#x}, irq {gsi}" in log
+        assert f"virtio-mmio: {base:x}: magic mismatch" in log
+    assert "Found 1 serial ports" in log
+    for name in ("XSDT", "RSDT", "FACP", "APIC", "DSDT"):
+        disassemble(found[name], tmp_path, name.lower())
+    assert (tmp_path / "dsdt.dsl").read_text().count('"LNRO0005"') == 2
