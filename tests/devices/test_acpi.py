@@ -568,6 +568,15 @@ def test_seabios_links_the_tables_and_finds_the_virtio_mmio_devices(tmp_path: Pa
         assert f"ACPI: virtio-mmio device VR{i:02X} at {base:#x}, irq {gsi}" in log
         assert f"virtio-mmio: {base:x}: magic mismatch" in log
     assert "Found 1 serial ports" in log
+    madt = found["APIC"]
+    kinds = []
+    at = 44
+    while at < len(madt):
+        kinds.append(madt[at])
+        at += madt[at + 1]
+    # One vCPU, the IOAPIC, LINT1 NMI; no IRQ 0 override: KVM's default routing keeps the PIT
+    # on IOAPIC pin 0 (the board's choice, see platform.acpi_fw_cfg_files).
+    assert kinds == [tables.MADT_LOCAL_APIC, tables.MADT_IO_APIC, tables.MADT_LOCAL_APIC_NMI]
     for name in ("XSDT", "RSDT", "FACP", "APIC", "DSDT"):
         disassemble(found[name], tmp_path, name.lower())
     assert (tmp_path / "dsdt.dsl").read_text().count('"LNRO0005"') == 2
