@@ -10,8 +10,11 @@ unclaimed: reads return all-ones and writes are dropped, as on a board without t
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..devices.acpi import Override, acpi_files
+from ..devices.acpi.dsdt import MmioDevice
 from ..devices.cmos import Cmos, memory_registers
 from ..devices.debug import DebugConsole
 from ..devices.fw_cfg import (
@@ -55,9 +58,30 @@ def ram_layout(memory: GuestMemory) -> tuple[int, int]:
     return low, high
 
 
+def acpi_fw_cfg_files(fw: FwCfg, cpus: int, mmio_devices: Sequence[MmioDevice] = (), *,
+                      overrides: Sequence[Override] = ()) -> None:
+    """Offer the microvm's ACPI tables through fw_cfg the way QEMU does (``etc/acpi/rsdp``,
+    ``etc/acpi/tables``, ``etc/table-loader``): SeaBIOS runs the loader, and finds virtio-mmio
+    transports (``(base, size, gsi)``) only through the DSDT it links.
+
+    No interrupt source override by default: KVM's default GSI routing (arch/x86/kvm,
+    ``default_routing``) wires GSI 0, where the in-kernel PIT raises its interrupt, to IOAPIC
+    pin 0, and SeaBIOS's MP table says the same without ``etc/irq0-override``. QEMU declares
+    ISA IRQ 0 -> GSI 2 (``IRQ0_OVERRIDE``) because it re-routes GSI 0 to pin 2
+    (KVM_SET_GSI_ROUTING); a board that does so passes it here.
+    """
+    for name, data in acpi_files(cpus, mmio_devices, overrides=overrides).items():
+        fw.add_file(name, data)
+
+
 def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
-                   serial: Output | None = None, posted_debugcon: bool = False) -> Platform:
-    """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it)."""
+                   serial: Output | None = None, posted_debugcon: bool = False,
+                   acpi: bool = True, mmio_devices: Sequence[MmioDevice] = ()) -> Platform:
+    """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it).
+
+    ``acpi`` adds the hardware-reduced ACPI tables (:func:`acpi_fw_cfg_files`) describing
+    COM1, the RTC, fw_cfg and the virtio-mmio transports ``mmio_devices``.
+    """
     assert machine.memory is not None
     low, high = ram_layout(machine.memory)
     fw = FwCfg()
@@ -70,6 +94,8 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     fw.add_file("etc/boot-fail-wait", struct.pack("<I", BOOT_FAIL_WAIT_SECONDS))
     # No "Press ESC for boot menu" pause (2.5 s by default in SeaBIOS's src/boot.c).
     fw.add_file("etc/show-boot-menu", struct.pack("<H", 0))
+    if acpi:
+        acpi_fw_cfg_files(fw, cpus, mmio_devices)
     intf = bind(machine)
     platform = Platform(intf, fw, DebugConsole(debugcon, port=SEABIOS_DEBUG_PORT,
                                                posted=posted_debugcon),

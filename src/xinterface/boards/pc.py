@@ -45,7 +45,7 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
     on, its INTA# routed through the PIIX3; the first disk is first in ``bootorder``.
     """
     platform = attach_microvm(machine, debugcon=debugcon, serial=serial,
-                              posted_debugcon=posted_debugcon)
+                              posted_debugcon=posted_debugcon, acpi=False)
     host = platform.pci = PciHost()
     bootorder = []
     transports: list[VirtioPci] = []
