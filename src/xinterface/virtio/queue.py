@@ -187,16 +187,34 @@ class VirtQueue:
         while (chain := self.pop()) is not None:
             yield chain
 
-    def add_used(self, chain: DescriptorChain, length: int) -> None:
+    def add_used(self, chain: DescriptorChain, length: int, *, publish: bool = True) -> None:
         """Give ``chain`` back with ``length`` bytes written to its writable buffers (capped at
-        their size); its views are released. ``used.len`` is written before ``used.idx``."""
+        their size); its views are released. ``used.len`` is written before ``used.idx``.
+
+        ``publish=False`` writes the used element but not ``used.idx``: a device that returns
+        several chains as one unit (virtio-net's mergeable receive buffers, §5.1.6.4.2) makes
+        them visible together with :meth:`publish_used`, so the driver never sees part of it.
+        """
         length = max(0, min(length, chain.writable_len))
         chain.release()
         used = self._used
         slot = self.next_used % self.size
         USED_ELEM.pack_into(used, RING_HEADER + 8 * slot, chain.head, length)
         self.next_used = (self.next_used + 1) & 0xFFFF
-        U16.pack_into(used, 2, self.next_used)
+        if publish:
+            U16.pack_into(used, 2, self.next_used)
+
+    def publish_used(self) -> None:
+        """Make every element added with ``add_used(..., publish=False)`` visible."""
+        U16.pack_into(self._used, 2, self.next_used)
+
+    def unpop(self, chains: list[DescriptorChain]) -> None:
+        """Put back the last ``len(chains)`` chains taken with :meth:`pop` and not used: they
+        are available again, in the same order (a receive buffer that cannot take the frame
+        that is waiting stays the driver's, as QEMU's ``virtqueue_unpop`` keeps it)."""
+        for chain in chains:
+            chain.release()
+        self.next_avail = (self.next_avail - len(chains)) & 0xFFFF
 
     def needs_interrupt(self) -> bool:
         """Whether the driver wants a used buffer notification for the buffers used since the
@@ -216,7 +234,9 @@ class VirtQueue:
         VIRTIO_F_EVENT_IDX, else the NO_NOTIFY flag. Only a hint: the driver may notify."""
         if self.event_idx:
             if enable:
-                U16.pack_into(self._used, RING_HEADER + 8 * self.size, self.next_avail)
+                # The driver's current avail.idx, not next_avail: buffers the device left
+                # available (too few for it) do not count as new (QEMU does the same).
+                U16.pack_into(self._used, RING_HEADER + 8 * self.size, self.avail_idx())
         else:
             U16.pack_into(self._used, 0, 0 if enable else VIRTQ_USED_F_NO_NOTIFY)
 
