@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the VM", ("vm",)),
     ("xinterface", ("refcount", "maps", "xioevent", "xinterface")),
     ("loaders", ("loader",)),
-    ("runner", ("trace", "vcpu_loop", "machine")),
+    ("runner", ("emulate", "trace", "vcpu_loop", "machine")),
     ("devices", ("devices",)),
     ("virtio", ("virtio",)),
     ("boards", ("boards",)),

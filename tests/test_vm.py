@@ -14,6 +14,7 @@ import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
 from xinterface.iobus import Bus
 from xinterface.loader import load_flat
+from xinterface.memory import GuestMemory
 from xinterface.vcpu_loop import VcpuLoop
 
 pytestmark = needs_kvm
@@ -54,6 +55,10 @@ class MiniOwner:
     @property
     def strict(self) -> bool:
         return True
+
+    @property
+    def memory(self) -> GuestMemory | None:
+        return self.vm.memory
 
     def buses(self) -> tuple[Bus, Bus]:
         return self.vm.pio_bus, self.vm.mmio_bus

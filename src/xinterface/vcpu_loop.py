@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .delivery.posted import CoalescedRing
+from .emulate import emulate, instruction
 from .errors import GuestError, GuestIOError
 from .grace import ReaderSlot
 from .iobus import Bus
 from .kvm import VcpuFd, uapi
+from .memory import GuestMemory
 
 # kvm_run offsets (checked against <linux/kvm.h> via the ctypes layout in tests/kvm).
 _RUN_EXIT_REASON_WORD = uapi.kvm_run.exit_reason.offset // 4
@@ -52,6 +54,8 @@ class LoopOwner(Protocol):
 
     @property
     def strict(self) -> bool: ...
+    @property
+    def memory(self) -> GuestMemory | None: ...
     def buses(self) -> tuple[Bus, Bus]: ...
     def write_paths(self) -> tuple[dict[int, Any], Callable[[int, bytes], bool],
                                    dict[int, Any], Callable[[int, bytes], bool]]: ...
@@ -77,6 +81,7 @@ class VcpuLoop:
         self.index = vcpu.index
         self.counts = [0] * (_EXIT_MASK + 1)
         self.halted = False
+        self.emulated = 0
         self.thread_id: int | None = None
         self._words = memoryview(vcpu.run_mmap).cast("I")
 
@@ -254,6 +259,12 @@ class VcpuLoop:
                              f"on host CPU {cpu}", vcpu=self.index, regs=self.registers())
         if reason == uapi.KVM_EXIT_INTERNAL_ERROR:
             suberror, ndata, *data = _INTERNAL.unpack_from(mm, _RUN_UNION)
+            if suberror == uapi.KVM_INTERNAL_ERROR_EMULATION:
+                insn = instruction(data[:ndata])
+                memory = self.owner.memory
+                if insn and memory is not None and emulate(self.vcpu, memory, insn):
+                    self.emulated += 1   # an instruction KVM's emulator lacks (emulate.py)
+                    return False
             what = _INTERNAL_NAMES.get(suberror, f"suberror {suberror}")
             extra = " ".join(f"{d:#x}" for d in data[: min(ndata, 16)])
             raise GuestError(f"KVM internal error: {what} (KVM_EXIT_INTERNAL_ERROR) {extra}",

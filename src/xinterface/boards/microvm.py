@@ -9,10 +9,13 @@ unclaimed: reads return all-ones and writes are dropped, as on a board without t
 
 from __future__ import annotations
 
+import errno
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from ..delivery import Delivery
 from ..devices.acpi import Override, acpi_files
 from ..devices.acpi.dsdt import MmioDevice
 from ..devices.cmos import Cmos, memory_registers
@@ -25,14 +28,23 @@ from ..devices.fw_cfg import (
     FwCfg,
     e820_table,
 )
+from ..devices.level_irq import LevelIrqfds
 from ..devices.output import Output
 from ..devices.pci import PciHost
 from ..devices.reset import ResetControl
-from ..devices.uart import Uart16550
+from ..devices.uart import COM1_BASE, Uart16550
+from ..errors import XInterfaceError
 from ..machine import Machine
 from ..memory import HIGH_RAM_BASE, GuestMemory
+from ..virtio.console import VirtioConsole
+from ..virtio.device import VirtioDevice
+from ..virtio.mmio import MMIO_WINDOW, VirtioMmio
 from ..xinterface import XInterface, bind
+from .virtio import Disk, Net, make_devices
 
+VIRTIO_MMIO_BASE = 0xFEB00000  # QEMU's microvm (hw/i386/microvm.c): transports from here,
+VIRTIO_MMIO_GSI = 16           # 512 bytes apart, on IOAPIC pins 16 and up
+VIRTIO_MMIO_SLOTS = 8          # pins 16-23: KVM's in-kernel IOAPIC has 24 (KVM_IOAPIC_NUM_PINS)
 SEABIOS_DEBUG_PORT = 0x402  # SeaBIOS's CONFIG_DEBUG_IO port, as QEMU's isa-debugcon
 BOOT_FAIL_WAIT_SECONDS = 0  # no retry delay after "No bootable device": reset at once
 
@@ -46,7 +58,8 @@ class Platform:
     cmos: Cmos
     reset: ResetControl
     pci: PciHost | None = None
-    virtio: list[object] = field(default_factory=list)  # transports, in slot order
+    virtio: list[Any] = field(default_factory=list)  # transports, in slot order
+    console: VirtioConsole | None = None             # the virtio-console, if any
 
 
 def ram_layout(memory: GuestMemory) -> tuple[int, int]:
@@ -76,12 +89,33 @@ def acpi_fw_cfg_files(fw: FwCfg, cpus: int, mmio_devices: Sequence[MmioDevice] =
 
 def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
                    serial: Output | None = None, posted_debugcon: bool = False,
-                   acpi: bool = True, mmio_devices: Sequence[MmioDevice] = ()) -> Platform:
+                   acpi: bool = True, mmio_devices: Sequence[MmioDevice] = (),
+                   disks: Sequence[Disk] = (), nets: Sequence[Net] = (), rng: bool = False,
+                   virtio_console: bool = False, notify: Delivery = Delivery.SYNC,
+                   sercon: bool = False) -> Platform:
     """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it).
 
     ``acpi`` adds the hardware-reduced ACPI tables (:func:`acpi_fw_cfg_files`) describing
-    COM1, the RTC, fw_cfg and the virtio-mmio transports ``mmio_devices``.
+    COM1, the RTC, fw_cfg, the virtio-mmio transports of the virtio devices, and
+    ``mmio_devices`` (more transports to describe, ``(base, size, gsi)``).
+
+    The virtio devices (``disks``, ``nets``, ``rng``, and a console writing to ``serial``
+    with ``virtio_console``) sit behind virtio-mmio transports at QEMU's microvm layout
+    (:func:`virtio_mmio_slot`), in that order; ``notify`` picks their doorbell delivery.
+
+    ``sercon``: COM1 is the firmware's screen (SeaBIOS's ``etc/sercon-port``: INT 10h text
+    output goes to the serial port), as QEMU sets it with ``-nographic``; what an option ROM
+    such as iPXE prints then reaches ``serial``.
     """
+    made = make_devices(disks=disks, nets=nets, rng=rng, console=serial,
+                        virtio_console=virtio_console)
+    if len(made.devices) > VIRTIO_MMIO_SLOTS:
+        made.close()
+        raise XInterfaceError(errno.ENOSPC, f"{len(made.devices)} virtio devices: the microvm "
+                              f"board has {VIRTIO_MMIO_SLOTS} virtio-mmio slots",
+                              argument="disks", value=len(made.devices))
+    transports = [(made.devices[i], *virtio_mmio_slot(i)) for i in range(len(made.devices))]
+    mmio_devices = [(base, MMIO_WINDOW, gsi) for _, base, gsi in transports] + list(mmio_devices)
     assert machine.memory is not None
     low, high = ram_layout(machine.memory)
     fw = FwCfg()
@@ -94,13 +128,49 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     fw.add_file("etc/boot-fail-wait", struct.pack("<I", BOOT_FAIL_WAIT_SECONDS))
     # No "Press ESC for boot menu" pause (2.5 s by default in SeaBIOS's src/boot.c).
     fw.add_file("etc/show-boot-menu", struct.pack("<H", 0))
+    if sercon:
+        fw.add_file("etc/sercon-port", struct.pack("<H", COM1_BASE))
     if acpi:
         acpi_fw_cfg_files(fw, cpus, mmio_devices)
-    intf = bind(machine)
+    try:
+        intf = bind(machine)
+    except BaseException:
+        made.close()
+        raise
     platform = Platform(intf, fw, DebugConsole(debugcon, port=SEABIOS_DEBUG_PORT,
                                                posted=posted_debugcon),
                         Uart16550(serial), Cmos(memory_registers(low, high)), ResetControl())
     for device in (platform.fw_cfg, platform.debugcon, platform.uart, platform.cmos,
                    platform.reset):
         device.attach(intf)
+    intf.on_release(made.close)
+    if transports:
+        _attach_mmio(intf, platform, transports, notify)
+    platform.console = made.console
     return platform
+
+
+def virtio_mmio_slot(index: int) -> tuple[int, int]:
+    """(base, GSI) of virtio-mmio transport ``index``: QEMU's microvm puts them 512 bytes
+    apart from 0xFEB00000 on the IOAPIC pins from 16 up (``hw/i386/microvm.c``)."""
+    return VIRTIO_MMIO_BASE + MMIO_WINDOW * index, VIRTIO_MMIO_GSI + index
+
+
+def _attach_mmio(intf: XInterface, platform: Platform,
+                 transports: Sequence[tuple[VirtioDevice, int, int]], notify: Delivery) -> None:
+    """One virtio-mmio transport per device, each interrupting through a level-triggered
+    resampling irqfd (the DSDT declares the lines level, active high), or polled by a
+    guest when the machine has no in-kernel irqchip."""
+    lines = LevelIrqfds(intf) if intf.vm.irqchip else None
+    if lines is not None:
+        intf.on_release(lines.close)
+    for device, base, gsi in transports:
+        mmio = VirtioMmio(device, base, notify=notify)
+        if lines is not None:
+            mmio.irq = lines.line(gsi, _pending(mmio))
+        mmio.attach(intf)
+        platform.virtio.append(mmio)
+
+
+def _pending(mmio: VirtioMmio) -> Callable[[], bool]:
+    return lambda: mmio.interrupt_status != 0

@@ -1,66 +1,68 @@
 """The pc board: the microvm devices plus PCI configuration space with the i440FX host bridge
 and the PIIX3 ISA bridge of QEMU's ``pc`` machine, for firmware built for it (SeaBIOS's
-``bios.bin``), and virtio-pci disks in the slots after them."""
+``bios.bin``), and virtio-pci devices (disks, network interfaces, rng, console) in the slots
+after them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ..delivery import Delivery
 from ..devices.output import Output
 from ..devices.pci import PciHost
 from ..devices.pci.irq import IntxLine
+from ..devices.pci.rom import rom_for
 from ..machine import Machine
 from ..virtio.blk import VirtioBlk
-from ..virtio.pci import VirtioPci
+from ..virtio.pci import VIRTIO_PCI_VENDOR, VirtioPci, pci_device_id
 from .microvm import Platform, attach_microvm
+from .virtio import Disk, Net, make_devices
 
 FIRST_VIRTIO_SLOT = 3  # 00:00.0 host bridge, 00:01.0 ISA bridge, 00:02.0 left for a display
 
-
-@dataclass(frozen=True)
-class Disk:
-    """A raw image for a virtio-blk disk: ``FILE[,readonly]`` on the command line."""
-
-    path: str
-    readonly: bool = False
-
-    @classmethod
-    def parse(cls, spec: str) -> Disk:
-        path, _, options = spec.partition(",")
-        flags = {o.strip() for o in options.split(",") if o.strip()}
-        unknown = flags - {"readonly", "ro"}
-        if unknown or not path:
-            raise ValueError(f"--disk {spec!r}: expected FILE or FILE,readonly")
-        return cls(path, bool(flags))
+__all__ = ["FIRST_VIRTIO_SLOT", "Disk", "Net", "attach_pc"]
 
 
 def attach_pc(machine: Machine, *, debugcon: Output | None = None,
               serial: Output | None = None, posted_debugcon: bool = False,
-              disks: Sequence[Disk] = (), notify: Delivery = Delivery.SYNC) -> Platform:
+              disks: Sequence[Disk] = (), nets: Sequence[Net] = (), rng: bool = False,
+              virtio_console: bool = False, notify: Delivery = Delivery.SYNC,
+              sercon: bool = False) -> Platform:
     """Attach the pc board's devices to ``machine`` (``Machine.close()`` ends them).
 
-    Each disk becomes a virtio-blk behind a transitional virtio-pci function, from slot 3
-    on, its INTA# routed through the PIIX3; the first disk is first in ``bootorder``.
+    Each virtio device (disks, then nets, rng, the console) sits behind a transitional
+    virtio-pci function, from slot 3 on, its INTA# routed through the PIIX3; the first disk
+    is first in ``bootorder``. A net's ``rom`` becomes its function's expansion ROM, its
+    header's IDs set to the function's (:func:`~xinterface.devices.pci.rom.rom_for`).
+    ``sercon``: as :func:`~xinterface.boards.microvm.attach_microvm`.
     """
-    platform = attach_microvm(machine, debugcon=debugcon, serial=serial,
-                              posted_debugcon=posted_debugcon, acpi=False)
+    made = make_devices(disks=disks, nets=nets, rng=rng, console=serial,
+                        virtio_console=virtio_console)
+    try:
+        platform = attach_microvm(machine, debugcon=debugcon, serial=serial,
+                                  posted_debugcon=posted_debugcon, acpi=False, sercon=sercon)
+    except BaseException:
+        made.close()
+        raise
+    platform.intf.on_release(made.close)
+    platform.console = made.console
     host = platform.pci = PciHost()
     bootorder = []
     transports: list[VirtioPci] = []
     try:
-        for i, disk in enumerate(disks):
+        for i, device in enumerate(made.devices):
             slot = FIRST_VIRTIO_SLOT + i
-            device = VirtioBlk(disk.path, readonly=disk.readonly)
+            rom = made.roms.get(i)
+            if rom is not None:
+                rom = rom_for(rom, VIRTIO_PCI_VENDOR, pci_device_id(device.device_id))
             transport = VirtioPci(device, intx=IntxLine(platform.intf, host, slot),
-                                  notify=notify)
+                                  notify=notify, rom=rom)
             host.add(slot, transport.function)
-            platform.intf.on_release(device.close)
             transport.attach(platform.intf)
             transports.append(transport)
-            # SeaBIOS matches "/pci@i0cf8/*@<slot>" against these (src/boot.c, glob_prefix).
-            bootorder.append(f"/pci@i0cf8/scsi@{slot:x}/disk@0,0")
+            if isinstance(device, VirtioBlk):
+                # SeaBIOS matches "/pci@i0cf8/*@<slot>" against these (src/boot.c, glob_prefix).
+                bootorder.append(f"/pci@i0cf8/scsi@{slot:x}/disk@0,0")
     except BaseException:
         for transport in transports:
             transport.detach()

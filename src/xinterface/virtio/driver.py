@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from ..xinterface import XInterface
 from .chain import DESC, DESC_SIZE, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
-from .device import VIRTIO_F_VERSION_1, Interrupt, Status, VirtioDevice
+from .device import Interrupt, Status, VirtioDevice
 from .queue import RING_HEADER, USED_ELEM, ring_sizes
 
 U16 = struct.Struct("<H")

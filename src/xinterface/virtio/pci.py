@@ -103,6 +103,14 @@ LEGACY_ALIGN = 4096              # §2.7.2 legacy interfaces: the used ring's al
 CLASS_CODES = {1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00FF00}
 
 
+def pci_device_id(device_type: int) -> int:
+    """The PCI device ID of a virtio device of ``device_type`` (§4.1.2): the transitional
+    ID for the types that have one (1 to 9), else the modern one."""
+    if 1 <= device_type <= 9:
+        return TRANSITIONAL_DEVICE_BASE + device_type - 1
+    return MODERN_DEVICE_BASE + device_type
+
+
 class VirtioPci:
     """The virtio-pci transport of ``device``: its PCI function is :attr:`function`, which a
     board puts on the host bridge (``PciHost.add(slot, transport.function)``).
@@ -120,8 +128,7 @@ class VirtioPci:
         self.stats: Counter[str] = Counter()
         kind = device.device_id
         transitional = 1 <= kind <= 9
-        pci_id = (TRANSITIONAL_DEVICE_BASE + kind - 1 if transitional
-                  else MODERN_DEVICE_BASE + kind)
+        pci_id = pci_device_id(kind)
         self.transitional = transitional
         self.function = _Function(self, VIRTIO_PCI_VENDOR, pci_id,
                                   CLASS_CODES.get(kind, 0xFF0000),
