@@ -127,8 +127,9 @@ def run(image: Path, gpa: int, mode: str, memory: int, vcpus: int, trace: bool,
               help="Write matplotlib figures (needs the plot extra).")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the table as Markdown.")
-@click.option("--peer", "peers", type=click.Choice(["qemu"]), multiple=True,
-              help="Also run the same guest binary on this VMM (qemu-system-x86_64).")
+@click.option("--peer", "peers", type=click.Choice(["qemu", "qemu-net"]), multiple=True,
+              help="Also run the same guest binary on this VMM (qemu-system-x86_64); "
+                   "qemu-net: virtio-net on a TAP, QEMU's and ours (needs root).")
 @click.option("--scale", type=float, default=1.0, hidden=True,
               help="Multiply every size (tests use a tiny scale).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
@@ -191,14 +192,28 @@ def _stream(target: str, stack: contextlib.ExitStack) -> BinaryIO | None:
               help="pc adds the i440FX/PIIX3 PCI configuration space (SeaBIOS's bios.bin).")
 @click.option("--posted-debugcon", is_flag=True,
               help="Debug console bytes through KVM's coalesced ring: no exit per byte.")
+@click.option("--disk", "disks", multiple=True, metavar="FILE[,readonly]",
+              help="A raw image as a virtio-blk disk (repeatable; the first boots).")
+@click.option("--net", "nets", multiple=True, metavar="tap=NAME[,mac=MAC][,rom=FILE|ipxe]",
+              help="A virtio-net interface on an existing TAP (repeatable); rom: its option "
+                   "ROM on the pc board (ipxe: Debian's iPXE). COM1 is then the BIOS screen.")
+@click.option("--rng", is_flag=True, help="A virtio-rng device (entropy from os.urandom).")
+@click.option("--virtio-console", is_flag=True,
+              help="A virtio-console (Linux's hvc0) writing where --serial goes.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
-         timeout: float, board: str, posted_debugcon: bool, debug: bool) -> None:
+         timeout: float, board: str, posted_debugcon: bool, disks: tuple[str, ...],
+         nets: tuple[str, ...], rng: bool, virtio_console: bool, debug: bool) -> None:
     """Boot firmware from the reset vector on the standard devices (fw_cfg, COM1, CMOS/RTC,
     debug console at 0x402), all of them xinterface clients."""
     from .boards import BOARDS
+    from .boards.virtio import Disk, Net
     from .devices import Output, Until
 
+    try:
+        disk_list, net_list = [Disk.parse(d) for d in disks], [Net.parse(n) for n in nets]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     matched: list[Until] = []
     try:
         with contextlib.ExitStack() as stack:
@@ -210,7 +225,8 @@ def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
                            for out in outputs]
                 outputs = list(matched)
             BOARDS[board](machine, debugcon=outputs[0], serial=outputs[1],
-                          posted_debugcon=posted_debugcon)
+                          posted_debugcon=posted_debugcon, disks=disk_list, nets=net_list,
+                          rng=rng, virtio_console=virtio_console, sercon=bool(net_list))
             result = machine.run(timeout=timeout or None)
     except GuestError as exc:
         _fail(str(exc).splitlines()[0] + " (--debug shows registers)"

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import needs_kvm
+from xinterface.bench.netns import netns_usable
 
 pytestmark = needs_kvm
 
@@ -18,9 +21,13 @@ NAMES = {
     "eventfd.pio.1", "eventfd.latency", "bus.events.1", "bus.events.100", "bus.events.10000",
     "bus.events.100000", "memory.copy_from.4k", "memory.copy_to.4k", "memory.vmap",
     "sync.latency", "posted.latency", "bus.dispatch.1", "bus.dispatch.100000",
+    "net.tx.sync", "net.tx.eventfd", "net.rx.sync", "net.rx.eventfd",
 }
 # .ci/run installs Debian's qemu-system-x86, so CI always measures the peer.
 PEER = {"qemu.pio.1", "bootsector.pio.1"}
+# With root too: virtio-net on a TAP in a namespace of the run's, ours and QEMU's.
+NET_PEER = {"qemu.net.tx", "qemu.net.rx", "net.tap.tx.sync", "net.tap.tx.eventfd",
+            "net.tap.rx.sync", "net.tap.rx.eventfd"}
 
 
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
@@ -46,3 +53,17 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert by_name["sync.pio.1"]["floor"] == "floor.pio.1"
     assert by_name["sync.pio.1"]["ratio_to_floor"] > 0
     assert "sync.pio.1" in done.stdout  # the table
+
+
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64") or not netns_usable(),
+                    reason="needs qemu-system-x86_64, root and iproute2")
+def test_virtio_net_peer_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "xinterface", "bench", "--quick", "--scale",
+                           "0.01", "--repeats", "1", "--peer", "qemu-net", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    by_name = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(by_name) >= NET_PEER
+    assert by_name["net.tap.tx.sync"]["floor"] == "qemu.net.tx"
+    assert all(by_name[name]["median"] > 0 for name in NET_PEER)

@@ -14,6 +14,7 @@ from functools import partial
 from ..delivery import Delivery
 from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
+from .net import figure_samples as net_figure_samples
 from .paths import dispatch_cost, latency, write_cost
 from .peer import QEMU, own_write_cost, qemu_write_cost
 
@@ -121,6 +122,10 @@ def figures(quick: bool, scale: float = 1.0,
                 Figure("bootsector.pio.1", "ns/write", partial(own_write_cost, n_sync),
                        floor("floor.pio.1")),
             ]
+    net_figs, net_notices = net_figure_samples(quick, scale, peers)
+    notices += net_notices
+    out += [Figure(name, "ns/packet", sample, reference)
+            for name, sample, reference in net_figs]
     out += [
         Figure("floor.slice_view", "ns", partial(memory_sample, "slice_view", 4096, mem)),
         Figure("memory.vmap", "ns", partial(memory_sample, "vmap", 4096, mem),

@@ -27,6 +27,9 @@ from typing import Protocol
 
 from ...errors import XInterfaceError
 
+# A unix socket's send buffer bounds the frames in flight to the reader (unix(7)).
+WIRE_BUFFER = 4 << 20
+
 
 class NetBackend(Protocol):
     """What the device needs of a backend."""
@@ -66,8 +69,12 @@ class SocketBackend:
 
     @classmethod
     def pair(cls) -> tuple[SocketBackend, socket.socket]:
-        """A backend and the other end of its wire (blocking, ``SOCK_SEQPACKET``)."""
+        """A backend and the other end of its wire (blocking, ``SOCK_SEQPACKET``). Each end
+        may hold up to :data:`WIRE_BUFFER` bytes of frames in flight (the kernel caps it at
+        ``net.core.wmem_max``): a 60-byte frame costs about 1 KiB of it."""
         ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (ours, peer):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WIRE_BUFFER)
         return cls(ours), peer
 
     def fileno(self) -> int:

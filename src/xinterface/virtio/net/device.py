@@ -203,7 +203,11 @@ class VirtioNet(VirtioDevice):
         stats = self.stats
         send = self.backend.send
         for chain in queue:
-            header, frame = split(chain.readable, hdr_len)
+            readable = chain.readable
+            if readable and readable[0].nbytes == hdr_len:
+                header, frame = readable[:1], readable[1:]  # the usual layout (§5.1.6.2)
+            else:
+                header, frame = split(readable, hdr_len)
             size = total(frame)
             if total(header) < hdr_len:
                 stats["tx_no_header"] += 1
