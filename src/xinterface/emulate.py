@@ -108,8 +108,12 @@ def _iret(vcpu: VcpuFd, memory: GuestMemory, *, override: bool) -> bool:
     sp = (sp + 3 * size) & (0xFFFFFFFF if ss.db else 0xFFFF)
     mask = 0xFFFFFFFF if ss.db else 0xFFFF
     regs.rsp = (regs.rsp & ~mask) | sp
-    sregs.cs = seg
-    vcpu.set_sregs(sregs)
+    if (seg.selector, seg.base, seg.limit, seg.type, seg.db) != (
+            cs.selector, cs.base, cs.limit, cs.type | TYPE_ACCESSED, cs.db):
+        # Only when CS changes: KVM_SET_SREGS also re-queues whatever interrupt KVM had
+        # injected (its interrupt_bitmap), which a same-segment return need not touch.
+        sregs.cs = seg
+        vcpu.set_sregs(sregs)
     vcpu.set_regs(regs)
     return True
 

@@ -4,6 +4,7 @@ guest RAM (xinterface/virtio/driver.py) and the unprivileged backends on the oth
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -327,3 +328,73 @@ def test_reset_stops_receiving_until_the_driver_is_back() -> None:
         while not used and time.monotonic() < end:
             used = rx.used()
         assert used == [(head, HDR + 60)]      # the frame waited in the backend
+
+
+# --- hostile drivers: the device stops (DEVICE_NEEDS_RESET) or drops, the VMM goes on -------
+def test_receive_buffer_outside_ram_needs_reset() -> None:
+    with rig() as r:
+        r.rx.post([(MEMORY + 0x1000, 2048, True)])      # past the end of guest RAM
+        r.net.notify(0)
+        r.peer.send(frame(60))
+        end = time.monotonic() + 10
+        while not r.net.status & Status.DEVICE_NEEDS_RESET and time.monotonic() < end:
+            time.sleep(0.01)
+        assert r.net.status & Status.DEVICE_NEEDS_RESET
+        assert Interrupt.CONFIG in r.interrupts
+        assert r.rx.used_idx == 0                        # nothing was given back
+        rx, tx = QueueDriver(r.intf, RX_RING, SIZE), QueueDriver(r.intf, TX_RING, SIZE)
+        assert bring_up(r.net, r.intf, [rx, tx]) & Status.DRIVER_OK   # the reset recovers it
+        head = rx.post([(RX_BUF, 2048, True)])
+        r.net.notify(0)
+        r.peer.send(frame(61))
+        end = time.monotonic() + 10
+        used: list[tuple[int, int]] = []
+        while not used and time.monotonic() < end:
+            used = rx.used()
+        assert used == [(head, HDR + 61)]
+
+
+def test_receive_chain_of_device_readable_buffers_is_too_small() -> None:
+    with rig(BASE, mergeable=False) as r:
+        r.rx.post([(RX_BUF, 2048, False)])               # the device may not write there
+        r.net.notify(0)
+        r.peer.send(frame(60))
+        end = time.monotonic() + 10
+        while not r.net.stats["rx_too_small"] and time.monotonic() < end:
+            time.sleep(0.01)
+        assert r.net.stats["rx_too_small"] == 1
+        assert r.intf.copy_from(RX_BUF, 64) == bytes(64)  # untouched
+        assert not r.net.status & Status.DEVICE_NEEDS_RESET
+
+
+def test_transmit_descriptor_loop_needs_reset_and_nothing_is_sent() -> None:
+    with rig() as r:
+        r.intf.copy_to(TX_BUF, bytes(HDR) + frame(60))
+        r.tx.write_desc(0, TX_BUF, HDR, 1, 1)             # NEXT -> 1
+        r.tx.write_desc(1, TX_BUF + HDR, 60, 1, 0)        # NEXT -> 0: a loop
+        r.tx.make_available(0)
+        r.net.notify(1)
+        assert r.net.status & Status.DEVICE_NEEDS_RESET
+        assert r.net.stats["tx_packets"] == 0
+        r.peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            r.peer.recv(4096)
+
+
+def test_available_index_far_ahead_needs_reset() -> None:
+    with rig() as r:
+        r.intf.copy_to(r.rx.avail_addr + 2, struct.pack("<H", 1000))
+        r.net.notify(0)
+        r.peer.send(frame(60))
+        end = time.monotonic() + 10
+        while not r.net.status & Status.DEVICE_NEEDS_RESET and time.monotonic() < end:
+            time.sleep(0.01)
+        assert r.net.status & Status.DEVICE_NEEDS_RESET
+
+
+def test_notify_of_a_queue_that_does_not_exist_is_ignored() -> None:
+    with rig() as r:
+        r.net.notify(2)
+        r.net.notify(0xFFFF)
+        assert r.net.stats["notify_ignored"] == 2
+        assert not r.net.status & Status.DEVICE_NEEDS_RESET

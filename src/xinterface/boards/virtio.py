@@ -95,7 +95,7 @@ def make_devices(*, disks: Sequence[Disk] = (), nets: Sequence[Net] = (), rng: b
         for disk in disks:
             made.devices.append(VirtioBlk(disk.path, readonly=disk.readonly, iothread=iothread))
         for i, net in enumerate(nets):
-            rom = _read_rom(net.rom) if net.rom else None
+            rom = _read_rom(IPXE_VIRTIO_ROM if net.rom == "ipxe" else net.rom) if net.rom else None
             mac = net.mac or (int.from_bytes(FIRST_MAC, "big") + i).to_bytes(6, "big")
             if rom is not None:
                 made.roms[len(made.devices)] = rom

@@ -35,7 +35,10 @@ from ..xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange
 from .device import Interrupt, VirtioDevice
 
 VIRTIO_PCI_VENDOR = 0x1AF4       # §4.1.2
-TRANSITIONAL_DEVICE_BASE = 0x1000  # §4.1.2.3: 0x1000 + type - 1 for the legacy types
+# §4.1.2.3 Transitional PCI Device IDs, by virtio device type: network card, block device,
+# console, entropy source, memory ballooning (traditional), SCSI host, 9P transport.
+TRANSITIONAL_DEVICE_IDS = {1: 0x1000, 2: 0x1001, 3: 0x1003, 4: 0x1005, 5: 0x1002, 8: 0x1004,
+                           9: 0x1009}
 MODERN_DEVICE_BASE = 0x1040
 PCI_CAP_VENDOR = 0x09
 VIRTIO_MSI_NO_VECTOR = 0xFFFF
@@ -105,10 +108,8 @@ CLASS_CODES = {1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00FF00}
 
 def pci_device_id(device_type: int) -> int:
     """The PCI device ID of a virtio device of ``device_type`` (§4.1.2): the transitional
-    ID for the types that have one (1 to 9), else the modern one."""
-    if 1 <= device_type <= 9:
-        return TRANSITIONAL_DEVICE_BASE + device_type - 1
-    return MODERN_DEVICE_BASE + device_type
+    ID for the types that have one (§4.1.2.3), else the modern one."""
+    return TRANSITIONAL_DEVICE_IDS.get(device_type, MODERN_DEVICE_BASE + device_type)
 
 
 class VirtioPci:
@@ -127,7 +128,7 @@ class VirtioPci:
         self.delivery = notify
         self.stats: Counter[str] = Counter()
         kind = device.device_id
-        transitional = 1 <= kind <= 9
+        transitional = kind in TRANSITIONAL_DEVICE_IDS
         pci_id = pci_device_id(kind)
         self.transitional = transitional
         self.function = _Function(self, VIRTIO_PCI_VENDOR, pci_id,
