@@ -1,0 +1,371 @@
+"""The transport-independent virtio device (virtio 1.2 §2 and §3): status, features, queues,
+configuration space, notifications.
+
+A device subclass says what it is (``device_id``, its feature bits, its configuration bytes,
+its queue sizes) and serves its queues in :meth:`VirtioDevice.handle`. A transport (virtio-mmio,
+virtio-pci) owns the registers and calls the methods under "the transport's side"; the device
+calls back only through the ``interrupt`` callable the transport gave it. A device never
+touches a transport's registers.
+
+Threads: transport calls come from vCPU threads (and, for notifications, from the event-loop
+or ring-draining thread); they are serialised by the device's lock. Processing a queue holds
+that queue's lock, which :meth:`reset` takes too, so a reset waits for the processing in
+flight and nothing touches the rings after it returns. Lock order: device lock, then queue
+locks, then the status lock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from ..xinterface import XInterface
+from .chain import VirtqueueError
+from .queue import VirtQueue
+
+log = logging.getLogger(__name__)
+
+
+class Status(enum.IntFlag):
+    """§2.1 Device Status Field."""
+
+    ACKNOWLEDGE = 1
+    DRIVER = 2
+    DRIVER_OK = 4
+    FEATURES_OK = 8
+    DEVICE_NEEDS_RESET = 64
+    FAILED = 128
+
+
+class Interrupt(enum.IntFlag):
+    """Why the device interrupts: the bits of virtio-mmio's InterruptStatus (§4.2.2) and of
+    virtio-pci's ISR status (§4.1.4.5) alike."""
+
+    USED = 1     # used buffer notification
+    CONFIG = 2   # configuration change notification
+
+
+# §6 Reserved Feature Bits (the ones the core implements).
+VIRTIO_F_INDIRECT_DESC = 28
+VIRTIO_F_EVENT_IDX = 29
+VIRTIO_F_VERSION_1 = 32
+CORE_FEATURES = 1 << VIRTIO_F_INDIRECT_DESC | 1 << VIRTIO_F_EVENT_IDX
+
+InterruptFn = Callable[[Interrupt], None]
+
+
+class VirtioDevice:
+    """Base class of virtio devices. Subclasses set ``device_id`` and implement
+    :meth:`handle`; see README ("Write a virtio device") for a complete one.
+
+    ``features``: the device-type feature bits offered (VIRTIO_F_VERSION_1, INDIRECT_DESC and
+    EVENT_IDX are added by the core). ``config``: the initial configuration space.
+    ``iothread=True`` serves notifications on a thread of the device's own instead of the
+    thread that delivered them (a vCPU's, for SYNC).
+    """
+
+    device_id: ClassVar[int] = 0
+    vendor_id: ClassVar[int] = 0x554D4551  # "QEMU", what Linux and SeaBIOS see elsewhere too
+
+    def __init__(self, *, queue_sizes: Sequence[int] = (256,), features: int = 0,
+                 config: bytes = b"", iothread: bool = False) -> None:
+        self.features = features
+        self.queues = [VirtQueue(i, n) for i, n in enumerate(queue_sizes)]
+        self.config = bytearray(config)
+        self.config_generation = 0
+        self.status = 0
+        self.driver_features = 0
+        self.legacy = False
+        self.error: str | None = None
+        self.stats: Counter[str] = Counter()
+        self.intf: XInterface | None = None
+        self._interrupt: InterruptFn | None = None
+        self._lock = threading.RLock()
+        self._status_lock = threading.Lock()
+        self._iothread = iothread
+        self._worker: _Worker | None = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    # --- what a device type implements -----------------------------------------------------
+    def handle(self, queue: VirtQueue) -> None:
+        """Serve ``queue``: take every available chain (``for chain in queue``) and give each
+        back with ``queue.add_used(chain, bytes_written)``. Raise VirtqueueError (or let
+        ``pop`` raise it) for a driver error that breaks the device."""
+        raise NotImplementedError
+
+    def validate_features(self, features: int) -> bool:
+        """Whether the driver's feature set is acceptable (FEATURES_OK); all offered are."""
+        return True
+
+    def activate(self) -> None:
+        """DRIVER_OK was set: the driver is ready."""
+
+    def on_reset(self) -> None:
+        """The device was reset: drop per-driver state (the queues are reset already)."""
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        """The driver wrote the configuration space; read-only by default (writes dropped)."""
+        self.stats["config_write_dropped"] += 1
+
+    # --- services for the device type -------------------------------------------------------
+    def negotiated(self, bit: int) -> bool:
+        return bool(self.driver_features >> bit & 1)
+
+    def interrupt(self, kind: Interrupt) -> None:
+        if self._interrupt is not None:
+            self._interrupt(kind)
+
+    def update_config(self, offset: int, data: bytes) -> None:
+        """Change the configuration space: a new generation, and a configuration change
+        notification once the driver is running (§2.5)."""
+        with self._status_lock:  # a leaf lock: handle() may call this while a reset waits
+            self.config[offset:offset + len(data)] = data
+            self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
+        if self.status & Status.DRIVER_OK:
+            self.interrupt(Interrupt.CONFIG)
+
+    def fail(self, reason: str) -> None:
+        """Enter the error state: DEVICE_NEEDS_RESET, and once DRIVER_OK is set a
+        configuration change notification (§2.1.2). Nothing is processed until a reset."""
+        with self._status_lock:
+            if self.status & Status.DEVICE_NEEDS_RESET:
+                return
+            self.status |= Status.DEVICE_NEEDS_RESET
+            self.error = reason
+            running = self.status & Status.DRIVER_OK
+        self.stats["needs_reset"] += 1
+        log.warning("%s: device needs reset: %s", self.name, reason)
+        if running:
+            self.interrupt(Interrupt.CONFIG)
+
+    @property
+    def running(self) -> bool:
+        """DRIVER_OK and neither FAILED nor DEVICE_NEEDS_RESET: queues may be served."""
+        s = self.status
+        return bool(s & Status.DRIVER_OK) and not s & (Status.FAILED | Status.DEVICE_NEEDS_RESET)
+
+    def process(self, queue: VirtQueue) -> None:
+        """Serve ``queue`` now, on this thread: :meth:`handle` with driver notifications off
+        while it runs, then a used buffer notification if the driver wants one."""
+        with queue.lock:
+            if not (queue.ready and self.running):
+                return
+            used = queue.next_used
+            try:
+                while True:
+                    queue.set_notification(False)
+                    taken = queue.next_avail
+                    self.handle(queue)
+                    if not self.running:
+                        return
+                    if not queue.enable_notification() or queue.next_avail == taken:
+                        break
+                if queue.next_used != used and queue.needs_interrupt():
+                    self.interrupt(Interrupt.USED)
+            except VirtqueueError as exc:
+                self.fail(str(exc))
+
+    # --- the transport's side ---------------------------------------------------------------
+    def attach(self, intf: XInterface, interrupt: InterruptFn, *, legacy: bool = False) -> None:
+        """Called by the transport: guest memory through ``intf``, interrupts to ``interrupt``.
+        ``legacy``: a legacy (virtio 0.9.5) transport; VERSION_1 is not offered."""
+        self.intf = intf
+        self._interrupt = interrupt
+        self.legacy = legacy
+
+    def detach(self) -> None:
+        self.reset()
+        self.intf = None
+        self._interrupt = None
+
+    @property
+    def device_features(self) -> int:
+        """Every feature bit offered (64-bit)."""
+        offered = self.features | CORE_FEATURES
+        if self.legacy:
+            return offered & 0xFFFFFFFF
+        return offered | 1 << VIRTIO_F_VERSION_1
+
+    def set_driver_features(self, word: int, value: int) -> None:
+        """Bits ``32*word`` to ``32*word+31`` of the driver's features; ignored once
+        FEATURES_OK is set (§3.1.1: features are fixed from then on)."""
+        with self._lock:
+            if self.status & Status.FEATURES_OK or (self.legacy and word):
+                self.stats["feature_write_dropped"] += 1
+                return
+            shift = 32 * word
+            mask = 0xFFFFFFFF << shift
+            self.driver_features = self.driver_features & ~mask | (value & 0xFFFFFFFF) << shift
+
+    def features_acceptable(self) -> bool:
+        features = self.driver_features
+        if features & ~self.device_features:
+            return False   # §2.2: the driver accepts only features the device offered
+        if not self.legacy and not features >> VIRTIO_F_VERSION_1 & 1:
+            return False   # §6.1: a modern device may refuse to work without VERSION_1
+        return self.validate_features(features)
+
+    def set_status(self, value: int) -> None:
+        """The driver wrote the device status: 0 resets; the other bits only accumulate
+        (§2.1.1: the driver never clears a bit), each step checked (§3.1.1)."""
+        value &= 0xFF
+        if value == 0:
+            self.reset()
+            return
+        with self._lock:
+            old = self.status
+            new = old | value & ~Status.DEVICE_NEEDS_RESET  # that bit is the device's
+            added = new & ~old
+            if added & Status.FEATURES_OK and (self.legacy or not self.features_acceptable()
+                                               or not new & Status.DRIVER):
+                new &= ~Status.FEATURES_OK
+                self.stats["features_refused"] += 1
+            if added & Status.DRIVER_OK:
+                if self.legacy:
+                    self.driver_features &= self.device_features
+                elif not new & Status.FEATURES_OK:
+                    new &= ~Status.DRIVER_OK
+                    self.stats["driver_ok_refused"] += 1
+            with self._status_lock:
+                self.status = new | self.status & Status.DEVICE_NEEDS_RESET
+            if new & ~old & Status.DRIVER_OK:
+                for q in self.queues:
+                    self._queue_features(q)
+                if self._iothread:
+                    self._worker = _Worker(self)
+                self.activate()
+
+    def reset(self) -> None:
+        """Device reset (§2.4): waits for processing in flight, then every queue, the status,
+        the features and the error state are back to their initial values."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                worker.stop()
+            for q in self.queues:
+                q.lock.acquire()
+            try:
+                for q in self.queues:
+                    q.reset()
+                with self._status_lock:
+                    self.status = 0
+                    self.driver_features = 0
+                    self.error = None
+                self.on_reset()
+            finally:
+                for q in self.queues:
+                    q.lock.release()
+
+    def _queue_features(self, queue: VirtQueue) -> None:
+        queue.event_idx = self.negotiated(VIRTIO_F_EVENT_IDX)
+        queue.indirect = self.negotiated(VIRTIO_F_INDIRECT_DESC)
+
+    def queue_max_size(self, index: int) -> int:
+        """QueueSizeMax: 0 for a queue that does not exist."""
+        return self.queues[index].max_size if 0 <= index < len(self.queues) else 0
+
+    def set_queue_ready(self, index: int, ready: bool) -> None:
+        """Enable or disable queue ``index`` with the configuration the transport wrote. A
+        configuration the device cannot use (size not a power of two or above the maximum,
+        misaligned or non-RAM rings) puts the device in the error state."""
+        if not 0 <= index < len(self.queues):
+            return
+        q = self.queues[index]
+        with self._lock:
+            if not ready:
+                with q.lock:
+                    q.ready = False
+                    q.unmap()
+                    q.next_avail = q.next_used = 0
+                return
+            if q.ready:
+                return
+            intf = self.intf
+            if intf is None:
+                return
+            with q.lock:
+                self._queue_features(q)
+                try:
+                    q.map(intf)
+                except VirtqueueError as exc:
+                    self.fail(str(exc))
+                    return
+                q.ready = True
+
+    def read_config(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the configuration space; zeros past its end."""
+        data = bytes(self.config[offset:offset + size]) if offset >= 0 else b""
+        return data + bytes(size - len(data))
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        if offset < 0 or offset + len(data) > len(self.config):
+            self.stats["config_write_dropped"] += 1
+            return
+        with self._lock:
+            self.config_write(offset, data)
+
+    def notify(self, index: int) -> None:
+        """The driver notified queue ``index`` (the transport decoded the doorbell). A queue
+        that does not exist or is not ready, or a device not running, ignores it."""
+        queues = self.queues
+        if not 0 <= index < len(queues) or not queues[index].ready or not self.running:
+            self.stats["notify_ignored"] += 1
+            return
+        self.stats["notify"] += 1
+        worker = self._worker
+        if worker is not None:
+            worker.kick(index)
+        else:
+            self.process(queues[index])
+
+    def __repr__(self) -> str:
+        return f"{self.name}(id={self.device_id}, status={Status(self.status)!r})"
+
+
+class _Worker:
+    """A device's own thread: notifications are queued to it and served in order."""
+
+    def __init__(self, device: VirtioDevice) -> None:
+        self.device = device
+        self._cv = threading.Condition()
+        self._pending: list[int] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"virtio-{device.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def kick(self, index: int) -> None:
+        with self._cv:
+            if index not in self._pending:
+                self._pending.append(index)
+                self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        device = self.device
+        while True:
+            with self._cv:
+                while not self._pending and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                pending, self._pending = self._pending, []
+            for index in pending:
+                try:
+                    device.process(device.queues[index])
+                except Exception as exc:  # a device bug: the device breaks, the VMM goes on
+                    log.exception("%s: queue %d", device.name, index)
+                    device.fail(f"{type(exc).__name__} serving queue {index}: {exc}")

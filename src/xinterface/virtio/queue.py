@@ -1,0 +1,232 @@
+"""The split virtqueue (virtio 1.2 §2.7), device side, in guest RAM reached through the
+xinterface.
+
+The transport writes the queue's configuration (``size``, the three ring addresses,
+``ready``); the device takes available chains with :meth:`VirtQueue.pop` (or iterates the
+queue), gives them back with :meth:`VirtQueue.add_used`, and asks :meth:`needs_interrupt`
+whether the driver wants a used buffer notification. The rings are mapped once, as zero-copy
+views, when the queue is first used.
+
+Memory ordering: the driver is a vCPU of the same x86 host. x86 keeps loads in order with
+loads and stores in order with stores, so reading ``avail.idx`` before the ring entries, and
+writing a used element before ``used.idx`` (§2.7.8.2), need no barrier from us. A store then a
+load of another location can be reordered: where the spec's protocol needs that order
+(publishing ``avail_event`` then re-reading ``avail.idx``; publishing ``used.idx`` then
+reading ``used_event``), :func:`fence` issues a full barrier.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import threading
+from collections.abc import Iterator
+
+from ..errors import XInterfaceError
+from ..maps import XVMap
+from ..xinterface import XInterface
+from .chain import DESC, DESC_SIZE, DescriptorChain, VirtqueueError, map_buffers, walk
+
+# §2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
+MAX_QUEUE_SIZE = 32768
+# §2.7 table "Virtqueue Part" alignments: descriptor table 16, available ring 2, used ring 4.
+DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN = 16, 2, 4
+# §2.7.6 struct virtq_avail { le16 flags; le16 idx; le16 ring[size]; le16 used_event; }
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+# §2.7.8 struct virtq_used { le16 flags; le16 idx; struct virtq_used_elem ring[size];
+# le16 avail_event; }, struct virtq_used_elem { le32 id; le32 len; }
+VIRTQ_USED_F_NO_NOTIFY = 1
+RING_HEADER = 4
+U16 = struct.Struct("<H")
+USED_ELEM = struct.Struct("<II")
+
+_barrier = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier. Taking a lock is a locked read-modify-write (``lock cmpxchg``)
+    on x86, which orders every earlier store before every later load."""
+    _barrier.acquire()
+    _barrier.release()
+
+
+def ring_sizes(size: int) -> tuple[int, int, int]:
+    """Bytes of the descriptor table, available ring and used ring for ``size`` entries
+    (§2.7 table: 16*size, 6+2*size, 6+8*size, event fields included)."""
+    return DESC_SIZE * size, RING_HEADER + 2 * size + 2, RING_HEADER + 8 * size + 2
+
+
+def need_event(event: int, new: int, old: int) -> bool:
+    """§2.7.10 (VIRTIO_F_EVENT_IDX): notify if ``event`` lies in ``[old, new)``, mod 2^16."""
+    return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+
+
+class VirtQueue:
+    """One split virtqueue. ``lock`` is held by whoever processes it (see VirtioDevice)."""
+
+    def __init__(self, index: int, max_size: int = 256) -> None:
+        if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
+            raise XInterfaceError(errno.EINVAL, f"max_size {max_size} must be a power of two "
+                                  f"from 1 to {MAX_QUEUE_SIZE}", argument="max_size",
+                                  value=max_size)
+        self.index = index
+        self.max_size = max_size
+        self.lock = threading.Lock()
+        self._maps: list[XVMap] = []
+        self._desc: memoryview | None = None
+        self._avail = memoryview(b"")
+        self._used = memoryview(b"")
+        self.size = max_size
+        self.ready = False
+        self.desc_addr = self.avail_addr = self.used_addr = 0
+        self.event_idx = False
+        self.indirect = False
+        self.next_avail = 0
+        self.next_used = 0
+        self._signalled_used: int | None = None
+        self._intf: XInterface | None = None
+
+    # --- the transport's side ---------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the state after a device reset: not ready, nothing mapped."""
+        self.unmap()
+        self.size = self.max_size
+        self.ready = False
+        self.desc_addr = self.avail_addr = self.used_addr = 0
+        self.event_idx = self.indirect = False
+        self.next_avail = self.next_used = 0
+        self._signalled_used = None
+
+    def check(self) -> str | None:
+        """Why the driver's configuration cannot be used, or None."""
+        size = self.size
+        if not 0 < size <= self.max_size or size & (size - 1):
+            return (f"queue {self.index}: size {size} is not a power of two from 1 to "
+                    f"{self.max_size}")
+        for name, addr, align in (("descriptor table", self.desc_addr, DESC_ALIGN),
+                                  ("available ring", self.avail_addr, AVAIL_ALIGN),
+                                  ("used ring", self.used_addr, USED_ALIGN)):
+            if addr % align:
+                return f"queue {self.index}: {name} at {addr:#x} is not {align}-byte aligned"
+        return None
+
+    def map(self, intf: XInterface) -> None:
+        """Map the three rings (done by the first use); VirtqueueError if they are not RAM."""
+        self.unmap()
+        reason = self.check()
+        if reason:
+            raise VirtqueueError(reason)
+        desc_len, avail_len, used_len = ring_sizes(self.size)
+        try:
+            for addr, length in ((self.desc_addr, desc_len), (self.avail_addr, avail_len),
+                                 (self.used_addr, used_len)):
+                self._maps.append(intf.vmap(addr, length))
+        except XInterfaceError as exc:
+            self.unmap()
+            raise VirtqueueError(f"queue {self.index}: ring not in guest RAM: {exc}") from None
+        self._intf = intf
+        self._desc, self._avail, self._used = (m.addr for m in self._maps)
+
+    def unmap(self) -> None:
+        maps, self._maps = self._maps, []
+        self._desc = None
+        self._avail = self._used = memoryview(b"")
+        for m in maps:
+            if not m.released:
+                m.put()
+
+    @property
+    def mapped(self) -> bool:
+        return self._desc is not None
+
+    # --- the device's side ------------------------------------------------------------------
+    def avail_idx(self) -> int:
+        return int(U16.unpack_from(self._avail, 2)[0])
+
+    def pending(self) -> int:
+        """Chains the driver made available that the device has not taken yet."""
+        idx = self.avail_idx()
+        n = (idx - self.next_avail) & 0xFFFF
+        if n > self.size:
+            # §2.7.13.3: the driver never has more than Queue Size buffers outstanding.
+            raise VirtqueueError(f"queue {self.index}: avail.idx {idx} is {n} ahead of the "
+                                 f"device ({self.next_avail}), more than the size {self.size}")
+        return n
+
+    def pop(self) -> DescriptorChain | None:
+        """The next available chain, mapped; None when there is none. VirtqueueError when the
+        driver broke a rule (the queue is then unusable until the device is reset)."""
+        if not self.pending():
+            return None
+        intf = self._intf
+        desc = self._desc
+        assert intf is not None and desc is not None
+        size = self.size
+        head = int(U16.unpack_from(self._avail, RING_HEADER + 2 * (self.next_avail % size))[0])
+        if head >= size:
+            raise VirtqueueError(f"queue {self.index}: available head {head} is outside the "
+                                 f"descriptor table ({size} entries)")
+
+        def read(i: int) -> tuple[int, int, int, int]:
+            addr, length, flags, nxt = DESC.unpack_from(desc, i * DESC_SIZE)
+            return addr, length, flags, nxt
+
+        def read_table(gpa: int, length: int) -> bytes:
+            try:
+                return intf.copy_from(gpa, length)
+            except XInterfaceError as exc:
+                raise VirtqueueError(f"queue {self.index}: indirect table not in guest RAM: "
+                                     f"{exc}") from None
+
+        buffers = walk(read, head, size, indirect=self.indirect, read_table=read_table)
+        maps, readable, writable = map_buffers(intf, buffers)
+        self.next_avail = (self.next_avail + 1) & 0xFFFF
+        return DescriptorChain(head, buffers, maps, readable, writable)
+
+    def __iter__(self) -> Iterator[DescriptorChain]:
+        while (chain := self.pop()) is not None:
+            yield chain
+
+    def add_used(self, chain: DescriptorChain, length: int) -> None:
+        """Give ``chain`` back with ``length`` bytes written to its writable buffers (capped at
+        their size); its views are released. ``used.len`` is written before ``used.idx``."""
+        length = max(0, min(length, chain.writable_len))
+        chain.release()
+        used = self._used
+        slot = self.next_used % self.size
+        USED_ELEM.pack_into(used, RING_HEADER + 8 * slot, chain.head, length)
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        U16.pack_into(used, 2, self.next_used)
+
+    def needs_interrupt(self) -> bool:
+        """Whether the driver wants a used buffer notification for the buffers used since the
+        last call (§2.7.7: ``used_event`` with VIRTIO_F_EVENT_IDX, else NO_INTERRUPT)."""
+        fence()  # our used.idx store before the load of the driver's used_event or flags
+        new = self.next_used
+        if self.event_idx:
+            old, self._signalled_used = self._signalled_used, new
+            if old is None:
+                return True
+            event = int(U16.unpack_from(self._avail, RING_HEADER + 2 * self.size)[0])
+            return need_event(event, new, old)
+        return not U16.unpack_from(self._avail, 0)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+
+    def set_notification(self, enable: bool) -> None:
+        """Ask the driver to notify (or not) for new buffers (§2.7.10): ``avail_event`` with
+        VIRTIO_F_EVENT_IDX, else the NO_NOTIFY flag. Only a hint: the driver may notify."""
+        if self.event_idx:
+            if enable:
+                U16.pack_into(self._used, RING_HEADER + 8 * self.size, self.next_avail)
+        else:
+            U16.pack_into(self._used, 0, 0 if enable else VIRTQ_USED_F_NO_NOTIFY)
+
+    def enable_notification(self) -> bool:
+        """Re-enable notifications; True if buffers arrived meanwhile (take them now, since
+        the driver may have seen notifications disabled and not notified)."""
+        self.set_notification(True)
+        fence()  # our avail_event/flags store before the load of avail.idx
+        return self.pending() > 0
+
+    def __repr__(self) -> str:
+        return (f"VirtQueue({self.index}, size={self.size}, ready={self.ready}, "
+                f"avail={self.next_avail}, used={self.next_used})")

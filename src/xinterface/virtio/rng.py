@@ -1,0 +1,38 @@
+"""virtio-rng, the entropy device (virtio 1.2 §5.4): random bytes from ``os.urandom``."""
+
+from __future__ import annotations
+
+import os
+
+from .device import VirtioDevice
+from .queue import VirtQueue
+
+VIRTIO_ID_RNG = 4           # §5 Device Types
+MAX_REQUEST = 64 << 10      # §5.4.6.2: the device "MAY use less than the entire buffer length"
+
+
+class VirtioRng(VirtioDevice):
+    """One queue (requestq); each request's device-writable buffers get random bytes, up to
+    ``max_request`` of them. Device-readable buffers (which a driver must not send) are
+    ignored. ``VirtioRng(queue_size=256, max_request=65536, iothread=False)``."""
+
+    device_id = VIRTIO_ID_RNG
+
+    def __init__(self, *, queue_size: int = 256, max_request: int = MAX_REQUEST,
+                 iothread: bool = False) -> None:
+        super().__init__(queue_sizes=(queue_size,), iothread=iothread)
+        self.max_request = max_request
+        self.bytes_served = 0
+
+    def handle(self, queue: VirtQueue) -> None:
+        for chain in queue:
+            left = self.max_request
+            done = 0
+            for view in chain.writable:
+                n = min(view.nbytes, left - done)
+                if n <= 0:
+                    break
+                view[:n] = os.urandom(n)
+                done += n
+            self.bytes_served += done
+            queue.add_used(chain, done)
