@@ -236,6 +236,10 @@ class VirtioDevice:
             with self._status_lock:
                 self.status = new | self.status & Status.DEVICE_NEEDS_RESET
             if new & ~old & Status.DRIVER_OK:
+                if self.status & Status.DEVICE_NEEDS_RESET:
+                    # Broken during set-up: tell the driver now that it listens (§2.1.2).
+                    self.interrupt(Interrupt.CONFIG)
+                    return
                 for q in self.queues:
                     self._queue_features(q)
                 if self._iothread:

@@ -132,11 +132,17 @@ class VirtioMmio:
 
     def _doorbell(self, ev: XIOEvent, payload: bytes) -> None:
         # Without VIRTIO_F_NOTIFICATION_DATA the value written is the queue index (§4.2.2).
+        self.stats["doorbell"] += 1
         self.device.notify(int.from_bytes(payload, "little"))
 
     def _notifier(self, index: int) -> Callable[[XIOEvent, bytes], None]:
         device = self.device
-        return lambda ev, payload: device.notify(index)
+        stats = self.stats
+
+        def ring(ev: XIOEvent, payload: bytes) -> None:
+            stats["doorbell"] += 1
+            device.notify(index)
+        return ring
 
     def _interrupt(self, kind: Interrupt) -> None:
         with self._isr_lock:
@@ -197,6 +203,7 @@ class VirtioMmio:
         value = int.from_bytes(data, "little")
         if offset == QUEUE_NOTIFY:
             # A doorbell no event took: another value in EVENTFD mode, or no event at all.
+            self.stats["doorbell_by_window"] += 1
             self.device.notify(value)
             return
         with self._lock:
