@@ -18,6 +18,8 @@ NAMES = {
     "eventfd.pio.1", "eventfd.latency", "bus.events.1", "bus.events.100", "bus.events.10000",
     "bus.events.100000", "memory.copy_from.4k", "memory.copy_to.4k", "memory.vmap",
     "sync.latency", "posted.latency", "bus.dispatch.1", "bus.dispatch.100000",
+    "virtio.notify.sync", "virtio.notify.posted", "virtio.notify.eventfd",
+    "virtio.request.sync", "virtio.request.eventfd",
 }
 # .ci/run installs Debian's qemu-system-x86, so CI always measures the peer.
 PEER = {"qemu.pio.1", "bootsector.pio.1"}

@@ -16,6 +16,7 @@ from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
 from .paths import dispatch_cost, latency, write_cost
 from .peer import QEMU, own_write_cost, qemu_write_cost
+from .virtio_notify import notify_cost
 
 Sample = Callable[[], float]
 POLL = 200e-6  # the POSTED poller's period in the posted.* figures
@@ -87,6 +88,21 @@ def figures(quick: bool, scale: float = 1.0,
         Figure("sync.latency", "ns", partial(latency, rounds, Delivery.SYNC)),
         Figure("posted.latency", "ns", partial(latency, rounds, Delivery.POSTED, POLL)),
         Figure("eventfd.latency", "ns", partial(latency, rounds, Delivery.EVENTFD)),
+    ]
+    # One virtio-mmio queue, the same guest: the doorbell alone (an empty queue), and a
+    # request round trip (a new buffer, the doorbell, the guest waiting for it to be used).
+    out += [
+        Figure("virtio.notify.sync", "ns/doorbell", partial(notify_cost, n_sync),
+               floor("floor.mmio.4")),
+        Figure("virtio.notify.posted", "ns/doorbell",
+               partial(notify_cost, n_sync, Delivery.POSTED, poll=POLL),
+               floor("floor.coalesced.mmio.4")),
+        Figure("virtio.notify.eventfd", "ns/doorbell",
+               partial(notify_cost, n_fast, Delivery.EVENTFD), floor("floor.eventfd.pio.1")),
+        Figure("virtio.request.sync", "ns/request",
+               partial(notify_cost, max(50, n_sync // 4), request=True)),
+        Figure("virtio.request.eventfd", "ns/request",
+               partial(notify_cost, max(50, n_sync // 4), Delivery.EVENTFD, request=True)),
     ]
     for n in (1, 100, 10_000, 100_000):
         out.append(Figure(f"bus.events.{n}", "ns/write",

@@ -121,6 +121,11 @@ class VirtioMmio:
             self.detach()
             raise
 
+    @property
+    def doorbells(self) -> list[XIOEvent]:
+        """The QueueNotify events: one (SYNC, POSTED), or one per queue (EVENTFD)."""
+        return [e for e in self._entries if isinstance(e, XIOEvent)]
+
     def detach(self) -> None:
         """Unregister (no register access or doorbell reaches the device after this returns)
         and reset the device."""
