@@ -8,7 +8,8 @@
 # It prints "status=SS device=DD isr=II sum=XXXXXXXX\n" on port 0xe9: the request's status
 # byte, the device status register, InterruptStatus as first seen, and the sum of the data's
 # 128 dwords (a read's checksum). With RECOVER set and the device needing a reset, it resets
-# it, sets it up again and reads sector SECTOR into GOOD, printing a second line.
+# it, sets it up again and reads sector SECTOR into GOOD, printing a second line. With BOGUS
+# set, a doorbell for queue 7, which does not exist, comes first.
         .code32
         .globl _start
         .set    MAGIC, BASE + 0x000
@@ -138,6 +139,9 @@ request:
         movl    $-1, isr
         .if IRQ
         movl    $0, irq_seen
+        .endif
+        .if BOGUS
+        movl    $7, QUEUE_NOTIFY                # a doorbell for a queue that does not exist
         .endif
         movl    $0, QUEUE_NOTIFY                # the doorbell: queue 0
 wait:

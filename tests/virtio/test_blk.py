@@ -128,6 +128,13 @@ def test_header_in_a_device_writable_buffer_is_ioerr(disk: Rig) -> None:
     assert request(disk, b.VIRTIO_BLK_T_IN, into=512, header_writable=True)[0] == 1
 
 
+def test_zero_length_header_is_ioerr(disk: Rig) -> None:
+    disk.queue.post([(HDR, 0, False), (STATUS, 1, True)])
+    disk.device.notify(0)
+    assert disk.queue.used() == [(0, 1)]
+    assert disk.intf.copy_from(STATUS, 1) == bytes([b.VIRTIO_BLK_S_IOERR])
+
+
 def test_unknown_request_type_is_unsupp(disk: Rig) -> None:
     assert request(disk, 99)[0] == b.VIRTIO_BLK_S_UNSUPP
 

@@ -8,6 +8,7 @@ import io
 import re
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -21,6 +22,11 @@ LAYOUT = {"DESC": 0x10000, "AVAIL": 0x11000, "USED": 0x12000, "QSIZE": 8, "BASE"
 DATA, GOOD = 0x14000, 0x15000
 OUTSIDE = 0x4000_0000
 SECTORS = 64
+class Line(NamedTuple):
+    status: int
+    device: int
+    isr: int
+    sum: int
 LINE = re.compile(rb"status=(..) device=(..) isr=(..) sum=(........)\n")
 
 
@@ -37,10 +43,11 @@ def checksum(data: bytes) -> int:
 
 def run_guest(guest: Assemble, disk: VirtioBlk, *, notify: xi.Delivery = xi.Delivery.SYNC,
               irq: int = 0, kind: int = 0, sector: int = 0, data: int = DATA,
-              recover: int = 0, fill: bytes = b"") -> tuple[list[tuple[int, int, int, int]],
-                                                            xi.RunResult, VirtioMmio]:
+              recover: int = 0, fill: bytes = b"", bogus: int = 0,
+              qsize: int = 8) -> tuple[list[Line], xi.RunResult, VirtioMmio]:
     image = guest("virtio_blk", mode="protected", TYPE=kind, SECTOR=sector, DATA=data,
-                  GOOD=GOOD, IRQ=irq, RECOVER=recover, **LAYOUT)
+                  GOOD=GOOD, IRQ=irq, RECOVER=recover, BOGUS=bogus,
+                  **{**LAYOUT, "QSIZE": qsize})
     console = io.BytesIO()
     with xi.Machine(memory=2 << 20, irqchip=bool(irq), console=console) as m:
         m.load_flat(image, gpa=0x1000, mode="protected")
@@ -53,9 +60,9 @@ def run_guest(guest: Assemble, disk: VirtioBlk, *, notify: xi.Delivery = xi.Deli
         result = m.run(timeout=30)
         mmio.detach()
     out = console.getvalue()
-    lines = [tuple(int(g, 16) for g in match.groups()) for match in LINE.finditer(out)]
+    lines = [Line(*(int(g, 16) for g in match.groups())) for match in LINE.finditer(out)]
     assert result.reason == "exit" and result.exit_code == 1, (result, out)
-    return lines, result, mmio  # type: ignore[return-value]
+    return lines, result, mmio
 
 
 @pytest.mark.parametrize("notify", list(xi.Delivery), ids=lambda d: d.value)
@@ -106,3 +113,26 @@ def test_guest_buffer_outside_ram_needs_reset_then_recovers(guest: Assemble, ima
     # the guest's reset and new set-up, the same device serves a read.
     assert lines == [(0xEE, 0x4F, 0x02, 0),
                      (0, 0x0F, 0x01, checksum(image.read_bytes()[1536:2048]))]
+
+
+@pytest.mark.parametrize("notify", list(xi.Delivery), ids=lambda d: d.value)
+def test_guest_doorbell_for_a_missing_queue_is_ignored(guest: Assemble, image: Path,
+                                                       notify: xi.Delivery) -> None:
+    with VirtioBlk(image) as disk:
+        lines, _, mmio = run_guest(guest, disk, notify=notify, bogus=1)
+        assert disk.stats["notify_ignored"] == 1 and disk.stats["notify"] == 1
+    assert lines == [(0, 0x0F, 0x01, checksum(image.read_bytes()[:512]))]
+    if notify is xi.Delivery.EVENTFD:
+        # No ioeventfd matches the value 7: the write exits and reaches the window.
+        assert mmio.stats["doorbell_by_window"] == 1 and mmio.stats["doorbell"] == 1
+    else:
+        assert mmio.stats["doorbell"] == 2   # one xioevent serves every value
+
+
+def test_guest_queue_size_not_a_power_of_two_needs_reset(
+        guest: Assemble, image: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with VirtioBlk(image) as disk:
+        lines, _, _ = run_guest(guest, disk, qsize=6)
+        assert disk.stats["needs_reset"] == 1
+    assert "size 6 is not a power of two" in caplog.text
+    assert lines == [(0xEE, 0x4F, 0x02, 0)]
