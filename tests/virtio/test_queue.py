@@ -75,6 +75,20 @@ def test_used_len_is_capped_at_the_writable_bytes() -> None:
         assert r.queue.used() == [(0, 16)]
 
 
+def test_a_chain_is_given_back_once() -> None:
+    class Twice(Echo):
+        def handle(self, queue: VirtQueue) -> None:
+            for chain in queue:
+                queue.add_used(chain, 0)
+                queue.add_used(chain, 0)
+
+    with rig(Twice()) as r:
+        r.queue.post([(BUF, 4, False)])
+        with pytest.raises(ValueError, match="given back already"):
+            r.device.notify(0)   # a device bug: on a vCPU it stops the machine, loudly
+        assert r.queue.used() == [(0, 0)]
+
+
 def test_free_running_indexes_wrap_at_65536() -> None:
     with rig() as r:
         start = 0xFFFE

@@ -190,7 +190,10 @@ class VirtQueue:
     def add_used(self, chain: DescriptorChain, length: int) -> None:
         """Give ``chain`` back with ``length`` bytes written to its writable buffers (capped at
         their size); its views are released. ``used.len`` is written before ``used.idx``."""
+        if chain.used:
+            raise ValueError(f"{chain!r} was given back already")
         length = max(0, min(length, chain.writable_len))
+        chain.used = True
         chain.release()
         used = self._used
         slot = self.next_used % self.size
