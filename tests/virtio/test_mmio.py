@@ -224,3 +224,12 @@ def test_detach_leaves_nothing_on_the_bus() -> None:
         mmio.attach(intf)                         # and it can come back at once
         assert m.mmio_bus.read(BASE, 4) == struct.pack("<I", 0x74726976)
         mmio.detach()
+
+
+def test_bad_transport_arguments_are_refused() -> None:
+    with pytest.raises(xi.XInterfaceError) as exc:
+        VirtioMmio(Echo(), BASE, version=3)
+    assert exc.value.argument == "version"
+    with pytest.raises(xi.XInterfaceError) as exc:
+        VirtioMmio(Echo(), BASE, notify="sync")  # type: ignore[arg-type]
+    assert exc.value.argument == "notify"

@@ -89,6 +89,22 @@ def test_a_chain_is_given_back_once() -> None:
         assert r.queue.used() == [(0, 0)]
 
 
+def test_add_used_by_head() -> None:
+    class ByHead(Echo):
+        def handle(self, queue: VirtQueue) -> None:
+            for chain in queue:
+                head = chain.head
+                chain.write(b"late")
+                chain.release()
+                queue.add_used(head, 4)
+
+    with rig(ByHead()) as r:
+        r.queue.post([(BUF, 4, False), (BUF + 0x100, 4, True)])
+        r.device.notify(0)
+        assert r.queue.used() == [(0, 4)]
+        assert r.intf.copy_from(BUF + 0x100, 4) == b"late"
+
+
 def test_free_running_indexes_wrap_at_65536() -> None:
     with rig() as r:
         start = 0xFFFE

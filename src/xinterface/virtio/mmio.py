@@ -13,11 +13,13 @@ QueuePFN, guest-endian, no FEATURES_OK), for old drivers.
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections import Counter
 from collections.abc import Callable
 
 from ..delivery import Delivery
+from ..errors import XInterfaceError
 from ..xinterface import XInterface, XIOEvent, XIORange
 from .device import Interrupt, VirtioDevice
 
@@ -78,7 +80,11 @@ class VirtioMmio:
     def __init__(self, device: VirtioDevice, base: int, *, irq: Callable[[], None] | None = None,
                  notify: Delivery = Delivery.SYNC, version: int = 2) -> None:
         if version not in (1, 2):
-            raise ValueError(f"virtio-mmio version {version}: 1 (legacy) or 2")
+            raise XInterfaceError(errno.EINVAL, f"virtio-mmio version {version!r} is not 1 "
+                                  "(legacy) or 2", argument="version", value=version)
+        if not isinstance(notify, Delivery):
+            raise XInterfaceError(errno.EINVAL, f"notify {notify!r} is not a Delivery",
+                                  argument="notify", value=notify)
         self.device = device
         self.base = base
         self.irq = irq
