@@ -236,15 +236,19 @@ class VirtioDevice:
                 elif not new & Status.FEATURES_OK:
                     new &= ~Status.DRIVER_OK
                     self.stats["driver_ok_refused"] += 1
+            starting = bool(new & ~old & Status.DRIVER_OK)
+            if starting:
+                # The features are final now (legacy: just now): the queues follow them
+                # before any notification can be served.
+                for q in self.queues:
+                    self._queue_features(q)
             with self._status_lock:
                 self.status = int(new | self.status & Status.DEVICE_NEEDS_RESET)
-            if new & ~old & Status.DRIVER_OK:
+            if starting:
                 if self.status & Status.DEVICE_NEEDS_RESET:
                     # Broken during set-up: tell the driver now that it listens (§2.1.2).
                     self.interrupt(Interrupt.CONFIG)
                     return
-                for q in self.queues:
-                    self._queue_features(q)
                 if self._iothread:
                     self._worker = _Worker(self)
                 self.activate()
