@@ -233,3 +233,25 @@ def test_bad_transport_arguments_are_refused() -> None:
     with pytest.raises(xi.XInterfaceError) as exc:
         VirtioMmio(Echo(), BASE, notify="sync")  # type: ignore[arg-type]
     assert exc.value.argument == "notify"
+
+
+def test_level_line_follows_interrupt_status() -> None:
+    levels: list[bool] = []
+    with xi.Machine(memory=MEMORY) as m:
+        intf = xi.bind(m)
+        mmio = VirtioMmio(Echo(), BASE, line=levels.append)
+        mmio.attach(intf)
+        bus = Bus(m, intf, mmio, [])
+        q = QueueDriver(intf, 0x10000, 8)
+        bus.init(queues=[q])
+        for _ in range(2):
+            q.post([(BUF, 4, False), (BUF + 0x100, 4, True)])
+            bus.write(r.QUEUE_NOTIFY, 0)
+        assert levels == [True]                 # asserted once, held while the status is set
+        bus.write(r.INTERRUPT_ACK, 1)
+        assert levels == [True, False]
+        q.post([(BUF, 4, False), (BUF + 0x100, 4, True)])
+        bus.write(r.QUEUE_NOTIFY, 0)
+        bus.write(r.STATUS, 0)                  # a reset drops it too
+        assert levels == [True, False, True, False]
+        mmio.detach()

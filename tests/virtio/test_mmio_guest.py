@@ -43,8 +43,8 @@ def checksum(data: bytes) -> int:
 
 def run_guest(guest: Assemble, disk: VirtioBlk, *, notify: xi.Delivery = xi.Delivery.SYNC,
               irq: int = 0, kind: int = 0, sector: int = 0, data: int = DATA,
-              recover: int = 0, fill: bytes = b"", bogus: int = 0,
-              qsize: int = 8) -> tuple[list[Line], xi.RunResult, VirtioMmio]:
+              recover: int = 0, fill: bytes = b"", bogus: int = 0, qsize: int = 8,
+              level: bool = False) -> tuple[list[Line], xi.RunResult, VirtioMmio]:
     image = guest("virtio_blk", mode="protected", TYPE=kind, SECTOR=sector, DATA=data,
                   GOOD=GOOD, IRQ=irq, RECOVER=recover, BOGUS=bogus,
                   **{**LAYOUT, "QSIZE": qsize})
@@ -54,8 +54,11 @@ def run_guest(guest: Assemble, disk: VirtioBlk, *, notify: xi.Delivery = xi.Deli
         intf = xi.bind(m)
         if fill:
             intf.copy_to(data, fill)
-        line = intf.irqfd(irq).trigger if irq else None
-        mmio = VirtioMmio(disk, BASE, irq=line, notify=notify)
+        if level:   # a level-triggered line, asserted while InterruptStatus is not zero
+            mmio = VirtioMmio(disk, BASE, line=lambda up: intf.set_irq(irq, up), notify=notify)
+        else:       # an edge: one pulse through an irqfd for each interrupt
+            pulse = intf.irqfd(irq).trigger if irq else None
+            mmio = VirtioMmio(disk, BASE, irq=pulse, notify=notify)
         mmio.attach(intf)
         result = m.run(timeout=30)
         mmio.detach()
@@ -87,9 +90,10 @@ def test_guest_writes_a_sector(guest: Assemble, image: Path) -> None:
     assert image.read_bytes()[9 * 512:10 * 512] == data
 
 
-def test_guest_waits_for_the_interrupt_through_an_irqfd(guest: Assemble, image: Path) -> None:
+@pytest.mark.parametrize("level", [False, True], ids=["irqfd-edge", "set_irq-level"])
+def test_guest_waits_for_the_interrupt(guest: Assemble, image: Path, level: bool) -> None:
     with VirtioBlk(image, iothread=True) as disk:
-        lines, _, _ = run_guest(guest, disk, irq=5, sector=2)
+        lines, _, _ = run_guest(guest, disk, irq=5, sector=2, level=level)
     # The handler read InterruptStatus = used buffer, acknowledged it, found the buffer used.
     assert lines == [(0, 0x0F, 0x01, checksum(image.read_bytes()[1024:1536]))]
 
