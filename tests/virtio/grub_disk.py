@@ -39,7 +39,7 @@ def grub_disk(workdir: Path, size: int = 4 << 20) -> Path:
     struct.pack_into("<Q", boot, KERNEL_SECTOR, 1)
     image = bytearray(core.read_bytes())
     sectors = (len(image) + 511) // 512
-    start, length, segment = struct.unpack_from("<QHH", image, BLOCKLIST)
+    start, length, _segment = struct.unpack_from("<QHH", image, BLOCKLIST)
     # grub-mkimage lays the block list out for this very placement; check, do not trust.
     assert (start, length) == (2, sectors - 1), (start, length, sectors)
     disk = workdir / "grub.img"
