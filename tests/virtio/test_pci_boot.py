@@ -29,7 +29,7 @@ def disk_image(path: Path, boot: bytes) -> int:
     """The boot sector, then SECTORS sectors of known data; their 16-bit word sum."""
     data = bytes((i * 7 + i // 512) & 0xFF for i in range(SECTORS * 512))
     path.write_bytes((boot + data).ljust(2 << 20, b"\0"))  # under 504 KiB SeaBIOS sees 0 cylinders
-    return sum(struct.unpack(f"<{len(data) // 2}H", data)) & 0xFFFF
+    return int(sum(struct.unpack(f"<{len(data) // 2}H", data))) & 0xFFFF
 
 
 @pytest.mark.parametrize("notify", [Delivery.SYNC, Delivery.EVENTFD])
