@@ -35,7 +35,9 @@ from ..xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange
 from .device import Interrupt, VirtioDevice
 
 VIRTIO_PCI_VENDOR = 0x1AF4       # §4.1.2
-TRANSITIONAL_DEVICE_BASE = 0x1000  # §4.1.2.3: 0x1000 + type - 1 for the legacy types
+# §4.1.2.3 Transitional PCI Device IDs, by virtio device type (not a formula).
+TRANSITIONAL_DEVICE_IDS = {1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 8: 0x1004, 4: 0x1005,
+                           9: 0x1009}
 MODERN_DEVICE_BASE = 0x1040
 PCI_CAP_VENDOR = 0x09
 VIRTIO_MSI_NO_VECTOR = 0xFFFF
@@ -119,9 +121,8 @@ class VirtioPci:
         self.delivery = notify
         self.stats: Counter[str] = Counter()
         kind = device.device_id
-        transitional = 1 <= kind <= 9
-        pci_id = (TRANSITIONAL_DEVICE_BASE + kind - 1 if transitional
-                  else MODERN_DEVICE_BASE + kind)
+        transitional = kind in TRANSITIONAL_DEVICE_IDS
+        pci_id = TRANSITIONAL_DEVICE_IDS[kind] if transitional else MODERN_DEVICE_BASE + kind
         self.transitional = transitional
         self.function = _Function(self, VIRTIO_PCI_VENDOR, pci_id,
                                   CLASS_CODES.get(kind, 0xFF0000),
