@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .delivery import Delivery
@@ -90,6 +90,7 @@ class XInterface(Counted):
         self._maps: set[GuestMap] = set()
         self._io: set[BusEntry] = set()
         self._release_lock = threading.Lock()
+        self._on_release: list[Callable[[], object]] = []
         vm.attach(self)
 
     def get(self) -> XInterface:
@@ -297,6 +298,20 @@ class XInterface(Counted):
         """``ops->release``: runs once, on the last ``put`` (or when the machine closes)."""
         with self._release_lock:
             self.vm.detach(self)
+            hooks, self._on_release = self._on_release, []
+        for hook in reversed(hooks):
+            hook()
+
+    def on_release(self, hook: Callable[[], object]) -> None:
+        """Call ``hook()`` when this interface is released (its last ``put``, or the VM
+        closing): where a device closes what it holds outside the VM (an image file, a TAP).
+        Hooks run in reverse order of registration."""
+        self._check()
+        if not callable(hook):
+            raise XInterfaceError(errno.EINVAL, f"hook {hook!r} is not callable",
+                                  argument="hook", value=hook)
+        with self._release_lock:
+            self._on_release.append(hook)
 
     def _add_map(self, m: GuestMap) -> None:
         self._maps.add(m)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..devices.acpi import Override, acpi_files
 from ..devices.acpi.dsdt import MmioDevice
@@ -46,6 +46,7 @@ class Platform:
     cmos: Cmos
     reset: ResetControl
     pci: PciHost | None = None
+    virtio: list[object] = field(default_factory=list)  # transports, in slot order
 
 
 def ram_layout(memory: GuestMemory) -> tuple[int, int]:
@@ -91,6 +92,8 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     e820 = [(0, low, E820_RAM)] + ([(HIGH_RAM_BASE, high, E820_RAM)] if high else [])
     fw.add_file("etc/e820", e820_table(e820))
     fw.add_file("etc/boot-fail-wait", struct.pack("<I", BOOT_FAIL_WAIT_SECONDS))
+    # No "Press ESC for boot menu" pause (2.5 s by default in SeaBIOS's src/boot.c).
+    fw.add_file("etc/show-boot-menu", struct.pack("<H", 0))
     if acpi:
         acpi_fw_cfg_files(fw, cpus, mmio_devices)
     intf = bind(machine)
