@@ -15,6 +15,9 @@ import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
 from xinterface.boards.pc import Disk, attach_pc
 from xinterface.delivery import Delivery
+from xinterface.devices import Until
+
+from .grub_disk import MARKER, grub_disk
 
 pytestmark = needs_kvm
 
@@ -50,3 +53,16 @@ def test_seabios_boots_a_boot_sector_from_our_virtio_blk(tmp_path: Path, guest: 
         fd = transport.device.fileno()
     with pytest.raises(OSError):
         os.fstat(fd)  # the image was closed with the machine
+
+
+def test_seabios_boots_grub_from_our_virtio_blk(tmp_path: Path) -> None:
+    """Debian's GRUB, loaded by Debian's SeaBIOS through our virtio-blk, prints on COM1."""
+    disk = grub_disk(tmp_path)
+    serial, log = io.BytesIO(), io.BytesIO()
+    with xi.Machine(memory=64 << 20, irqchip=True) as m:
+        m.load_firmware(BIOS)
+        watch = Until(serial, MARKER.encode(), m.stop)
+        attach_pc(m, debugcon=log, serial=watch, disks=[Disk(str(disk), readonly=True)])
+        result = m.run(timeout=180)
+        text = serial.getvalue().decode(errors="replace")
+        assert watch.matched, (result, text[-2000:], log.getvalue()[-2000:])

@@ -53,10 +53,12 @@ SEABIOS_MICROVM = "/usr/share/seabios/bios-microvm.bin"
 MODES = {"tx": 0, "rx": 1}
 
 
-def net_image(mode: str, count: int, size: int = FRAME) -> bytes:
-    """The guest: a boot sector, then the driver from ``ENTRY``."""
+def net_image(mode: str, count: int, size: int = FRAME, *, user: bool = True) -> bytes:
+    """The guest: a boot sector, then the driver from ``ENTRY``; its packet loop at CPL3
+    (``user``) or CPL0."""
     return assemble(GUESTS / "virtio_net.S", gpa=BOOT_GPA, defines={
-        "MODE": MODES[mode], "COUNT": count, "SIZE": size, "QSIZE": QUEUE_SIZE})
+        "MODE": MODES[mode], "COUNT": count, "SIZE": size, "QSIZE": QUEUE_SIZE,
+        "USER": int(user)})
 
 
 @dataclass

@@ -17,6 +17,8 @@ from .memory_ops import sample as memory_sample
 from .net import figure_samples as net_figure_samples
 from .paths import dispatch_cost, latency, write_cost
 from .peer import QEMU, own_write_cost, qemu_write_cost
+from .virtio_blk import request_ns
+from .virtio_notify import notify_cost
 
 Sample = Callable[[], float]
 POLL = 200e-6  # the POSTED poller's period in the posted.* figures
@@ -89,6 +91,38 @@ def figures(quick: bool, scale: float = 1.0,
         Figure("posted.latency", "ns", partial(latency, rounds, Delivery.POSTED, POLL)),
         Figure("eventfd.latency", "ns", partial(latency, rounds, Delivery.EVENTFD)),
     ]
+    # One virtio-mmio queue, the same guest: the doorbell alone (an empty queue), and a
+    # request round trip (a new buffer, the doorbell, the guest waiting for it to be used).
+    out += [
+        Figure("virtio.notify.sync", "ns/doorbell", partial(notify_cost, n_sync),
+               floor("floor.mmio.4")),
+        Figure("virtio.notify.posted", "ns/doorbell",
+               partial(notify_cost, n_sync, Delivery.POSTED, poll=POLL),
+               floor("floor.coalesced.mmio.4")),
+        Figure("virtio.notify.eventfd", "ns/doorbell",
+               partial(notify_cost, n_fast, Delivery.EVENTFD), floor("floor.eventfd.pio.1")),
+        Figure("virtio.request.sync", "ns/request",
+               partial(notify_cost, max(50, n_sync // 4), request=True)),
+        Figure("virtio.request.eventfd", "ns/request",
+               partial(notify_cost, max(50, n_sync // 4), Delivery.EVENTFD, request=True)),
+    ]
+    # virtio-blk behind virtio-pci, one boot-sector guest reading 4 KiB at queue depth 1 and
+    # 32; with --peer qemu, the same bytes on QEMU's virtio-blk-pci are the reference.
+    blk_rounds = {1: (max(5, int((30 if quick else 200) * scale)),
+                      max(50, int((300 if quick else 3_000) * scale))),
+                  32: (max(2, int((3 if quick else 20) * scale)),
+                       max(10, int((20 if quick else 200) * scale)))}
+    with_qemu = "qemu" in peers and shutil.which(QEMU) is not None
+    for depth, (small, large) in blk_rounds.items():
+        reference = None
+        if with_qemu:
+            reference = f"qemu.virtio.blk.qd{depth}"
+            out.append(Figure(reference, "ns/request",
+                              partial(request_ns, depth, small, large, peer=True)))
+        for notify in (Delivery.SYNC, Delivery.EVENTFD):
+            out.append(Figure(f"virtio.blk.qd{depth}.{notify.value}", "ns/request",
+                              partial(request_ns, depth, small, large, notify=notify),
+                              reference))
     for n in (1, 100, 10_000, 100_000):
         out.append(Figure(f"bus.events.{n}", "ns/write",
                           partial(write_cost, n_sync, registered=n), floor("floor.pio.1")))

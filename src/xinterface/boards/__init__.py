@@ -1,8 +1,20 @@
 """Boards: which devices, at which addresses, which firmware files and tables."""
 
+from typing import Protocol
+
+from ..devices.output import Output
+from ..machine import Machine
 from .microvm import Platform, attach_microvm, ram_layout
 from .pc import attach_pc
 
-BOARDS = {"microvm": attach_microvm, "pc": attach_pc}
 
-__all__ = ["BOARDS", "Platform", "attach_microvm", "attach_pc", "ram_layout"]
+class Board(Protocol):
+    """What every board's attach function takes (boards add options of their own)."""
+
+    def __call__(self, machine: Machine, *, debugcon: Output | None = ...,
+                 serial: Output | None = ..., posted_debugcon: bool = ...) -> Platform: ...
+
+
+BOARDS: dict[str, Board] = {"microvm": attach_microvm, "pc": attach_pc}
+
+__all__ = ["BOARDS", "Board", "Platform", "attach_microvm", "attach_pc", "ram_layout"]

@@ -144,6 +144,13 @@ def map_buffers(intf: XInterface, buffers: Sequence[Descriptor]
 def _map_split(intf: XInterface, gpa: int, length: int, maps: list[GuestMap]) -> list[memoryview]:
     """``[gpa, gpa+length)`` as views of consecutive regions, or VirtqueueError."""
     parts: list[memoryview] = []
+    try:
+        whole = intf.vmap(gpa, length)
+    except XInterfaceError:
+        pass
+    else:
+        maps.append(whole)
+        return [whole.addr]
     while length:
         # The largest mappable prefix: regions are contiguous, so success is monotone.
         lo, hi = 0, length
@@ -218,7 +225,7 @@ class DescriptorChain:
     with :meth:`VirtQueue.add_used` (or :meth:`release` is called).
     """
 
-    __slots__ = ("_maps", "buffers", "head", "readable", "writable")
+    __slots__ = ("_maps", "buffers", "head", "readable", "used", "writable")
 
     def __init__(self, head: int, buffers: list[Descriptor], maps: list[GuestMap],
                  readable: list[memoryview], writable: list[memoryview]) -> None:
@@ -227,6 +234,7 @@ class DescriptorChain:
         self._maps = maps
         self.readable = readable
         self.writable = writable
+        self.used = False
 
     @property
     def readable_len(self) -> int:

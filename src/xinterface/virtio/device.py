@@ -54,6 +54,9 @@ VIRTIO_F_INDIRECT_DESC = 28
 VIRTIO_F_EVENT_IDX = 29
 VIRTIO_F_VERSION_1 = 32
 CORE_FEATURES = 1 << VIRTIO_F_INDIRECT_DESC | 1 << VIRTIO_F_EVENT_IDX
+# Plain ints for the notify path: IntFlag operations cost a microsecond each.
+_DRIVER_OK = int(Status.DRIVER_OK)
+_STOPPED = int(Status.FAILED | Status.DEVICE_NEEDS_RESET)
 
 InterruptFn = Callable[[Interrupt], None]
 
@@ -137,7 +140,7 @@ class VirtioDevice:
         with self._status_lock:
             if self.status & Status.DEVICE_NEEDS_RESET:
                 return
-            self.status |= Status.DEVICE_NEEDS_RESET
+            self.status = int(self.status | Status.DEVICE_NEEDS_RESET)
             self.error = reason
             running = self.status & Status.DRIVER_OK
         self.stats["needs_reset"] += 1
@@ -149,7 +152,7 @@ class VirtioDevice:
     def running(self) -> bool:
         """DRIVER_OK and neither FAILED nor DEVICE_NEEDS_RESET: queues may be served."""
         s = self.status
-        return bool(s & Status.DRIVER_OK) and not s & (Status.FAILED | Status.DEVICE_NEEDS_RESET)
+        return bool(s & _DRIVER_OK) and not s & _STOPPED
 
     def process(self, queue: VirtQueue) -> None:
         """Serve ``queue`` now, on this thread: :meth:`handle` with driver notifications off
@@ -233,11 +236,19 @@ class VirtioDevice:
                 elif not new & Status.FEATURES_OK:
                     new &= ~Status.DRIVER_OK
                     self.stats["driver_ok_refused"] += 1
-            with self._status_lock:
-                self.status = new | self.status & Status.DEVICE_NEEDS_RESET
-            if new & ~old & Status.DRIVER_OK:
+            starting = bool(new & ~old & Status.DRIVER_OK)
+            if starting:
+                # The features are final now (legacy: just now): the queues follow them
+                # before any notification can be served.
                 for q in self.queues:
                     self._queue_features(q)
+            with self._status_lock:
+                self.status = int(new | self.status & Status.DEVICE_NEEDS_RESET)
+            if starting:
+                if self.status & Status.DEVICE_NEEDS_RESET:
+                    # Broken during set-up: tell the driver now that it listens (§2.1.2).
+                    self.interrupt(Interrupt.CONFIG)
+                    return
                 if self._iothread:
                     self._worker = _Worker(self)
                 self.activate()

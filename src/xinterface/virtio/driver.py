@@ -22,15 +22,16 @@ Buffer = tuple[int, int, bool]   # (gpa, length, device-writable)
 
 class QueueDriver:
     """A split virtqueue of ``size`` entries laid out from ``gpa``: the descriptor table,
-    then the available ring, then the used ring (4-byte aligned)."""
+    then the available ring, then the used ring aligned to ``used_align`` (4, or the legacy
+    interface's QueueAlign: §2.7.2)."""
 
-    def __init__(self, intf: XInterface, gpa: int, size: int) -> None:
+    def __init__(self, intf: XInterface, gpa: int, size: int, *, used_align: int = 4) -> None:
         self.intf = intf
         self.size = size
         desc_len, avail_len, used_len = ring_sizes(size)
         self.desc_addr = gpa
         self.avail_addr = gpa + desc_len
-        self.used_addr = (self.avail_addr + avail_len + 3) & ~3
+        self.used_addr = -(-(self.avail_addr + avail_len) // used_align) * used_align
         self.end = self.used_addr + used_len
         intf.copy_to(gpa, bytes(self.end - gpa))
         self.avail_idx = 0

@@ -13,11 +13,13 @@ QueuePFN, guest-endian, no FEATURES_OK), for old drivers.
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections import Counter
 from collections.abc import Callable
 
 from ..delivery import Delivery
+from ..errors import XInterfaceError
 from ..xinterface import XInterface, XIOEvent, XIORange
 from .device import Interrupt, VirtioDevice
 
@@ -70,28 +72,39 @@ _QUEUE_ADDRS = {QUEUE_DESC_LOW: ("desc_addr", 0), QUEUE_DESC_HIGH: ("desc_addr",
 class VirtioMmio:
     """The virtio-mmio transport of ``device`` at MMIO address ``base``.
 
-    ``irq()`` raises the device's interrupt line (a board passes an irqfd's ``trigger``); it
-    is called for each interrupt, so an edge-triggered line never misses one.
+    The interrupt, either way: ``irq()`` pulses an edge-triggered line (a board passes an
+    irqfd's ``trigger``), once for each interrupt, so none is missed; ``line(level)`` drives a
+    level-triggered one (``lambda level: intf.set_irq(gsi, level)``), asserted while
+    InterruptStatus is not zero, as the DSDT of microvm declares it.
     ``notify``: the QueueNotify delivery (``Delivery.SYNC``, ``POSTED`` or ``EVENTFD``).
     """
 
     def __init__(self, device: VirtioDevice, base: int, *, irq: Callable[[], None] | None = None,
+                 line: Callable[[bool], None] | None = None,
                  notify: Delivery = Delivery.SYNC, version: int = 2) -> None:
         if version not in (1, 2):
-            raise ValueError(f"virtio-mmio version {version}: 1 (legacy) or 2")
+            raise XInterfaceError(errno.EINVAL, f"virtio-mmio version {version!r} is not 1 "
+                                  "(legacy) or 2", argument="version", value=version)
+        if not isinstance(notify, Delivery):
+            raise XInterfaceError(errno.EINVAL, f"notify {notify!r} is not a Delivery",
+                                  argument="notify", value=notify)
         self.device = device
         self.base = base
         self.irq = irq
+        self.line = line
         self.delivery = notify
         self.version = version
         self.stats: Counter[str] = Counter()
         self._lock = threading.RLock()
         self._isr_lock = threading.Lock()
         self._entries: list[XIORange | XIOEvent] = []
+        self.interrupt_status = 0
         self._reset_registers()
 
     def _reset_registers(self) -> None:
-        self.interrupt_status = 0
+        """Registers back to their values after a reset (§4.2.2.1); takes the ISR lock."""
+        with self._isr_lock:
+            self._set_interrupt_status(0)
         self.device_features_sel = 0
         self.driver_features_sel = 0
         self.queue_sel = 0
@@ -121,6 +134,11 @@ class VirtioMmio:
             self.detach()
             raise
 
+    @property
+    def doorbells(self) -> list[XIOEvent]:
+        """The QueueNotify events: one (SYNC, POSTED), or one per queue (EVENTFD)."""
+        return [e for e in self._entries if isinstance(e, XIOEvent)]
+
     def detach(self) -> None:
         """Unregister (no register access or doorbell reaches the device after this returns)
         and reset the device."""
@@ -132,18 +150,32 @@ class VirtioMmio:
 
     def _doorbell(self, ev: XIOEvent, payload: bytes) -> None:
         # Without VIRTIO_F_NOTIFICATION_DATA the value written is the queue index (§4.2.2).
+        self.stats["doorbell"] += 1
         self.device.notify(int.from_bytes(payload, "little"))
 
     def _notifier(self, index: int) -> Callable[[XIOEvent, bytes], None]:
         device = self.device
-        return lambda ev, payload: device.notify(index)
+        stats = self.stats
+
+        def ring(ev: XIOEvent, payload: bytes) -> None:
+            stats["doorbell"] += 1
+            device.notify(index)
+        return ring
 
     def _interrupt(self, kind: Interrupt) -> None:
         with self._isr_lock:
-            self.interrupt_status |= int(kind)
+            self._set_interrupt_status(self.interrupt_status | int(kind))
         self.stats["interrupts"] += 1
         if self.irq is not None:
             self.irq()
+
+    def _set_interrupt_status(self, value: int) -> None:
+        """(Under the ISR lock.) The level line follows InterruptStatus; it is driven under
+        the lock so that the line's changes keep the order of the status's."""
+        old = self.interrupt_status
+        self.interrupt_status = value
+        if self.line is not None and bool(old) != bool(value):
+            self.line(bool(value))
 
     # --- registers --------------------------------------------------------------------------
     def _read(self, offset: int, size: int) -> bytes:
@@ -197,6 +229,7 @@ class VirtioMmio:
         value = int.from_bytes(data, "little")
         if offset == QUEUE_NOTIFY:
             # A doorbell no event took: another value in EVENTFD mode, or no event at all.
+            self.stats["doorbell_by_window"] += 1
             self.device.notify(value)
             return
         with self._lock:
@@ -217,7 +250,7 @@ class VirtioMmio:
             self.queue_sel = value
         elif offset == INTERRUPT_ACK:
             with self._isr_lock:
-                self.interrupt_status &= ~value
+                self._set_interrupt_status(self.interrupt_status & ~value)
         elif offset == STATUS:
             device.set_status(value)
             if value == 0:

@@ -35,9 +35,8 @@ from ..xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange
 from .device import Interrupt, VirtioDevice
 
 VIRTIO_PCI_VENDOR = 0x1AF4       # §4.1.2
-# §4.1.2.3 Transitional PCI Device IDs, by virtio device type: network card, block device,
-# console, entropy source, memory ballooning (traditional), SCSI host, 9P transport.
-TRANSITIONAL_DEVICE_IDS = {1: 0x1000, 2: 0x1001, 3: 0x1003, 4: 0x1005, 5: 0x1002, 8: 0x1004,
+# §4.1.2.3 Transitional PCI Device IDs, by virtio device type (not a formula).
+TRANSITIONAL_DEVICE_IDS = {1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 8: 0x1004, 4: 0x1005,
                            9: 0x1009}
 MODERN_DEVICE_BASE = 0x1040
 PCI_CAP_VENDOR = 0x09

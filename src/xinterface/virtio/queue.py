@@ -187,19 +187,29 @@ class VirtQueue:
         while (chain := self.pop()) is not None:
             yield chain
 
-    def add_used(self, chain: DescriptorChain, length: int, *, publish: bool = True) -> None:
+    def add_used(self, chain: DescriptorChain | int, length: int, *,
+                 publish: bool = True) -> None:
         """Give ``chain`` back with ``length`` bytes written to its writable buffers (capped at
-        their size); its views are released. ``used.len`` is written before ``used.idx``.
+        their size; its views are released), or the chain whose head is ``chain`` (a device
+        that kept only the head). ``used.len`` is written before ``used.idx`` (§2.7.8.2).
 
         ``publish=False`` writes the used element but not ``used.idx``: a device that returns
         several chains as one unit (virtio-net's mergeable receive buffers, §5.1.6.4.2) makes
         them visible together with :meth:`publish_used`, so the driver never sees part of it.
         """
-        length = max(0, min(length, chain.writable_len))
-        chain.release()
+        if isinstance(chain, DescriptorChain):
+            if chain.used:
+                raise ValueError(f"{chain!r} was given back already")
+            length = max(0, min(length, chain.writable_len))
+            chain.used = True
+            chain.release()
+            head = chain.head
+        else:
+            head = chain
+            length = max(0, min(length, 0xFFFFFFFF))
         used = self._used
         slot = self.next_used % self.size
-        USED_ELEM.pack_into(used, RING_HEADER + 8 * slot, chain.head, length)
+        USED_ELEM.pack_into(used, RING_HEADER + 8 * slot, head, length)
         self.next_used = (self.next_used + 1) & 0xFFFF
         if publish:
             U16.pack_into(used, 2, self.next_used)

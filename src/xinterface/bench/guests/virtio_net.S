@@ -139,6 +139,9 @@ found:  movl    $0, R_STATUS(%ebx)              # reset
         movl    $0xf, R_STATUS(%ebx)            # DRIVER_OK
         mov     %ebx, mmio
 
+        .if USER == 0
+        jmp     user
+        .endif
         # To CPL3: SYSEXIT loads CS and SS from SYSENTER_CS + 16 and + 24 with RPL 3, EIP
         # from EDX and ESP from ECX; EFLAGS stays, so IOPL 3 is set before.
         mov     $MSR_SYSENTER_CS, %ecx
