@@ -16,6 +16,7 @@ import pytest
 import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
 from tests.netns import inside, needs_netns, netns, tap
+from tests.virtio.grub_disk import MARKER, grub_disk
 from xinterface.boards import attach_microvm, attach_pc
 from xinterface.boards.microvm import VIRTIO_MMIO_SLOTS, virtio_mmio_slot
 from xinterface.boards.virtio import IPXE_VIRTIO_ROM, Disk, Net
@@ -72,6 +73,19 @@ def test_cli_boots_the_same_disk_on_both_boards(tmp_path: Path, guest: Assemble)
                                "--serial", "", "--debugcon", os.devnull],
                               capture_output=True, text=True, timeout=120, check=False)
         assert done.stdout == f"sum={expected:04x}\n", (board, done.stderr)
+
+
+def test_cli_boots_the_pc_boards_grub_disk_on_microvm(tmp_path: Path) -> None:
+    """The GRUB image of tests/virtio/grub_disk.py (which the pc board boots over
+    virtio-pci), now over virtio-mmio: SeaBIOS for microvm, then GRUB's own biosdisk."""
+    disk = grub_disk(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "xinterface", "boot", "--bios",
+                           str(MICROVM_BIOS), "--disk", f"{disk},readonly", "--debugcon",
+                           os.devnull, "--until", MARKER, "--timeout", "120"],
+                          capture_output=True, text=True, errors="replace", timeout=180,
+                          check=False)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr)
+    assert MARKER in done.stdout
 
 
 def test_pc_board_puts_each_virtio_device_in_a_slot(tmp_path: Path, guest: Assemble) -> None:

@@ -89,7 +89,7 @@ def test_guest_receives_numbered_frames_in_order(notify: xi.Delivery) -> None:
     sender.start()
     try:
         result, device, marks = run_guest("rx", backend, notify=notify,
-                                          on_mark=lambda mark: mark == "R" and ready.set())
+                                          on_mark=lambda mark: ready.set() if mark == "R" else None)
     finally:
         ready.set()
         sender.join(30)

@@ -1,20 +1,27 @@
 """Boards: which devices, at which addresses, which firmware files and tables."""
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from ..delivery import Delivery
 from ..devices.output import Output
 from ..machine import Machine
 from .microvm import Platform, attach_microvm, ram_layout
 from .pc import attach_pc
+from .virtio import Disk, Net
 
 
 class Board(Protocol):
     """What every board's attach function takes (boards add options of their own)."""
 
     def __call__(self, machine: Machine, *, debugcon: Output | None = ...,
-                 serial: Output | None = ..., posted_debugcon: bool = ...) -> Platform: ...
+                 serial: Output | None = ..., posted_debugcon: bool = ...,
+                 disks: Sequence[Disk] = ..., nets: Sequence[Net] = ..., rng: bool = ...,
+                 virtio_console: bool = ..., notify: Delivery = ...,
+                 sercon: bool = ...) -> Platform: ...
 
 
 BOARDS: dict[str, Board] = {"microvm": attach_microvm, "pc": attach_pc}
 
-__all__ = ["BOARDS", "Board", "Platform", "attach_microvm", "attach_pc", "ram_layout"]
+__all__ = ["BOARDS", "Board", "Disk", "Net", "Platform", "attach_microvm", "attach_pc",
+           "ram_layout"]
