@@ -18,7 +18,7 @@ from .delivery.posted import CoalescedRing
 from .errors import GuestError, GuestIOError
 from .grace import ReaderSlot
 from .iobus import Bus
-from .kvm import VcpuFd, uapi
+from .kvm import VcpuFd, internal_error, uapi
 
 # kvm_run offsets (checked against <linux/kvm.h> via the ctypes layout in tests/kvm).
 _RUN_EXIT_REASON_WORD = uapi.kvm_run.exit_reason.offset // 4
@@ -31,14 +31,6 @@ _INTERNAL = struct.Struct("<II16Q")
 _SYSTEM_EVENT = struct.Struct("<II")
 
 _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
-
-_INTERNAL_NAMES = {
-    uapi.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
-    uapi.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
-    uapi.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failed",
-    uapi.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected hardware exit reason",
-}
-
 
 class LoopOwner(Protocol):
     """What a vCPU thread needs of whoever runs it: the whole contract, for this loop and any
@@ -254,10 +246,9 @@ class VcpuLoop:
                              f"on host CPU {cpu}", vcpu=self.index, regs=self.registers())
         if reason == uapi.KVM_EXIT_INTERNAL_ERROR:
             suberror, ndata, *data = _INTERNAL.unpack_from(mm, _RUN_UNION)
-            what = _INTERNAL_NAMES.get(suberror, f"suberror {suberror}")
-            extra = " ".join(f"{d:#x}" for d in data[: min(ndata, 16)])
-            raise GuestError(f"KVM internal error: {what} (KVM_EXIT_INTERNAL_ERROR) {extra}",
-                             vcpu=self.index, regs=self.registers())
+            regs = self.registers()
+            raise GuestError(internal_error.describe(suberror, data[: min(ndata, 16)], regs),
+                             vcpu=self.index, regs=regs)
         if reason == uapi.KVM_EXIT_SYSTEM_EVENT:
             kind, _ = _SYSTEM_EVENT.unpack_from(mm, _RUN_UNION)
             if kind == uapi.KVM_SYSTEM_EVENT_SHUTDOWN:
