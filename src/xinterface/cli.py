@@ -141,11 +141,12 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
           markdown_path: Path | None, peers: tuple[str, ...], scale: float,
           debug: bool) -> None:
     """Measure every path side by side with the C floor: medians, p10-p90, ratios."""
-    import importlib.util
-
-    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
-        raise click.BadParameter("needs matplotlib, which is not installed: pip install "
-                                 "'xinterface[plot]'", param_hint="--plot")
+    if plot_path is not None:
+        try:  # before minutes of measuring, not after
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.BadParameter("needs matplotlib, which is not installed: pip install "
+                                     "'xinterface[plot]'", param_hint="'--plot'") from None
 
     from rich.progress import Progress
 
@@ -211,7 +212,7 @@ def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Targ
 
     if memory < MIN_FIRMWARE_RAM:
         raise click.BadParameter(f"{memory >> 10} KiB is too little for the firmware: SeaBIOS "
-                                 f"needs {MIN_FIRMWARE_RAM >> 10}K or more", param_hint="--memory")
+                                 f"needs {MIN_FIRMWARE_RAM >> 10}K or more", param_hint="'--memory'")
 
     from .boards import BOARDS
     from .devices import Until

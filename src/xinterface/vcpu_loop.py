@@ -143,6 +143,10 @@ class VcpuLoop:
                 # A kick from stop(), or immediate_exit: the loop condition decides.
                 counts[uapi.KVM_EXIT_INTR] += 1
                 continue
+            except BlockingIOError:
+                # EAGAIN: an AP left wait-for-SIPI (KVM_MP_STATE_UNINITIALIZED); run it again,
+                # as the kernel asks (arch/x86/kvm/x86.c, kvm_arch_vcpu_ioctl_run).
+                continue
             except OSError as exc:
                 raise GuestError(f"KVM_RUN failed: {exc.strerror} (errno {exc.errno})",
                                  vcpu=self.index, regs=self.registers()) from None

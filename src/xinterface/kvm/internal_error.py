@@ -61,7 +61,8 @@ def describe(suberror: int, data: Sequence[int], regs: Mapping[str, int]) -> str
     """One line for an internal error with ``data`` (the first ``ndata`` words)."""
     if suberror == uapi.KVM_INTERNAL_ERROR_EMULATION:
         insn = instruction_bytes(data)
-        shown = (f"bytes {insn.hex(' ')}" if insn else "KVM gave no instruction bytes")
+        shown = (f"the bytes there: {insn.hex(' ')}" if insn else
+                 "KVM gave no instruction bytes")
         return (f"the guest executed an instruction KVM cannot emulate at {where(regs)}; "
                 f"{shown} (KVM_EXIT_INTERNAL_ERROR, emulation failure)")
     name = NAMES.get(suberror, f"suberror {suberror}")
