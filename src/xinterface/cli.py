@@ -212,7 +212,8 @@ def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Targ
 
     if memory < MIN_FIRMWARE_RAM:
         raise click.BadParameter(f"{memory >> 10} KiB is too little for the firmware: SeaBIOS "
-                                 f"needs {MIN_FIRMWARE_RAM >> 10}K or more", param_hint="'--memory'")
+                                 f"needs {MIN_FIRMWARE_RAM >> 10}K or more",
+                                 param_hint="'--memory'")
 
     from .boards import BOARDS
     from .devices import Until
