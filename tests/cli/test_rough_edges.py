@@ -23,9 +23,10 @@ def write_source(path: Path, *lines: str) -> Path:
     return path
 
 
-def link_elf(source: Path, bits: int) -> Path:
-    """``source`` assembled and linked at 0x1000 as an ELF executable, as examples/Makefile."""
-    obj, elf = source.with_suffix(".o"), source.with_suffix(".elf")
+def link_elf(source: Path, bits: int, out: Path) -> Path:
+    """``source`` assembled and linked at 0x1000 into ``out`` as an ELF executable, as
+    examples/Makefile does."""
+    obj, elf = out / f"{source.stem}.o", out / f"{source.stem}.elf"
     emulation = "elf_x86_64" if bits == 64 else "elf_i386"
     subprocess.run(["as", f"--{bits}", "-o", obj, source], check=True)
     subprocess.run(["ld", "-m", emulation, "-N", "--build-id=none", "-Ttext=0x1000", "-e",
@@ -49,8 +50,7 @@ def test_02_mode_comes_from_the_image_and_a_contradiction_is_refused(tmp_path: P
     for mode in ("protected", "long"):
         done = xinterface("run", EXAMPLES / f"hello-{mode}.S")
         assert (done.returncode, done.stdout) == (0, f"Hello from {mode} mode\n"), done.stderr
-    elf = link_elf(EXAMPLES / "hello-long.S", 64)
-    elf = elf.rename(tmp_path / elf.name)
+    elf = link_elf(EXAMPLES / "hello-long.S", 64, tmp_path)
     done = xinterface("run", elf)
     assert (done.returncode, done.stdout) == (0, "Hello from long mode\n"), done.stderr
     for image, mode, says in [(EXAMPLES / "hello-long.S", "real", "long-mode code"),
