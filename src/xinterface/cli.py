@@ -105,9 +105,13 @@ def run(ctx: click.Context, image: Path, gpa: int, mode: str | None, memory: int
         stdout.finish_line()
         guest_error(exc, debug)
     except (XInterfaceError, KvmError) as exc:
+        stdout.finish_line()
         fail(str(exc), exc=exc, debug=debug)
     except OSError as exc:
         fail(f"{exc.filename or image}: {exc.strerror}", exc=exc, debug=debug)
+    except BaseException:  # Ctrl-C, a signal: the message after it starts a line too
+        stdout.finish_line()
+        raise
     stdout.finish_line()
     session.check_console()
     if session.quit_requested:
@@ -244,6 +248,9 @@ def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Targ
     except (XInterfaceError, KvmError, OSError) as exc:
         stdout.finish_line()
         fail(str(exc), exc=exc, debug=debug)
+    except BaseException:  # Ctrl-C, a signal: the message after it starts a line too
+        stdout.finish_line()
+        raise
     stdout.finish_line()
     session.check_console()
     if any(w.matched for w in watchers) or session.quit_requested:

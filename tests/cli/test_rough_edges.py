@@ -84,12 +84,17 @@ def test_04_an_image_larger_than_memory_says_so_once(tmp_path: Path) -> None:
     import xinterface as xi
 
     image = tmp_path / "big.bin"
-    image.write_bytes(b"\xf4" * (80 << 10))
+    image.write_bytes(b"\xf4" * (62 << 10))
     done = xinterface("run", image, "--mode", "protected", "--memory", "64K")
     assert done.returncode == 1
     assert error_lines(done.stderr) == [
-        f"xinterface: {image}: 81920 bytes at 0x1000 end at 0x15000, past the guest's RAM "
+        f"xinterface: {image}: 63488 bytes at 0x1000 end at 0x10800, past the guest's RAM "
         "(0x10000 bytes): raise --memory"]
+    image.write_bytes(b"\xf4" * (80 << 10))  # larger than RAM: refused before it is read
+    done = xinterface("run", image, "--mode", "protected", "--memory", "64K")
+    assert error_lines(done.stderr) == [
+        f"xinterface: {image} is 81920 bytes, more than the guest's RAM (0x10000 bytes): "
+        "raise --memory"]
     with xi.Machine(memory=64 << 10) as m, pytest.raises(xi.XInterfaceError) as info:
         m.load_flat(b"\xf4" * (80 << 10), mode="protected")
     assert str(info.value).count("EFAULT") == 1

@@ -79,6 +79,10 @@ def load_image(path: Path, *, gpa: int | None, mode: str | None, memory: int) ->
     if path.suffix in SOURCE_SUFFIXES:
         image = _from_source(path, gpa, mode)
     else:
+        size = path.stat().st_size
+        if size > memory:  # before reading it all: an image may be any file at all
+            raise ImageError(f"{path} is {size} bytes, more than the guest's RAM ({memory:#x} "
+                             "bytes): raise --memory")
         data = path.read_bytes()
         if not data:
             raise ImageError(f"{path} is empty: there is no guest code to run")
