@@ -3,7 +3,6 @@ below, imported by the command that needs it."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -230,8 +229,7 @@ def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Targ
     stdout = Stdout()
     watchers: list[Until] = []
     try:
-        with contextlib.ExitStack() as stack:
-            machine = stack.enter_context(Machine(memory=memory, vcpus=vcpus, irqchip=True))
+        with Machine(memory=memory, vcpus=vcpus, irqchip=True) as machine:
             machine.load_firmware(bios)
             session = Session(machine, serial, stdout)
             outputs = [stream_for(debugcon, stdout), session.serial_output()]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .console import SerialConsole
-from .outputs import STDIO, Discard, Stdout, Target, stream_for
+from .outputs import STDIO, Stdout, Target, stream_for
 from .report import fail
 
 if TYPE_CHECKING:
@@ -53,5 +53,3 @@ class Session:
     def quit_requested(self) -> bool:
         return self.console is not None and self.console.quit_requested
 
-
-__all__ = ["Discard", "Session"]
