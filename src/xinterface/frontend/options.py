@@ -50,6 +50,8 @@ class SizeType(_IntParam):
         if size is None:
             self.fail(f"{value!r} is not a size such as 64M, 1G or 512K (a bare number is "
                       "MiB, as QEMU's -m)", param, ctx)
+        if size == 0:
+            self.fail(f"{value!r} is no memory at all", param, ctx)
         return size
 
 
