@@ -1,117 +1,123 @@
-"""The ``xinterface`` command."""
+"""The ``xinterface`` command: a thin front end; the work is in ``xinterface.frontend`` and
+below, imported by the command that needs it."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import sys
-import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NoReturn
+from typing import Any
 
 import click
 
-from .errors import GuestError, KvmError, XInterfaceError
-from .loader import MODES, AssemblerError, assemble
-from .machine import Machine
+from .frontend.options import AddressType, SecondsType, SizeType
+from .frontend.outputs import Stdout, Target, TargetType
+from .frontend.report import EXIT_SIGNAL_BASE, EXIT_TIMEOUT, SIGINT_STATUS, fail, guest_error
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-EXIT_TIMEOUT = 124  # as timeout(1) does
-
-# Newer click makes ParamType generic; subscript it only for the type checker.
-if TYPE_CHECKING:
-    _IntParam = click.ParamType[int]
-else:
-    _IntParam = click.ParamType
+MODES = ("real", "protected", "long")
+SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x quits, "
+               "Ctrl-A h lists the keys) or none.")
 
 
-class SizeType(_IntParam):
-    """``64M``, ``1G``, ``4096K`` or a plain number of bytes."""
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        from .frontend.console import Terminated
 
-    name = "size"
-
-    def convert(self, value: object, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        match = _SIZE.match(str(value))
-        if not match:
-            self.fail(f"{value!r} is not a size such as 64M, 1G or 65536", param, ctx)
-        return int(match.group(1)) * _UNITS[match.group(2).upper()]
-
-
-class IntType(_IntParam):
-    """An integer in any base Python reads: ``0x1000``, ``4096``."""
-
-    name = "int"
-
-    def convert(self, value: object, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
         try:
-            return int(str(value), 0)
-        except ValueError:
-            self.fail(f"{value!r} is not an integer (e.g. 0x1000)", param, ctx)
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            sys.exit(SIGINT_STATUS)  # as a shell reports Ctrl-C, without click's "Aborted!"
+        except Terminated as exc:
+            fail(str(exc), status=EXIT_SIGNAL_BASE + exc.signum)
 
 
-def _fail(message: str, debug: bool, status: int = 1) -> NoReturn:
-    if debug:
-        traceback.print_exc()
-    click.echo(f"xinterface: {message}", err=True)
-    sys.exit(status)
-
-
-@click.group()
+@click.group(cls=_Main)
 @click.version_option(package_name="xinterface")
 def main() -> None:
     """The KVM xinterface I/O services in Python: run guests, serve their I/O."""
 
 
+def _no_limit_when_interactive(ctx: click.Context, serial: Target, timeout: float) -> float:
+    """An interactive console runs until the user quits, unless --timeout was given."""
+    source = ctx.get_parameter_source("timeout")
+    if serial.kind == "stdio" and source is click.core.ParameterSource.DEFAULT:
+        return 0
+    return timeout
+
+
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--gpa", type=IntType(), default=0x1000, show_default=True,
-              help="Guest-physical address the image is loaded and started at.")
-@click.option("--mode", type=click.Choice(MODES), default="real", show_default=True,
-              help="CPU mode every vCPU starts in.")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--gpa", type=AddressType(), default="0x1000", show_default=True,
+              help="Guest-physical address a source or flat binary is loaded and started at "
+                   "(an ELF loads at its own addresses).")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="CPU mode every vCPU starts in. Default: what the image says (a source's "
+                   "first .code16/.code32/.code64, an ELF's class), real for a flat binary; "
+                   "a --mode the image contradicts is refused.")
 @click.option("--memory", type=SizeType(), default="64M", show_default=True,
-              help="Guest RAM (a multiple of 4 KiB).")
-@click.option("--vcpus", type=int, default=1, show_default=True)
+              help="Guest RAM: 64M, 1G, 512K (a bare number is MiB, as QEMU's -m).")
+@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="vCPUs, all starting at the image; each finds its index in CPUID leaf 1.")
+@click.option("--serial", type=TargetType(interactive=True), default="none",
+              show_default=True, help="Add a 16550A UART at COM1 (0x3f8, polled) and send it "
+                                      "to " + SERIAL_HELP)
 @click.option("--trace", is_flag=True, help="Print every guest I/O access to stderr.")
-@click.option("--timeout", type=float, default=10.0, show_default=True,
-              help="Seconds before the run is ended (0: no limit).")
+@click.option("--timeout", type=SecondsType(), default=10.0, show_default=True,
+              help="Seconds before the run is ended with status 124 (0: no limit; no limit "
+                   "by default with --serial stdio).")
 @click.option("--strict", is_flag=True, help="Stop on any access no device claims.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def run(image: Path, gpa: int, mode: str, memory: int, vcpus: int, trace: bool,
-        timeout: float, strict: bool, debug: bool) -> None:
-    """Run a flat binary IMAGE (or a GNU as source ending in .S, assembled at --gpa).
+@click.option("--debug", is_flag=True, help="Show tracebacks and registers on errors.")
+@click.pass_context
+def run(ctx: click.Context, image: Path, gpa: int, mode: str | None, memory: int,
+        vcpus: int, serial: Target, trace: bool, timeout: float, strict: bool,
+        debug: bool) -> None:
+    """Run IMAGE: a GNU as source (.S or .s, assembled at --gpa), an ELF executable, or a
+    flat binary.
 
     Port 0xe9 output goes to stdout. The exit status is the debug-exit status (a write of v
     to port 0xf4 gives (v << 1) | 1), or 0 once every vCPU has halted.
     """
+    from .errors import GuestError, KvmError, XInterfaceError
+    from .frontend.image import ImageError, load_image
+    from .frontend.session import Session
+    from .machine import Machine
+
+    timeout = _no_limit_when_interactive(ctx, serial, timeout)
+    stdout = Stdout()
     try:
-        if image.suffix in (".S", ".s"):
-            data = assemble(image, gpa=gpa, bits=64 if mode == "long" else 32)
-        else:
-            data = image.read_bytes()
-        with Machine(memory=memory, vcpus=vcpus, strict=strict,
-                     console=sys.stdout.buffer, trace=sys.stderr if trace else None) as machine:
-            machine.load_flat(data, gpa=gpa, mode=mode)
-            result = machine.run(timeout=timeout or None)
+        given = ctx.get_parameter_source("gpa") is not click.core.ParameterSource.DEFAULT
+        guest = load_image(image, gpa=gpa if given else None, mode=mode, memory=memory)
+        with Machine(memory=memory, vcpus=vcpus, strict=strict, console=stdout,  # type: ignore[arg-type]
+                     trace=sys.stderr if trace else None) as machine:
+            machine.load_flat(guest.data, gpa=guest.gpa, mode=guest.mode)
+            session = Session(machine, serial, stdout)
+            if serial.kind != "none":
+                from .devices.uart import Uart16550
+                from .xinterface import bind
+
+                uart = Uart16550(session.serial_output())
+                uart.attach(bind(machine))
+                session.connect(uart.feed)
+            result = session.run(timeout or None)
+    except ImageError as exc:
+        fail(str(exc), exc=exc, debug=debug)
     except GuestError as exc:
-        _fail(str(exc).splitlines()[0] + " (--debug shows registers)"
-              if not debug else str(exc), debug)
+        stdout.finish_line()
+        guest_error(exc, debug)
     except (XInterfaceError, KvmError) as exc:
-        _fail(str(exc), debug)
-    except AssemblerError as exc:
-        _fail(str(exc), debug)
+        stdout.finish_line()
+        fail(str(exc), exc=exc, debug=debug)
     except OSError as exc:
-        _fail(f"{exc.filename or image}: {exc.strerror}", debug)
+        fail(f"{exc.filename or image}: {exc.strerror}", exc=exc, debug=debug)
+    except BaseException:  # Ctrl-C, a signal: the message after it starts a line too
+        stdout.finish_line()
+        raise
+    stdout.finish_line()
+    session.check_console()
+    if session.quit_requested:
+        sys.exit(0)
     if result.reason == "timeout":
-        _fail(f"the guest was still running after {timeout:g} s; raise --timeout, or check "
-              "that it halts or writes port 0xf4", debug=False, status=EXIT_TIMEOUT)
+        fail(f"the guest was still running after {timeout:g} s; raise --timeout, or check "
+             "that it halts or writes port 0xf4", status=EXIT_TIMEOUT)
     if result.reason == "exit":
         assert result.exit_code is not None
         sys.exit(result.exit_code)
@@ -120,7 +126,8 @@ def run(image: Path, gpa: int, mode: str, memory: int, vcpus: int, trace: bool,
 
 @main.command()
 @click.option("--quick", is_flag=True, help="Small sizes, 3 rounds: under 30 s.")
-@click.option("--repeats", type=int, default=None, help="Rounds (default 3 quick, 7 full).")
+@click.option("--repeats", type=click.IntRange(min=1), default=None,
+              help="Rounds (default 3 quick, 7 full).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the results and the machine description as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -128,8 +135,9 @@ def run(image: Path, gpa: int, mode: str, memory: int, vcpus: int, trace: bool,
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the table as Markdown.")
 @click.option("--peer", "peers", type=click.Choice(["qemu", "qemu-net"]), multiple=True,
-              help="Also run the same guest binary on this VMM (qemu-system-x86_64); "
-                   "qemu-net: virtio-net on a TAP, QEMU's and ours (needs root).")
+              help="Also run the same boot-sector guest on QEMU (qemu-system-x86_64 with "
+                   "KVM) and on xinterface, for comparison; qemu-net: virtio-net on a TAP, "
+                   "QEMU's and ours (needs root).")
 @click.option("--scale", type=float, default=1.0, hidden=True,
               help="Multiply every size (tests use a tiny scale).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
@@ -137,9 +145,18 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
           markdown_path: Path | None, peers: tuple[str, ...], scale: float,
           debug: bool) -> None:
     """Measure every path side by side with the C floor: medians, p10-p90, ratios."""
+    if plot_path is not None:
+        try:  # before minutes of measuring, not after
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.BadParameter("needs matplotlib, which is not installed: pip install "
+                                     "'xinterface[plot]'", param_hint="'--plot'") from None
+
     from rich.progress import Progress
 
     from .bench import report, suite
+    from .errors import GuestError, KvmError, XInterfaceError
+    from .loader import AssemblerError
 
     try:
         figs, notices = suite.figures(quick, scale, peers)
@@ -163,30 +180,26 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
         if markdown_path is not None:
             markdown_path.write_text(report.markdown(results, machine))
     except (XInterfaceError, KvmError, GuestError, AssemblerError, RuntimeError, OSError) as exc:
-        _fail(str(exc), debug)
-
-
-def _stream(target: str, stack: contextlib.ExitStack) -> BinaryIO | None:
-    """``-`` for stdout, else a file opened for writing; ``""`` for nowhere."""
-    if not target:
-        return None
-    if target == "-":
-        return sys.stdout.buffer
-    return stack.enter_context(open(target, "wb"))
+        fail(str(exc), exc=exc, debug=debug)
 
 
 @main.command()
 @click.option("--bios", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Firmware image, e.g. /usr/share/seabios/bios-microvm.bin.")
-@click.option("--memory", type=SizeType(), default="64M", show_default=True)
-@click.option("--debugcon", default="-", show_default=True,
-              help="Where the firmware's debug console (port 0x402) goes: FILE or - (stdout).")
-@click.option("--serial", default="-", show_default=True,
-              help="Where COM1 (0x3f8) output goes: FILE or - (stdout).")
+@click.option("--memory", type=SizeType(), default="64M", show_default=True,
+              help="Guest RAM, 640K or more for SeaBIOS (a bare number is MiB, as QEMU's -m).")
+@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="vCPUs: the firmware starts on vCPU 0 and wakes the others itself.")
+@click.option("--debugcon", type=TargetType(), default="none", show_default=True,
+              help="The firmware's debug console (port 0x402, SeaBIOS's log): FILE, - "
+                   "(stdout) or none.")
+@click.option("--serial", type=TargetType(interactive=True), default="-", show_default=True,
+              help="COM1 (a 16550A at 0x3f8, IRQ 4): " + SERIAL_HELP)
 @click.option("--until", "until", default=None,
               help="End with status 0 once TEXT appears on the debug console or serial.")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
-              help="Seconds before the run is ended with an error (0: no limit).")
+@click.option("--timeout", type=SecondsType(), default=60.0, show_default=True,
+              help="Seconds before the run is ended with status 124 (0: no limit; no limit "
+                   "by default with --serial stdio).")
 @click.option("--board", type=click.Choice(["microvm", "pc"]), default="microvm",
               show_default=True,
               help="pc adds the i440FX/PIIX3 PCI configuration space (SeaBIOS's bios.bin).")
@@ -199,50 +212,70 @@ def _stream(target: str, stack: contextlib.ExitStack) -> BinaryIO | None:
                    "ROM on the pc board (ipxe: Debian's iPXE). COM1 is then the BIOS screen.")
 @click.option("--rng", is_flag=True, help="A virtio-rng device (entropy from os.urandom).")
 @click.option("--virtio-console", is_flag=True,
-              help="A virtio-console (Linux's hvc0) writing where --serial goes.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def boot(bios: Path, memory: int, debugcon: str, serial: str, until: str | None,
-         timeout: float, board: str, posted_debugcon: bool, disks: tuple[str, ...],
-         nets: tuple[str, ...], rng: bool, virtio_console: bool, debug: bool) -> None:
+              help="A virtio-console (Linux's hvc0): its output goes where --serial goes, and "
+                   "what is typed (--serial stdio) goes to it instead of COM1.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and registers on errors.")
+@click.pass_context
+def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Target,
+         serial: Target, until: str | None, timeout: float, board: str, posted_debugcon: bool,
+         disks: tuple[str, ...], nets: tuple[str, ...], rng: bool, virtio_console: bool,
+         debug: bool) -> None:
     """Boot firmware from the reset vector on the standard devices (fw_cfg, COM1, CMOS/RTC,
     debug console at 0x402), all of them xinterface clients."""
+    from .frontend.firmware import MIN_FIRMWARE_RAM
+
+    if memory < MIN_FIRMWARE_RAM:
+        raise click.BadParameter(f"{memory >> 10} KiB is too little for the firmware: SeaBIOS "
+                                 f"needs {MIN_FIRMWARE_RAM >> 10}K or more",
+                                 param_hint="'--memory'")
+
     from .boards import BOARDS
     from .boards.virtio import Disk, Net
-    from .devices import Output, Until
+    from .devices import Until
+    from .errors import GuestError, KvmError, XInterfaceError
+    from .frontend.outputs import stream_for
+    from .frontend.session import Session
+    from .machine import Machine
 
     try:
         disk_list, net_list = [Disk.parse(d) for d in disks], [Net.parse(n) for n in nets]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    matched: list[Until] = []
+    timeout = _no_limit_when_interactive(ctx, serial, timeout)
+    stdout = Stdout()
+    watchers: list[Until] = []
     try:
-        with contextlib.ExitStack() as stack:
-            machine = stack.enter_context(Machine(memory=memory, irqchip=True))
+        with Machine(memory=memory, vcpus=vcpus, irqchip=True) as machine:
             machine.load_firmware(bios)
-            outputs: list[Output | None] = [_stream(debugcon, stack), _stream(serial, stack)]
+            session = Session(machine, serial, stdout)
+            outputs = [stream_for(debugcon, stdout), session.serial_output()]
             if until is not None:
-                matched = [Until(out or open_null(stack), until.encode(), machine.stop)
-                           for out in outputs]
-                outputs = list(matched)
-            BOARDS[board](machine, debugcon=outputs[0], serial=outputs[1],
-                          posted_debugcon=posted_debugcon, disks=disk_list, nets=net_list,
-                          rng=rng, virtio_console=virtio_console, sercon=bool(net_list))
-            result = machine.run(timeout=timeout or None)
+                watchers = [Until(out, until.encode(), machine.stop) for out in outputs]
+                outputs = list(watchers)
+            platform = BOARDS[board](machine, debugcon=outputs[0], serial=outputs[1],
+                                     posted_debugcon=posted_debugcon, disks=disk_list,
+                                     nets=net_list, rng=rng, virtio_console=virtio_console,
+                                     sercon=bool(net_list))
+            session.connect(platform.console.feed if platform.console is not None
+                            else platform.uart.feed)
+            result = session.run(timeout or None)
     except GuestError as exc:
-        _fail(str(exc).splitlines()[0] + " (--debug shows registers)"
-              if not debug else str(exc), debug)
+        stdout.finish_line()
+        guest_error(exc, debug)
     except (XInterfaceError, KvmError, OSError) as exc:
-        _fail(str(exc), debug)
-    if any(w.matched for w in matched):
+        stdout.finish_line()
+        fail(str(exc), exc=exc, debug=debug)
+    except BaseException:  # Ctrl-C, a signal: the message after it starts a line too
+        stdout.finish_line()
+        raise
+    stdout.finish_line()
+    session.check_console()
+    if any(w.matched for w in watchers) or session.quit_requested:
         sys.exit(0)
     if result.reason == "timeout":
         wanted = f" without {until!r} appearing" if until else ""
-        _fail(f"the firmware was still running after {timeout:g} s{wanted}; raise --timeout",
-              debug=False, status=EXIT_TIMEOUT)
+        fail(f"the firmware was still running after {timeout:g} s{wanted}; raise --timeout",
+             status=EXIT_TIMEOUT)
     if until is not None:
-        _fail(f"the firmware stopped ({result.reason}) before {until!r} appeared", debug=False)
+        fail(f"the firmware stopped ({result.reason}) before {until!r} appeared")
     sys.exit(0 if result.reason in ("hlt", "reset", "shutdown") else 1)
-
-
-def open_null(stack: contextlib.ExitStack) -> BinaryIO:
-    return stack.enter_context(open(os.devnull, "wb"))

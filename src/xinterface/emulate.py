@@ -40,14 +40,6 @@ TYPE_CODE, TYPE_CONFORMING, TYPE_ACCESSED = 8, 4, 1
 DESCRIPTOR = struct.Struct("<Q")
 
 
-def instruction(data: list[int]) -> bytes | None:
-    """The failing instruction's bytes from an emulation failure's ``internal.data``."""
-    if len(data) < 3 or not data[0] & uapi.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES:
-        return None
-    raw = struct.pack("<2Q", data[1], data[2])
-    return raw[1:1 + min(raw[0], 15)]
-
-
 def emulate(vcpu: VcpuFd, memory: GuestMemory, insn: bytes) -> bool:
     """Finish ``insn`` on ``vcpu`` if it is one handled here; True when done (resume)."""
     operand32: bool | None = None

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .delivery.posted import CoalescedRing
-from .emulate import emulate, instruction
+from .emulate import emulate
 from .errors import GuestError, GuestIOError
 from .grace import ReaderSlot
 from .iobus import Bus
-from .kvm import VcpuFd, uapi
+from .kvm import VcpuFd, internal_error, uapi
 from .memory import GuestMemory
 
 # kvm_run offsets (checked against <linux/kvm.h> via the ctypes layout in tests/kvm).
@@ -33,14 +33,6 @@ _INTERNAL = struct.Struct("<II16Q")
 _SYSTEM_EVENT = struct.Struct("<II")
 
 _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
-
-_INTERNAL_NAMES = {
-    uapi.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
-    uapi.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
-    uapi.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failed",
-    uapi.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected hardware exit reason",
-}
-
 
 class LoopOwner(Protocol):
     """What a vCPU thread needs of whoever runs it: the whole contract, for this loop and any
@@ -156,6 +148,10 @@ class VcpuLoop:
                 # A kick from stop(), or immediate_exit: the loop condition decides.
                 counts[uapi.KVM_EXIT_INTR] += 1
                 continue
+            except BlockingIOError:
+                # EAGAIN: an AP left wait-for-SIPI (KVM_MP_STATE_UNINITIALIZED); run it again,
+                # as the kernel asks (arch/x86/kvm/x86.c, kvm_arch_vcpu_ioctl_run).
+                continue
             except OSError as exc:
                 raise GuestError(f"KVM_RUN failed: {exc.strerror} (errno {exc.errno})",
                                  vcpu=self.index, regs=self.registers()) from None
@@ -260,15 +256,14 @@ class VcpuLoop:
         if reason == uapi.KVM_EXIT_INTERNAL_ERROR:
             suberror, ndata, *data = _INTERNAL.unpack_from(mm, _RUN_UNION)
             if suberror == uapi.KVM_INTERNAL_ERROR_EMULATION:
-                insn = instruction(data[:ndata])
+                insn = internal_error.instruction_bytes(data[:ndata])
                 memory = self.owner.memory
                 if insn and memory is not None and emulate(self.vcpu, memory, insn):
                     self.emulated += 1   # an instruction KVM's emulator lacks (emulate.py)
                     return False
-            what = _INTERNAL_NAMES.get(suberror, f"suberror {suberror}")
-            extra = " ".join(f"{d:#x}" for d in data[: min(ndata, 16)])
-            raise GuestError(f"KVM internal error: {what} (KVM_EXIT_INTERNAL_ERROR) {extra}",
-                             vcpu=self.index, regs=self.registers())
+            regs = self.registers()
+            raise GuestError(internal_error.describe(suberror, data[: min(ndata, 16)], regs),
+                             vcpu=self.index, regs=regs)
         if reason == uapi.KVM_EXIT_SYSTEM_EVENT:
             kind, _ = _SYSTEM_EVENT.unpack_from(mm, _RUN_UNION)
             if kind == uapi.KVM_SYSTEM_EVENT_SHUTDOWN:

@@ -67,7 +67,8 @@ def test_seabios_pc_build_on_the_i440fx_board() -> None:
     # PIIX3 through configuration mechanism #1, and still reaches its boot attempt.
     done = subprocess.run([sys.executable, "-m", "xinterface", "boot", "--bios",
                            str(SEABIOS.with_name("bios.bin")), "--board", "pc", "--memory", "32M",
-                           "--until", "enter handle_19", "--serial", ""],
+                           "--until", "enter handle_19", "--debugcon", "-",
+                           "--serial", "none"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "Found 2 PCI devices" in done.stdout
@@ -94,7 +95,8 @@ def test_pci_config_space_reads_all_ones_where_nothing_is() -> None:
 
 def test_boot_command_until() -> None:
     done = subprocess.run([sys.executable, "-m", "xinterface", "boot", "--bios", str(SEABIOS),
-                           "--memory", "32M", "--until", "enter handle_19", "--serial", ""],
+                           "--memory", "32M", "--until", "enter handle_19", "--debugcon", "-",
+                           "--serial", "none"],
                           capture_output=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert b"SeaBIOS (version" in done.stdout

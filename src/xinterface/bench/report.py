@@ -8,10 +8,26 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .suite import POLL
+
+
+def legend() -> str:
+    """What the columns mean; the table's caption and the Markdown's note."""
+    return (
+        "Median of the rounds, p10 - p90 their spread; lower is better. x floor: the median "
+        "over its floor's. A floor.* figure is the same guest loop driven by a minimal C VMM "
+        "(KVM_RUN and nothing else, bench/floor.c), the least the path can cost on this host; "
+        "floor.slice_* and floor.slice_view are plain Python memoryview copies. *.latency: "
+        "from a guest write to its handler call. posted.latency is large by design: a posted "
+        "write makes no exit, so it waits in KVM's coalesced ring until the next drain, here "
+        f"a poller every {POLL * 1e6:.0f} us (the spinning guest makes no other exit); it is "
+        "that wait, not the cost of a write (posted.pio.1).")
+
 
 def table(results: list[dict[str, object]], machine: dict[str, object]) -> Table:
     t = Table(title=f"xinterface bench on {machine.get('cpu') or 'this machine'} "
-                    f"({machine.get('kvm_module')}, Python {machine.get('python')})")
+                    f"({machine.get('kvm_module')}, Python {machine.get('python')})",
+              caption=legend(), caption_justify="left")
     t.add_column("figure")
     t.add_column("median", justify="right")
     t.add_column("p10 - p90", justify="right")
@@ -39,6 +55,7 @@ def markdown(results: list[dict[str, object]], machine: dict[str, object]) -> st
         ratio = r["ratio_to_floor"]
         lines.append(f"| `{r['name']}` | {r['median']:,.0f} | {r['p10']:,.0f} - {r['p90']:,.0f}"
                      f" | {r['unit']} | {f'{ratio:.2f}' if isinstance(ratio, float) else ''} |")
+    lines += ["", legend()]
     return "\n".join(lines) + "\n"
 
 

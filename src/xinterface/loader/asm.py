@@ -7,9 +7,11 @@ options, so a test suite assembles each guest once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,6 +28,38 @@ def cache_dir() -> Path:
     return Path(base) / "xinterface" / "asm"
 
 
+def _temp_cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"xinterface-{os.getuid()}" / "asm"
+
+
+def _private(path: Path) -> bool:
+    """A directory of ours that nobody else can write (so nobody can plant a guest in it)."""
+    st = path.lstat()
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def usable_cache() -> Path | None:
+    """Where assembled guests are cached: the user's cache directory, else (an unwritable home,
+    say) a private one under the temporary directory, else nowhere: the cache only saves time."""
+    home = cache_dir()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if os.access(home, os.W_OK | os.X_OK):
+            return home
+    except OSError:
+        pass
+    temp = _temp_cache_dir()
+    try:
+        temp.parent.mkdir(mode=0o700, exist_ok=True)
+        temp.mkdir(mode=0o700, exist_ok=True)
+        if _private(temp.parent) and _private(temp):
+            return temp
+    except OSError:
+        pass
+    return None
+
+
 def assemble(source: str | Path, *, gpa: int, bits: int = 32,
              defines: dict[str, int] | None = None) -> bytes:
     """The flat binary of ``source`` (a path to a GNU as file) linked so its text starts at gpa.
@@ -40,8 +74,9 @@ def assemble(source: str | Path, *, gpa: int, bits: int = 32,
     key = hashlib.sha256(
         text + repr((gpa, args_32, syms, path.name)).encode()
     ).hexdigest()[:24]
-    cached = cache_dir() / f"{path.stem}-{key}.bin"
-    if cached.exists():
+    cache = usable_cache()
+    cached = cache / f"{path.stem}-{key}.bin" if cache is not None else None
+    if cached is not None and cached.exists():
         return cached.read_bytes()
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if missing:
@@ -59,14 +94,19 @@ def assemble(source: str | Path, *, gpa: int, bits: int = 32,
         for step in steps:
             done = subprocess.run(step, capture_output=True, text=True, check=False)
             if done.returncode:
-                # One line: the tool's complaints without its warnings and temp-file noise.
-                lines = [ln.strip() for ln in done.stderr.splitlines()
-                         if ln.strip() and "warning" not in ln and "in function" not in ln]
-                raise AssemblerError(f"{step[0]} failed on {path}: {'; '.join(lines)}")
+                # The tool's messages as it printed them (file:line: Error: ...), with the
+                # temporary directory's names shortened to the file's own.
+                messages = done.stderr.replace(str(obj), f"{path.stem}.o").replace(
+                    str(elf), f"{path.stem}.elf").rstrip()
+                raise AssemblerError(f"{step[0]} failed on {path}:\n{messages}")
         data = binary.read_bytes()
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so parallel test runs never read a half-written cache entry.
-    tmp_file = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp_file.write_bytes(data)
-    tmp_file.replace(cached)
+    if cached is not None:
+        # Write then rename, so parallel test runs never read a half-written cache entry.
+        tmp_file = cached.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp_file.write_bytes(data)
+            tmp_file.replace(cached)
+        except OSError:  # a full disk costs the cache, not the run
+            with contextlib.suppress(OSError):
+                tmp_file.unlink(missing_ok=True)
     return data

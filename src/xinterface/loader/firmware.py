@@ -37,8 +37,11 @@ def load_firmware(memory: GuestMemory, vcpu: VcpuFd, data: bytes) -> None:
         memory.add_region(FOUR_GIB - size, size, readonly=True, memfd=fd)
         alias = min(size, BIOS_ALIAS_SIZE)
         base = BIOS_ALIAS_END - alias
-        if memory.region_at(base) is not None:
-            memory.punch(base, alias)
+        # RAM under the alias gives way to it, whether it covers the alias or ends inside it.
+        for region in [r for r in memory.regions
+                       if not r.readonly and r.gpa < BIOS_ALIAS_END and r.end > base]:
+            start, end = max(base, region.gpa), min(BIOS_ALIAS_END, region.end)
+            memory.punch(start, end - start)
         memory.add_region(base, alias, memfd=fd, offset=size - alias)
     finally:
         os.close(fd)

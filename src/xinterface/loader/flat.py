@@ -88,9 +88,9 @@ def load_flat(memory: GuestMemory, vcpus: Sequence[VcpuFd], image: bytes, gpa: i
         memory.spans(gpa, len(image))
     except XInterfaceError as exc:
         raise XInterfaceError(
-            errno.EFAULT, f"image of {len(image)} bytes at gpa {gpa:#x} does not fit in guest "
-            f"RAM ({memory.size:#x} bytes): {exc.strerror}", argument="image", value=len(image),
-        ) from None
+            errno.EFAULT, f"image of {len(image)} bytes at gpa {gpa:#x} (ending at {end:#x}) "
+            f"does not fit in guest RAM ({memory.size:#x} bytes)", argument="image",
+            value=len(image)) from exc
     sregs_extra: dict[str, int] = {}
     if mode != "real":
         base = _table_area(memory, gpa, end)

@@ -1,0 +1,101 @@
+"""Where a device's output goes, as ``--debugcon``/``--serial`` name it: nowhere, stdout, a
+file, or (``--serial stdio``) the terminal both ways."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+import click
+
+NONE, STDOUT, STDIO, FILE = "none", "stdout", "stdio", "file"
+
+if TYPE_CHECKING:
+    _TargetParam = click.ParamType["Target"]
+else:
+    _TargetParam = click.ParamType
+
+
+class Stdout:
+    """stdout for guest output, remembering whether the last byte ended a line, so that a run
+    ended mid-line (``--until``, a timeout) leaves the shell prompt on a line of its own."""
+
+    def __init__(self, stream: IO[bytes] | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout.buffer
+        self.mid_line = False
+
+    def write(self, data: bytes, /) -> int:
+        if data:
+            self.mid_line = not data.endswith(b"\n")
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def finish_line(self) -> None:
+        """End a partial last line, on a terminal only: a pipe gets the guest's bytes as sent."""
+        try:
+            if self.mid_line and os.isatty(self.stream.fileno()):
+                self.stream.write(b"\n")
+                self.mid_line = False
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stdout has no line to finish
+
+
+@dataclass
+class Target:
+    kind: str
+    path: str = ""
+    stream: IO[bytes] | None = None  # the opened file of a FILE target
+
+
+class TargetType(_TargetParam):
+    """``FILE``, ``-`` (stdout), ``none`` (or empty), and with ``interactive``: ``stdio``, the
+    terminal both ways. A file is opened here, so an error names the option."""
+
+    name = "target"
+
+    def __init__(self, interactive: bool = False) -> None:
+        self.interactive = interactive
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> Target:
+        if isinstance(value, Target):
+            return value
+        text = str(value)
+        if text in ("", NONE):
+            return Target(NONE)
+        if text == "-":
+            return Target(STDOUT)
+        if text == STDIO:
+            return Target(STDIO if self.interactive else STDOUT)
+        try:
+            stream = open(text, "wb")  # noqa: SIM115 - closed with the click context
+        except OSError as exc:
+            self.fail(f"cannot write {text}: {exc.strerror}", param, ctx)
+        if ctx is not None:
+            ctx.call_on_close(stream.close)
+        return Target(FILE, text, stream)
+
+
+class Discard:
+    """Output that goes nowhere (``none``): devices still run, their bytes are dropped."""
+
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def stream_for(target: Target, stdout: Stdout) -> Stdout | IO[bytes] | Discard:
+    """The stream of a non-interactive target (``stdio`` is the console's business)."""
+    if target.kind == FILE:
+        assert target.stream is not None
+        return target.stream
+    if target.kind in (STDOUT, STDIO):
+        return stdout
+    return Discard()

@@ -1,0 +1,41 @@
+"""Failures as the command line reports them: one line, ``xinterface: ...``, and a status.
+
+With ``--debug`` the traceback comes first, then the same line once, with the registers of a
+guest error under it (never the message twice).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import NoReturn
+
+import click
+
+from ..errors import GuestError
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2        # click's status for a bad argument
+EXIT_TIMEOUT = 124    # as timeout(1)
+EXIT_SIGNAL_BASE = 128  # shells report death by signal N as 128 + N
+SIGINT_STATUS = EXIT_SIGNAL_BASE + 2
+
+
+def fail(message: str, *, status: int = EXIT_FAILURE, exc: BaseException | None = None,
+         debug: bool = False) -> NoReturn:
+    if debug and exc is not None:
+        # The frames (and any chained cause) without the last exception's own text, which the
+        # message below already is.
+        te = traceback.TracebackException.from_exception(exc)
+        lines = list(te.format())
+        del lines[len(lines) - len(list(te.format_exception_only())):]
+        sys.stderr.write("".join(lines))
+    click.echo(f"xinterface: {message}", err=True)
+    sys.exit(status)
+
+
+def guest_error(exc: GuestError, debug: bool) -> NoReturn:
+    """The stop in one line; with ``--debug``, the registers under it."""
+    text = str(exc)
+    fail(text if debug else f"{text.splitlines()[0]} (--debug shows registers)", exc=exc,
+         debug=debug)
