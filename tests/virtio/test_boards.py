@@ -88,6 +88,19 @@ def test_cli_boots_the_pc_boards_grub_disk_on_microvm(tmp_path: Path) -> None:
     assert MARKER in done.stdout
 
 
+def test_cli_virtio_console_writes_where_serial_goes(tmp_path: Path, guest: Assemble) -> None:
+    """A boot sector that prints through a virtio-console (tests/guests/virtio_console.S),
+    on a disk; the console sits behind the second virtio-mmio transport."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(guest("virtio_console", gpa=0x7C00).ljust(2 << 20, b"\0"))
+    serial = tmp_path / "serial.out"
+    done = subprocess.run([sys.executable, "-m", "xinterface", "boot", "--bios",
+                           str(MICROVM_BIOS), "--disk", str(image), "--virtio-console",
+                           "--serial", str(serial), "--debugcon", "none"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert serial.read_bytes().endswith(b"hello from hvc0\n"), (done.stdout, done.stderr)
+
+
 def test_pc_board_puts_each_virtio_device_in_a_slot(tmp_path: Path, guest: Assemble) -> None:
     image = tmp_path / "disk.img"
     boot_disk(image, guest)
