@@ -171,20 +171,21 @@ class Vm:
         ring = self.ring
         if ring is None or not ring.pending():
             return 0
-        with ring.locked():
-            slot = self._drain_slot
-            inside = slot.count & 1
+        ring.acquire()
+        slot = self._drain_slot
+        inside = slot.count & 1
+        try:
             if not inside:
                 slot.thread_id = threading.get_ident()
                 slot.count += 1
-            try:
-                return ring.drain(self._dispatch_posted)
-            finally:
-                if not inside:
-                    slot.count += 1
-                    # No thread owns the slot between drains: a thread that drained last
-                    # must not later count it as its own (grace.Grace.acquire).
-                    slot.thread_id = None
+            return ring.drain(self._dispatch_posted)
+        finally:
+            if not inside:
+                slot.count += 1
+                # No thread owns the slot between drains: the thread that drained last must
+                # not count it as its own later (grace.Grace.acquire).
+                slot.thread_id = None
+            ring.lock.release()
 
     def drain_posted(self, slot: ReaderSlot, vcpu: int) -> None:
         """Drain on a vCPU thread, inside that thread's grace ``slot``."""
@@ -200,19 +201,18 @@ class Vm:
 
     def _dispatch_posted(self, pio: int, addr: int, data: bytes) -> None:
         bus = self.pio_bus if pio else self.mmio_bus
-        where = f"port {addr:#x}" if pio else f"MMIO address {addr:#x}"
         try:
             claimed = bus.write(addr, data)
         except GuestError:
             raise
         except Exception as exc:
-            # The ring does not record which vCPU wrote: vcpu -1.
-            raise GuestIOError(f"the handler of a posted {len(data)}-byte write to {where} "
-                               f"raised {type(exc).__name__}: {exc}", vcpu=-1,
-                               space=bus.space, addr=addr, length=len(data)) from exc
+            raise GuestIOError(f"the handler of a posted {len(data)}-byte write to "
+                               f"{_where(pio, addr)} raised {type(exc).__name__}: {exc}",
+                               vcpu=-1, space=bus.space, addr=addr, length=len(data)) from exc
         if not claimed and self.strict:
-            raise GuestIOError(f"unhandled posted {len(data)}-byte write to {where} (strict "
-                               "mode)", vcpu=-1, space=bus.space, addr=addr, length=len(data))
+            raise GuestIOError(f"unhandled posted {len(data)}-byte write to "
+                               f"{_where(pio, addr)} (strict mode)", vcpu=-1, space=bus.space,
+                               addr=addr, length=len(data))
 
     def event_loop(self) -> EventLoop:
         """The epoll thread of EVENTFD events, started on first use."""
@@ -296,6 +296,11 @@ class Vm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _where(pio: int, addr: int) -> str:
+    # vcpu -1 in the errors above: the ring does not record which vCPU wrote.
+    return f"port {addr:#x}" if pio else f"MMIO address {addr:#x}"
 
 
 def _cpuid_for(supported: list[uapi.kvm_cpuid_entry2], index: int) -> list[uapi.kvm_cpuid_entry2]:

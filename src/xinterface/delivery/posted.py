@@ -72,9 +72,10 @@ class CoalescedRing:
         return (words[self._first] != words[self._last] or bool(self._pending)
                 or self.draining > 0)
 
-    def locked(self) -> _Locked:
-        """``with ring.locked():`` holds the drain lock, taken as :meth:`drain` takes it."""
-        return _Locked(self)
+    def acquire(self) -> None:
+        """Take the drain lock as :meth:`drain` does; release with ``ring.lock.release()``."""
+        if not self.lock.acquire(False):  # the usual case costs one C call
+            self._grace.acquire(self.lock)
 
     def _take(self) -> None:
         """Move every logged entry to ``_pending`` and give the ring's slots back at once."""
@@ -96,7 +97,9 @@ class CoalescedRing:
         """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many."""
         done = 0
         pending = self._pending
-        self._grace.acquire(self.lock)
+        lock = self.lock
+        if not lock.acquire(False):
+            self._grace.acquire(lock)
         # Counted before anything leaves the ring, so pending() holds throughout.
         self.draining += 1
         try:
@@ -110,15 +113,4 @@ class CoalescedRing:
             return done
         finally:
             self.draining -= 1
-            self.lock.release()
-
-
-class _Locked:
-    def __init__(self, ring: CoalescedRing) -> None:
-        self._ring = ring
-
-    def __enter__(self) -> None:
-        self._ring._grace.acquire(self._ring.lock)
-
-    def __exit__(self, *exc: object) -> None:
-        self._ring.lock.release()
+            lock.release()
