@@ -226,6 +226,7 @@ def test_deassign_from_the_main_thread_waits_for_a_handler_blocked_in_another_de
             f_running.wait(10)
             e_blocked.set()
             f.deassign()  # waits for slow() to return
+            time.sleep(0.3)  # E's handler goes on after that: deassign(E) must wait for it
             e_done.set()
 
         e = intf.ioevent(0x5B4, 4, PIO, signal=on_e)
