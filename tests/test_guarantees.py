@@ -24,8 +24,10 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
+from tests.virtio.helpers import BUF, Echo, rig
 from xinterface import vcpu_loop
 from xinterface.devices import fw_cfg
+from xinterface.virtio import Status
 
 pytestmark = needs_kvm
 
@@ -395,6 +397,45 @@ def test_copy_to_read_only_memory_is_efault_and_copies_nothing() -> None:
         with intf.vmap(ROM_BASE, 16) as rom:
             assert rom.addr.readonly
             assert bytes(rom.addr) == b"\xa5" * 16
+
+
+def test_virtio_never_writes_the_rom() -> None:
+    # The views of the ROM are read-only: a device-writable buffer or a used ring there is a
+    # bad descriptor (DEVICE_NEEDS_RESET), never a write into the ROM nor a crash.
+    with rig(memory=2 << 20) as r:
+        r.machine.load_firmware(b"\xa5" * ROM_SIZE)  # punches RAM the rings' vmaps still view
+        r.intf.copy_to(BUF, b"ping")
+        r.queue.post([(BUF, 4, False), (ROM_BASE, 16, True)])
+        r.device.notify(0)
+        assert r.device.status & Status.DEVICE_NEEDS_RESET
+        assert r.device.error is not None and "read-only" in r.device.error
+        assert r.intf.copy_from(ROM_BASE, ROM_SIZE) == b"\xa5" * ROM_SIZE
+    with xi.Machine(memory=2 << 20) as m:
+        m.load_firmware(b"\xa5" * ROM_SIZE)
+        dev = Echo(8)
+        dev.attach(xi.bind(m), lambda kind: None)
+        dev.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
+        dev.set_driver_features(1, 1)
+        dev.set_status(dev.status | Status.FEATURES_OK)
+        q = dev.queues[0]
+        q.size, q.desc_addr, q.avail_addr, q.used_addr = 8, 0x10000, 0x11000, ROM_BASE
+        dev.set_queue_ready(0, True)
+        assert not q.ready
+        assert dev.error is not None and "read-only" in dev.error
+        dev.detach()
+
+
+def test_load_firmware_while_a_vmap_views_the_ram_it_punches() -> None:
+    xi.Machine(memory=1 << 20).close()
+    fds = open_fds()
+    with xi.Machine(memory=2 << 20) as m:
+        intf = xi.bind(m)
+        ram = intf.vmap(0x10000, 16)  # views the region that the alias below 1 MiB splits
+        m.load_firmware(b"\xa5" * ROM_SIZE)
+        ram.addr[:4] = b"seen"  # the old mapping and the guest's share the memfd's pages
+        assert intf.copy_from(0x10000, 4) == b"seen"
+        assert intf.copy_from(0xE0000, 4) == b"\xa5" * 4
+    assert open_fds() == fds  # the retired mapping was unmapped at close
 
 
 # --- 10. bad API input is XInterfaceError ------------------------------------------------------

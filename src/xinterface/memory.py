@@ -84,6 +84,9 @@ class GuestMemory:
         self._vm = vm
         self.regions: list[MemoryRegion] = []
         self._starts: list[int] = []
+        # Host mappings no longer in the guest's map but still viewed by a client's vmap or
+        # sgmap (see _unmap): unmapped by close(), once those views are released.
+        self._retired: list[MemoryRegion] = []
         wanted = sorted(layout)
         if not wanted:
             raise XInterfaceError(errno.EINVAL, "memory: at least one region is needed",
@@ -157,17 +160,26 @@ class GuestMemory:
                     self.add_region(start, length, memfd=region.memfd,
                                     offset=start - region.gpa)
         finally:
-            region.view.release()
-            region.mapping.close()
-            os.close(region.memfd)
+            self._unmap(region)
 
     def remove_region(self, region: MemoryRegion) -> None:
         """Unmap ``region`` (one that :meth:`add_region` returned) from the guest and the host."""
         i = self.regions.index(region)
         self._vm.set_user_memory_region(region.slot, region.gpa, 0, 0)  # size 0 deletes it
         del self.regions[i], self._starts[i]
+        self._unmap(region)
+
+    def _unmap(self, region: MemoryRegion) -> None:
+        """Close the host mapping of a region the guest no longer has, unless a client still
+        views it: mmap refuses to unmap under a live view, so it is kept until close(). Such
+        views go on seeing the same memfd pages as the guest (MAP_SHARED)."""
         region.view.release()
-        region.mapping.close()
+        try:
+            region.mapping.close()
+        except BufferError:
+            region.view = memoryview(region.mapping)
+            self._retired.append(region)
+            return
         os.close(region.memfd)
 
     @property
@@ -262,19 +274,22 @@ class GuestMemory:
 
     def close(self) -> None:
         """Unmap every region. Views handed out must have been released (``BufferError`` else)."""
-        while self.regions:
-            region = self.regions[-1]
-            region.view.release()
-            try:
-                region.mapping.close()
-            except BufferError:
-                # mmap refuses to unmap under a live view: say which region, keep it mapped.
-                region.view = memoryview(region.mapping)
-                raise BufferError(f"guest memory at gpa {region.gpa:#x} is still exported to a "
-                                  "buffer (a view of a vmap?); release it first") from None
-            self.regions.pop()
-            self._starts.pop()
-            os.close(region.memfd)
+        for regions in (self.regions, self._retired):
+            while regions:
+                region = regions[-1]
+                region.view.release()
+                try:
+                    region.mapping.close()
+                except BufferError:
+                    # mmap refuses to unmap under a live view: say which region, keep it.
+                    region.view = memoryview(region.mapping)
+                    raise BufferError(f"guest memory at gpa {region.gpa:#x} is still exported "
+                                      "to a buffer (a view of a vmap?); release it first"
+                                      ) from None
+                regions.pop()
+                if regions is self.regions:
+                    self._starts.pop()
+                os.close(region.memfd)
 
 
 def layout_from(memory: int | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
