@@ -35,7 +35,7 @@ def expected_errno(addr: int, length: int, flags: int) -> int | None:
         return errno.EINVAL
     if length not in (1, 2, 4, 8):
         return errno.EINVAL
-    if not flags & 1 and addr + length > 1 << 64:
+    if not flags & 1 and addr + length >= 1 << 64:  # the seed: addr + len < addr, in u64
         return errno.EINVAL
     return None
 

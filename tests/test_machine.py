@@ -215,7 +215,7 @@ def test_run_while_running_is_refused(guest: Assemble) -> None:
         worker = threading.Thread(target=m.run, kwargs={"timeout": 2})
         worker.start()
         deadline = time.monotonic() + 2
-        while not m._run_lock.locked() and time.monotonic() < deadline:
+        while not m.running and time.monotonic() < deadline:
             time.sleep(0.01)
         with pytest.raises(xi.XInterfaceError) as info:
             m.run(timeout=1)

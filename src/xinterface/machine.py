@@ -8,12 +8,17 @@ Stopping follows the kernel's documented protocol (Documentation/virt/kvm/api.rs
 ``immediate_exit``): set ``immediate_exit`` in the vCPU's ``kvm_run``, then send the vCPU
 thread a signal. Whether the thread is inside ``KVM_RUN`` or about to enter it, ``KVM_RUN``
 returns ``EINTR`` and the exit loop sees the stop flag.
+
+A run begins when ``run()`` marks it running, under the machine's lock and in the same step
+as it clears the previous run's stop: a ``stop()`` or ``close()`` from then on belongs to
+this run and ends it (README, Guarantees).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import signal
 import sys
@@ -27,7 +32,7 @@ from typing import Any, BinaryIO, ClassVar, TextIO
 
 from . import loader
 from .delivery.posted import CoalescedRing
-from .errors import XInterfaceError
+from .errors import GuestIOError, XInterfaceError
 from .iobus import Bus, IoBus
 from .kvm import uapi
 from .memory import GuestMemory
@@ -106,9 +111,15 @@ class Machine:
         self.trace = trace
         self.vcpus: list[VcpuLoop] = []
         self._lock = threading.Lock()
-        self._run_lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a run ends
+        self._close_lock = threading.Lock()
         self._all_done = threading.Event()
         self._live = 0
+        self._running = False
+        self._run_thread: int | None = None
+        self._closing = False            # close() began: no run may start
+        self._close_deferred = False     # close() from a handler: run() closes on its way out
+        self._kept: RunResult | None = None  # an ended run's outcome that an interrupt hid
         self.stopping = False
         self._reason: str | None = None
         self._exit_code: int | None = None
@@ -136,6 +147,12 @@ class Machine:
     @property
     def closed(self) -> bool:
         return self.vm.closed
+
+    @property
+    def running(self) -> bool:
+        """A run is in progress: from the moment ``run()`` began until it returns. A
+        ``stop()`` or ``close()`` seen after this turned true ends that run."""
+        return self._running
 
     @property
     def memory(self) -> GuestMemory | None:
@@ -203,15 +220,31 @@ class Machine:
     # --- loading --------------------------------------------------------------------------
     def load_flat(self, image: bytes, gpa: int = 0x1000, mode: str = "real") -> None:
         """Place ``image`` at ``gpa`` and start every vCPU there in ``mode``."""
+        if not isinstance(image, bytes | bytearray | memoryview):
+            raise XInterfaceError(errno.EINVAL, f"image must be bytes, not "
+                                  f"{type(image).__name__}", argument="image", value=image)
         memory = self._memory()
+        self._kept = None  # a new start: nothing of the last run is pending
         loader.load_flat(memory, [v.vcpu for v in self.vcpus], bytes(image), gpa, mode)
 
     def load_firmware(self, firmware: str | os.PathLike[str] | bytes) -> None:
         """Map a firmware image (a path, or its bytes) as the platform does; vCPU 0 starts
         from the reset vector. See :mod:`xinterface.loader.firmware`."""
+        if isinstance(firmware, bytes | bytearray | memoryview):
+            data = bytes(firmware)
+        elif isinstance(firmware, str | os.PathLike):
+            try:
+                data = Path(firmware).read_bytes()
+            except OSError as exc:
+                raise XInterfaceError(exc.errno or errno.EIO, f"firmware {firmware}: "
+                                      f"{exc.strerror}", argument="firmware",
+                                      value=firmware) from None
+        else:
+            raise XInterfaceError(errno.EINVAL, "firmware must be a path or bytes, not "
+                                  f"{type(firmware).__name__}", argument="firmware",
+                                  value=firmware)
         memory = self._memory()
-        data = bytes(firmware) if isinstance(firmware, bytes | bytearray) else (
-            Path(firmware).read_bytes())
+        self._kept = None
         loader.load_firmware(memory, self.vcpus[0].vcpu, data)
 
     def _memory(self) -> GuestMemory:
@@ -227,29 +260,59 @@ class Machine:
         is drained at every exit and when the run ends anyway).
         Raises the error that stopped the run (``GuestError``, a handler's exception).
         """
+        _check_seconds(timeout, "timeout", zero=True)
+        _check_seconds(poll, "poll", zero=False)
         self.vm.check_open()
-        if not self._run_lock.acquire(blocking=False):
-            raise XInterfaceError(errno.EBUSY, "the machine is already running",
-                                  argument="machine", value=self)
+        with self._lock:
+            if self._closing:
+                raise XInterfaceError(errno.EBADF, "the machine is closing", argument="machine",
+                                      value=self)
+            if self._running:
+                raise XInterfaceError(errno.EBUSY, "the machine is already running",
+                                      argument="machine", value=self)
+            # The run begins here, in one step with clearing the last run's stop: a stop()
+            # or close() from now on is this run's (issue 11: one that came between the two
+            # used to be erased).
+            self._running = True
+            self._run_thread = threading.get_ident()
+            self.stopping = False
+            self._reason = self._exit_code = None
+            self._all_done.clear()
+            self._live = len(self.vcpus)
+            for loop in self.vcpus:
+                loop.set_immediate_exit(0)
+                loop.halted = False
         try:
-            return self._run(timeout, poll)
-        finally:
-            self._run_lock.release()
+            result = self._run(timeout, poll)
+        except BaseException:
+            if self._end_run():
+                # close() was called from a handler; this run's error says more than close's.
+                with contextlib.suppress(Exception):
+                    self.close()
+            raise
+        if self._end_run():
+            self.close()
+        return result
+
+    def _end_run(self) -> bool:
+        """The run is over; whether a close() from a handler waits for run() to do it."""
+        with self._lock:
+            self._running = False
+            self._run_thread = None
+            self._idle.notify_all()
+            deferred, self._close_deferred = self._close_deferred, False
+            return deferred
 
     def _run(self, timeout: float | None, poll: float | None) -> RunResult:
         if self._error is not None:  # a handler failed between runs (the EVENTFD thread)
             error, self._error = self._error, None
             raise error
-        self.stopping = False
-        self._reason = self._exit_code = None
-        self._all_done.clear()
+        if self._kept is not None:  # see below: the last run ended before an interrupt
+            kept, self._kept = self._kept, None
+            return kept
         before = [list(loop.counts) for loop in self.vcpus]
-        self._live = len(self.vcpus)
-        threads = []
-        for loop in self.vcpus:
-            loop.set_immediate_exit(0)
-            threads.append(threading.Thread(target=loop.run, name=f"vcpu{loop.index}",
-                                            daemon=True))
+        threads = [threading.Thread(target=loop.run, name=f"vcpu{loop.index}", daemon=True)
+                   for loop in self.vcpus]
         poller = None
         if poll is not None:
             poller = threading.Thread(target=self._poll, args=(poll,), name="xinterface-poll",
@@ -261,31 +324,54 @@ class Machine:
                 poller.start()
             if not self._all_done.wait(timeout):
                 self.request_stop("timeout")
-        finally:
-            # Also on KeyboardInterrupt: never leave vCPU threads running behind the caller.
-            self.request_stop("stopped")
-            for thread in threads:
-                thread.join()
-            if poller is not None and poller.is_alive():
-                poller.join()
-            if self._error is None:
-                try:
-                    self.vm.flush()  # posted writes of this run reach their handlers first
-                except BaseException as exc:
-                    self._error = exc
-            self._flush_console()
+        except BaseException:
+            # An interrupt (KeyboardInterrupt): never leave vCPU threads running behind the
+            # caller. If the guest had ended the run already (every vCPU halted, or a debug
+            # exit, reset or shutdown), that outcome is kept for the next run(), which
+            # returns it instead of resuming the guest past its end.
+            with self._lock:
+                ended = self._reason if self._reason in _GUEST_ENDINGS else None
+            self._finish(threads, poller)
+            if ended is None and all(loop.halted for loop in self.vcpus):
+                ended = "hlt"
+            if ended is not None and self._error is None:
+                self._kept = RunResult(ended, self._exit_code, self._exits(before))
+            raise
+        self._finish(threads, poller)
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+        reason = self._reason or "stopped"
+        if reason == "stopped" and all(loop.halted for loop in self.vcpus):
+            reason = "hlt"
+        return RunResult(reason, self._exit_code, self._exits(before))
+
+    def _finish(self, threads: list[threading.Thread], poller: threading.Thread | None) -> None:
+        """Stop and join every thread of the run, then deliver what the ring still holds."""
+        self.request_stop("stopped")
+        interrupt: BaseException | None = None
+        for thread in [*threads, *([poller] if poller is not None else [])]:
+            while thread.ident is not None and thread.is_alive():
+                try:
+                    thread.join()
+                except BaseException as exc:  # a second Ctrl-C: still join, then raise it
+                    interrupt = interrupt or exc
+        if self._error is None:
+            try:
+                self.vm.flush()  # posted writes of this run reach their handlers first
+            except BaseException as exc:
+                self._error = exc
+        self._flush_console()
+        if interrupt is not None:
+            raise interrupt
+
+    def _exits(self, before: list[list[int]]) -> Counter[str]:
         exits: Counter[str] = Counter()
         for loop, old in zip(self.vcpus, before, strict=False):
             for code, (now, then) in enumerate(zip(loop.counts, old, strict=True)):
                 if now != then:
                     exits[uapi.EXIT_REASON_NAMES.get(code, str(code)).lower()] += now - then
-        reason = self._reason or "stopped"
-        if reason == "stopped" and all(loop.halted for loop in self.vcpus):
-            reason = "hlt"
-        return RunResult(reason, self._exit_code, exits)
+        return exits
 
     def _poll(self, interval: float) -> None:
         while not self.stopping:
@@ -312,7 +398,7 @@ class Machine:
         """End the current run with ``reason`` (the first reason of a run wins)."""
         me = threading.get_ident()
         with self._lock:
-            if self._reason is None and self._live:
+            if self._reason is None and self._running:
                 self._reason, self._exit_code = reason, exit_code
             self.stopping = True
             for loop in self.vcpus:
@@ -337,24 +423,72 @@ class Machine:
     def close(self) -> None:
         """Stop any run, tear down every client, release every fd, mapping and thread.
 
-        Harmless to call twice. A client's map still exported to another buffer raises
-        ``BufferError`` naming it; the machine then stays open so close() can be retried.
+        Harmless to call twice. A run in progress is stopped, and a run that has begun (see
+        :attr:`running`) never outlives close(); a later ``run()`` raises ``EBADF``.
+        From a handler (or a signal handler on the thread in ``run()``), close() stops the
+        run and returns at once: ``run()`` closes the machine before it returns. From a
+        handler outside any run, ``EDEADLK``.
+        A client's map still exported to another buffer raises ``BufferError`` naming it; the
+        machine then stays open so close() can be retried. A handler error raised while the
+        clients are torn down is raised as ``GuestIOError`` once everything is released.
         """
         vm = getattr(self, "vm", None)
         if vm is None or (vm.closed and not self.vcpus):
             return
-        if self._live:
-            self.request_stop("stopped")
-            self._all_done.wait()
-        with self._run_lock:
-            vm.close_clients()
+        with self._lock:
+            if vm.grace.inside() or self._run_thread == threading.get_ident():
+                # Waiting for the run here would wait for this very thread.
+                if not self._running:
+                    raise XInterfaceError(errno.EDEADLK, "close() from a handler outside a "
+                                          "run would release the machine under the handler; "
+                                          "close it after the handler returns",
+                                          argument="machine", value=self)
+                self._closing = self._close_deferred = True
+                deferred = True
+            else:
+                self._closing = True
+                deferred = False
+        self.request_stop("stopped")
+        if deferred:
+            return
+        with self._idle:
+            while self._running:
+                self._idle.wait()
+        with self._close_lock:
+            try:
+                error = vm.close_clients()
+            except BufferError:
+                with self._lock:
+                    self._closing = False
+                raise
             for loop in self.vcpus:
                 loop.release()
             self.vcpus = []
             vm.close()
+        if error is not None:
+            raise error
 
     def __enter__(self) -> Machine:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        # An exception is on its way out: a handler error of the teardown (the machine is
+        # closed all the same) must not replace it.
+        with contextlib.suppress(GuestIOError):
+            self.close()
+
+
+# Run endings that the guest (or a device for it) chose: resuming would go past them.
+_GUEST_ENDINGS = ("exit", "reset", "shutdown")
+
+
+def _check_seconds(value: object, name: str, *, zero: bool) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+            value) or not (value >= 0 if zero else value > 0):
+        raise XInterfaceError(errno.EINVAL, f"{name} {value!r} must be None or a number of "
+                              f"seconds {'>= 0' if zero else '> 0'}", argument=name, value=value)

@@ -63,10 +63,11 @@ class MemoryRegion:
 
 
 def _check_region(gpa: int, size: int, index: int) -> None:
+    if (isinstance(gpa, bool) or isinstance(size, bool) or not isinstance(gpa, int)
+            or not isinstance(size, int)):
+        raise XInterfaceError(errno.EINVAL, f"memory region {index} ({gpa!r}, {size!r}): gpa "
+                              "and size must be ints", argument="memory", value=(gpa, size))
     what = f"memory region {index} (gpa {gpa:#x}, size {size:#x})"
-    if not isinstance(gpa, int) or not isinstance(size, int):
-        raise XInterfaceError(errno.EINVAL, f"{what}: gpa and size must be ints",
-                              argument="memory", value=(gpa, size))
     if size <= 0 or size % PAGE_SIZE:
         raise XInterfaceError(errno.EINVAL, f"{what}: size must be a positive multiple of 4 KiB",
                               argument="memory", value=size)
@@ -83,6 +84,9 @@ class GuestMemory:
         self._vm = vm
         self.regions: list[MemoryRegion] = []
         self._starts: list[int] = []
+        # Host mappings no longer in the guest's map but still viewed by a client's vmap or
+        # sgmap (see _unmap): unmapped by close(), once those views are released.
+        self._retired: list[MemoryRegion] = []
         wanted = sorted(layout)
         if not wanted:
             raise XInterfaceError(errno.EINVAL, "memory: at least one region is needed",
@@ -156,9 +160,27 @@ class GuestMemory:
                     self.add_region(start, length, memfd=region.memfd,
                                     offset=start - region.gpa)
         finally:
-            region.view.release()
+            self._unmap(region)
+
+    def remove_region(self, region: MemoryRegion) -> None:
+        """Unmap ``region`` (one that :meth:`add_region` returned) from the guest and the host."""
+        i = self.regions.index(region)
+        self._vm.set_user_memory_region(region.slot, region.gpa, 0, 0)  # size 0 deletes it
+        del self.regions[i], self._starts[i]
+        self._unmap(region)
+
+    def _unmap(self, region: MemoryRegion) -> None:
+        """Close the host mapping of a region the guest no longer has, unless a client still
+        views it: mmap refuses to unmap under a live view, so it is kept until close(). Such
+        views go on seeing the same memfd pages as the guest (MAP_SHARED)."""
+        region.view.release()
+        try:
             region.mapping.close()
-            os.close(region.memfd)
+        except BufferError:
+            region.view = memoryview(region.mapping)
+            self._retired.append(region)
+            return
+        os.close(region.memfd)
 
     @property
     def size(self) -> int:
@@ -204,20 +226,22 @@ class GuestMemory:
         return None
 
     def view(self, gpa: int, length: int) -> memoryview:
-        """A zero-copy view of ``[gpa, gpa+length)``, which must lie in one region."""
+        """A zero-copy view of ``[gpa, gpa+length)``, which must lie in one region; read-only
+        for a read-only region (the ROM), as the guest sees it."""
         hit = self._within(gpa, length)
-        if hit is not None:
+        if hit is None:
+            pieces = self.spans(gpa, length)
+            if len(pieces) > 1:
+                raise XInterfaceError(
+                    errno.EFAULT, f"gpa {gpa:#x}+{length:#x} spans two memory regions; "
+                    "one view maps one region", argument="length", value=length)
+            if not pieces:
+                return memoryview(b"")
+            region, offset, length = pieces[0]
+        else:
             region, offset = hit
-            return region.view[offset : offset + length]
-        pieces = self.spans(gpa, length)
-        if len(pieces) > 1:
-            raise XInterfaceError(
-                errno.EFAULT, f"gpa {gpa:#x}+{length:#x} spans two memory regions; "
-                "one view maps one region", argument="length", value=length)
-        if not pieces:
-            return memoryview(b"")
-        region, offset, count = pieces[0]
-        return region.view[offset : offset + count]
+        view = region.view[offset : offset + length]
+        return view.toreadonly() if region.readonly else view
 
     def read(self, gpa: int, length: int) -> bytes:
         hit = self._within(gpa, length)
@@ -227,41 +251,61 @@ class GuestMemory:
         return b"".join(bytes(r.view[o : o + n]) for r, o, n in self.spans(gpa, length))
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` to ``[gpa, ...)``: all of it, or nothing and ``EFAULT`` when a byte
+        is outside RAM or in read-only memory (as ``kvm_write_guest`` refuses a read-only
+        slot with ``-EFAULT``)."""
         if isinstance(data, bytes):
             hit = self._within(gpa, len(data))
-            if hit is not None:
+            if hit is not None and not hit[0].readonly:
                 region, offset = hit
                 region.mapping[offset : offset + len(data)] = data
                 return
         src = memoryview(data).cast("B")
+        pieces = self.spans(gpa, len(src))
+        for region, offset, _ in pieces:
+            if region.readonly:
+                raise XInterfaceError(
+                    errno.EFAULT, f"gpa {region.gpa + offset:#x} is read-only memory (access "
+                    f"{gpa:#x}+{len(src):#x})", argument="gpa", value=region.gpa + offset)
         done = 0
-        for region, offset, count in self.spans(gpa, len(src)):
+        for region, offset, count in pieces:
             region.view[offset : offset + count] = src[done : done + count]
             done += count
 
     def close(self) -> None:
         """Unmap every region. Views handed out must have been released (``BufferError`` else)."""
-        while self.regions:
-            region = self.regions[-1]
-            region.view.release()
-            try:
-                region.mapping.close()
-            except BufferError:
-                # mmap refuses to unmap under a live view: say which region, keep it mapped.
-                region.view = memoryview(region.mapping)
-                raise BufferError(f"guest memory at gpa {region.gpa:#x} is still exported to a "
-                                  "buffer (a view of a vmap?); release it first") from None
-            self.regions.pop()
-            self._starts.pop()
-            os.close(region.memfd)
+        for regions in (self.regions, self._retired):
+            while regions:
+                region = regions[-1]
+                region.view.release()
+                try:
+                    region.mapping.close()
+                except BufferError:
+                    # mmap refuses to unmap under a live view: say which region, keep it.
+                    region.view = memoryview(region.mapping)
+                    raise BufferError(f"guest memory at gpa {region.gpa:#x} is still exported "
+                                      "to a buffer (a view of a vmap?); release it first"
+                                      ) from None
+                regions.pop()
+                if regions is self.regions:
+                    self._starts.pop()
+                os.close(region.memfd)
 
 
 def layout_from(memory: int | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """The region list for ``Machine(memory=...)``: a size, or ``(gpa, size)`` pairs."""
-    if isinstance(memory, bool):
-        raise XInterfaceError(errno.EINVAL, f"memory {memory!r} is not a size",
-                              argument="memory", value=memory)
-    if isinstance(memory, int):
+    if isinstance(memory, int) and not isinstance(memory, bool):
         _check_region(0, memory, 0)
         return default_layout(memory)
-    return [(int(g), int(s)) for g, s in memory]
+    bad = XInterfaceError(errno.EINVAL, f"memory {memory!r} is neither a size in bytes nor a "
+                          "list of (gpa, size) int pairs", argument="memory", value=memory)
+    if isinstance(memory, str | bytes) or not isinstance(memory, Iterable):
+        raise bad
+    layout: list[tuple[int, int]] = []
+    for i, region in enumerate(memory):
+        if not isinstance(region, tuple | list) or len(region) != 2:
+            raise bad
+        gpa, size = region
+        _check_region(gpa, size, i)  # ints only: a float would be truncated silently
+        layout.append((gpa, size))
+    return layout

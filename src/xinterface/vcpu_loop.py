@@ -4,12 +4,18 @@ The hot path is the PIO/MMIO branch of :meth:`VcpuLoop.run`. Everything it touch
 to locals before the loop, ``struct`` objects are precompiled, and the exit reason is read
 through a ``memoryview`` cast of the shared ``kvm_run`` page, so one exit costs a few dozen
 bytecodes on top of the ioctl.
+
+``KVM_RUN`` is called through :func:`kvm_run_ioctl`, which must hand ``EINTR`` back to Python:
+that is how a stop reaches a vCPU thread (see there and :mod:`xinterface.machine`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import os
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -34,12 +40,50 @@ _SYSTEM_EVENT = struct.Struct("<II")
 
 _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
 
+# CPython 3.14 made fcntl.ioctl retry a call that fails with EINTR by itself (gh-132742:
+# "System calls failing with EINTR are automatically retried"). Off the main thread no signal
+# handler runs to end that retry, so a KVM_RUN kicked by stop() would be entered again, fail
+# again with EINTR (immediate_exit is set), and so on: the thread would never see the stop.
+# There KVM_RUN goes through libc's ioctl (ctypes), which returns EINTR like any error.
+FCNTL_IOCTL_RETRIES_EINTR = sys.version_info >= (3, 14)
+
+# (fd, request, arg) -> 0, or raises OSError (InterruptedError for EINTR).
+RunIoctl = Callable[[int, int, int], object]
+_libc_ioctl: RunIoctl | None = None
+
+
+def kvm_run_ioctl() -> RunIoctl:
+    """The call the exit loop enters ``KVM_RUN`` with: one that never retries ``EINTR``."""
+    global _libc_ioctl
+    if not FCNTL_IOCTL_RETRIES_EINTR:
+        return fcntl.ioctl  # the cheaper call, where it returns EINTR (CPython < 3.14)
+    if _libc_ioctl is None:
+        call = ctypes.CDLL(None, use_errno=True).ioctl
+        call.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
+        call.restype = ctypes.c_int
+        call.errcheck = _raise_errno
+        _libc_ioctl = call
+    return _libc_ioctl
+
+
+def _raise_errno(result: Any, func: Any, args: Any) -> Any:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))  # OSError(EINTR, ...) is an InterruptedError
+    return result
+
+
 class LoopOwner(Protocol):
     """What a vCPU thread needs of whoever runs it: the whole contract, for this loop and any
     other implementation of it (a compiled loop keeps the same one).
 
     ``stopping`` is read before every ``KVM_RUN``; ``request_stop``/``fail`` end the run of
     every vCPU; ``vcpu_done`` is the thread's last call.
+
+    A stop reaches a thread in ``KVM_RUN`` as ``EINTR``: the owner sets ``immediate_exit``
+    and signals the thread, and ``KVM_RUN`` is entered through :func:`kvm_run_ioctl`, which
+    never retries ``EINTR``. The owner sets ``stopping`` back to false only when it starts
+    a run, before any loop thread of that run exists, so a stop is never lost.
     """
 
     stopping: bool
@@ -75,6 +119,7 @@ class VcpuLoop:
         self.halted = False
         self.emulated = 0
         self.thread_id: int | None = None
+        self.run_ioctl = kvm_run_ioctl()
         self._words = memoryview(vcpu.run_mmap).cast("I")
 
     def release(self) -> None:
@@ -124,7 +169,7 @@ class VcpuLoop:
         mm = self.vcpu.run_mmap
         words = self._words
         counts = self.counts
-        ioctl = fcntl.ioctl
+        ioctl = self.run_ioctl  # returns EINTR to us on every Python (see kvm_run_ioctl)
         kvm_run = uapi.KVM_RUN
         exit_io, exit_mmio = uapi.KVM_EXIT_IO, uapi.KVM_EXIT_MMIO
         unpack_io = _IO.unpack_from

@@ -34,7 +34,8 @@ _vms: weakref.WeakValueDictionary[int, Vm] = weakref.WeakValueDictionary()
 
 
 class Client(Protocol):
-    """What closing the VM needs of a bound xinterface: tear down, or raise BufferError."""
+    """What closing the VM needs of a bound xinterface: tear down, or raise BufferError (and
+    stay); a handler error raised while tearing down comes after the teardown is complete."""
 
     def _vm_closing(self) -> None: ...
 
@@ -97,7 +98,7 @@ class Vm:
                 self.vcpus.append(vcpu)
                 vcpu.set_cpuid2(_cpuid_for(cpuid, index))
             # One ring per VM; every vCPU maps it, vCPU 0's mapping serves.
-            self.ring = CoalescedRing(self.vcpus[0].run_mmap)
+            self.ring = CoalescedRing(self.vcpus[0].run_mmap, self.grace)
         except BaseException:
             self.close()
             raise
@@ -162,47 +163,56 @@ class Vm:
 
     # --- POSTED and EVENTFD delivery ----------------------------------------------------------
     def flush(self) -> int:
-        """Deliver every posted write waiting in the coalesced ring, in order; how many."""
+        """Deliver every posted write waiting in the coalesced ring, in order; how many.
+
+        A handler's exception is raised as ``GuestIOError`` naming the write, with the
+        handler's exception as ``__cause__``.
+        """
         ring = self.ring
         if ring is None or not ring.pending():
             return 0
-        with ring.lock:
-            slot = self._drain_slot
-            inside = slot.count & 1
+        ring.acquire()
+        slot = self._drain_slot
+        inside = slot.count & 1
+        try:
             if not inside:
                 slot.thread_id = threading.get_ident()
                 slot.count += 1
-            try:
-                return ring.drain(self._dispatch_posted)
-            finally:
-                if not inside:
-                    slot.count += 1
+            return ring.drain(self._dispatch_posted)
+        finally:
+            if not inside:
+                slot.count += 1
+                # No thread owns the slot between drains: the thread that drained last must
+                # not count it as its own later (grace.Grace.acquire).
+                slot.thread_id = None
+            ring.lock.release()
 
     def drain_posted(self, slot: ReaderSlot, vcpu: int) -> None:
-        """Drain on a vCPU thread, inside that thread's grace ``slot``; a handler error names
-        the vCPU."""
+        """Drain on a vCPU thread, inside that thread's grace ``slot``."""
         assert self.ring is not None
         inside = slot.count & 1
         if not inside:
             slot.count += 1
         try:
             self.ring.drain(self._dispatch_posted)
-        except GuestError:
-            raise
-        except Exception as exc:
-            raise GuestIOError(f"the handler of a posted write raised {type(exc).__name__}: "
-                               f"{exc}", vcpu=vcpu, space="posted", addr=0,
-                               length=0) from exc
         finally:
             if not inside:
                 slot.count += 1
 
     def _dispatch_posted(self, pio: int, addr: int, data: bytes) -> None:
         bus = self.pio_bus if pio else self.mmio_bus
-        if not bus.write(addr, data) and self.strict:
-            where = f"port {addr:#x}" if pio else f"MMIO address {addr:#x}"
-            raise GuestIOError(f"unhandled posted {len(data)}-byte write to {where} (strict "
-                               "mode)", vcpu=-1, space=bus.space, addr=addr, length=len(data))
+        try:
+            claimed = bus.write(addr, data)
+        except GuestError:
+            raise
+        except Exception as exc:
+            raise GuestIOError(f"the handler of a posted {len(data)}-byte write to "
+                               f"{_where(pio, addr)} raised {type(exc).__name__}: {exc}",
+                               vcpu=-1, space=bus.space, addr=addr, length=len(data)) from exc
+        if not claimed and self.strict:
+            raise GuestIOError(f"unhandled posted {len(data)}-byte write to "
+                               f"{_where(pio, addr)} (strict mode)", vcpu=-1, space=bus.space,
+                               addr=addr, length=len(data))
 
     def event_loop(self) -> EventLoop:
         """The epoll thread of EVENTFD events, started on first use."""
@@ -223,22 +233,40 @@ class Vm:
             if client in self._clients:
                 self._clients.remove(client)
 
-    def close_clients(self) -> None:
-        """Tear down every bound client. ``BufferError`` if a map is still exported; the VM
-        then stays open so this can be retried."""
+    def close_clients(self) -> BaseException | None:
+        """Tear down every bound client; the first handler error this raised, if any.
+
+        Deassigning a POSTED event delivers what the ring still holds for it, so a handler
+        may fail here: every client is torn down all the same, and the error is returned.
+        ``BufferError`` if a map is still exported; the VM then stays open so this can be
+        retried.
+        """
+        first: BaseException | None = None
         for client in list(self._clients):
-            client._vm_closing()
+            try:
+                client._vm_closing()
+            except BufferError:
+                raise
+            except Exception as exc:
+                first = first or exc
+        return first
 
     # --- teardown -------------------------------------------------------------------------
     def close(self) -> None:
         """Tear down every client, release every fd, mapping and thread. Harmless twice.
 
         The runner stops its vCPU threads and drops its views of their ``kvm_run`` pages
-        first.
+        first. A handler error raised while the clients are torn down (``GuestIOError``) is
+        raised once everything is released. ``EDEADLK`` from a handler of this VM: closing
+        would tear the VM down under the dispatch in progress.
         """
         if self._closed and self._kvm is None:
             return
-        self.close_clients()
+        if self.grace.inside():
+            raise XInterfaceError(errno.EDEADLK, "close() from a handler of this VM would "
+                                  "release it under the handler's own dispatch; stop the run "
+                                  "and close after it", argument="self", value=self)
+        error = self.close_clients()
         self._closed = True
         if self._event_loop is not None:
             self._event_loop.close()
@@ -260,12 +288,19 @@ class Vm:
         if self._kvm is not None:
             self._kvm.close()
             self._kvm = None
+        if error is not None:
+            raise error
 
     def __enter__(self) -> Vm:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _where(pio: int, addr: int) -> str:
+    # vcpu -1 in the errors above: the ring does not record which vCPU wrote.
+    return f"port {addr:#x}" if pio else f"MMIO address {addr:#x}"
 
 
 def _cpuid_for(supported: list[uapi.kvm_cpuid_entry2], index: int) -> list[uapi.kvm_cpuid_entry2]:

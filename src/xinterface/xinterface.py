@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from .delivery import Delivery
@@ -105,7 +105,15 @@ class XInterface(Counted):
         return memory
 
     def copy_to(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` to guest memory at ``gpa``: all of it, or nothing and ``EFAULT``."""
+        """Write ``data`` to guest memory at ``gpa``: all of it, or nothing and ``EFAULT``
+        (a byte outside RAM, or in read-only memory such as the firmware ROM)."""
+        if not isinstance(data, bytes):
+            try:
+                data = memoryview(data).cast("B")
+            except TypeError:
+                raise XInterfaceError(errno.EINVAL, "data must be a contiguous bytes-like "
+                                      f"object, not {type(data).__name__}", argument="data",
+                                      value=data) from None
         self._memory().write(_check_gpa(gpa), data)
 
     def copy_from(self, gpa: int, length: int) -> bytes:
@@ -123,6 +131,9 @@ class XInterface(Counted):
     def sgmap(self, elements: Sequence[tuple[int, int]]) -> XSGMap:
         """One view per ``(gpa, length)`` element; any element outside RAM maps nothing."""
         memory = self._memory()
+        if isinstance(elements, str | bytes | bytearray) or not isinstance(elements, Iterable):
+            raise XInterfaceError(errno.EINVAL, f"elements {elements!r} is not a list of "
+                                  "(gpa, length) pairs", argument="elements", value=elements)
         items = list(elements)
         if not items:
             raise XInterfaceError(errno.EINVAL, "elements must not be empty",
@@ -168,7 +179,9 @@ class XInterface(Counted):
             raise XInterfaceError(errno.EINVAL, f"addr {addr:#x} is past the end of the "
                                   f"{bus.space} bus ({bus.limit - 1:#x})",
                                   argument="addr", value=addr)
-        if addr + length > bus.limit and bus.space == "mmio":
+        if addr + length >= bus.limit and bus.space == "mmio":
+            # The seed refuses addr + len < addr in 64-bit arithmetic: an end of exactly 2**64
+            # wraps to 0. The kernel's ioeventfd refuses it the same way.
             raise XInterfaceError(errno.EINVAL, f"addr {addr:#x} + length {length} overflows "
                                   "the 64-bit address space", argument="addr", value=addr)
         return bus, addr, length
@@ -282,6 +295,10 @@ class XInterface(Counted):
         ``EEXIST`` if it overlaps another range device on the same bus.
         """
         bus, base, size = self._bus(base, size, flags)
+        for name, call in (("read", read), ("write", write)):
+            if call is not None and not callable(call):
+                raise XInterfaceError(errno.EINVAL, f"{name} {call!r} is not callable",
+                                      argument=name, value=call)
         if base + size > bus.limit:
             raise XInterfaceError(errno.EINVAL, f"base {base:#x} + size {size:#x} is past the "
                                   f"end of the {bus.space} bus", argument="size", value=size)
@@ -320,13 +337,19 @@ class XInterface(Counted):
         self._maps.discard(m)
 
     def _vm_closing(self) -> None:
-        """Tear down for closing the VM: release every map, then the interface itself.
+        """Tear down for closing the VM: deassign every entry, release every map, then the
+        interface itself.
 
         A map whose view is still exported (e.g. to a NumPy array) raises BufferError and
-        stays, and so does the interface, so close() can be retried once it is dropped.
+        stays, and so does the interface, so close() can be retried once it is dropped. A
+        handler error raised while deassigning is raised after the whole teardown.
         """
+        errors: list[Exception] = []
         for entry in list(self._io):
-            entry.deassign()
+            try:
+                entry.deassign()
+            except Exception as exc:
+                errors.append(exc)
         failed: list[str] = []
         for m in list(self._maps):
             try:
@@ -341,6 +364,8 @@ class XInterface(Counted):
                 self._dead = True
                 self._refs = 0
                 self.release()
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> XInterface:
         return self

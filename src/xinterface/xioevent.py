@@ -72,15 +72,20 @@ class BusEntry:
     def deassign(self) -> None:
         """Unregister; once this returns the handlers are never called again (a handler may
         call this on its own entry). Drops the interface reference. A second call does nothing.
+
+        Always completes: a handler that raises while this delivers what was logged before
+        (POSTED) has its error raised, as ``GuestIOError``, after the entry is gone.
         """
         with self._deassign_lock:
             if self._deassigned:
                 return
             self._deassigned = True
-        self._unpublish()
-        self.intf._drop_io(self)
-        if not self.intf.released:
-            self.intf.put()
+        try:
+            self._unpublish()
+        finally:
+            self.intf._drop_io(self)
+            if not self.intf.released:
+                self.intf.put()
 
     def _publish(self) -> None:
         """Make the entry live (bus, kernel); on failure undo everything done so far."""
@@ -132,22 +137,28 @@ class XIOEvent(BusEntry):
                                self.addr) from None
         ring = vm.ring
         assert ring is not None
-        with ring.lock:
-            ring.zones += 1
+        ring.add_zone(1)
 
     def _unpublish(self) -> None:
-        if self.delivery is Delivery.POSTED:
-            vm = self.intf.vm
-            ring = vm.ring
-            if ring is not None and not vm.closed:
-                vm.vmfd.unregister_coalesced_mmio(self.addr, self.length,
-                                                  self._bus.space == "pio")
-                with ring.lock:
-                    ring.zones -= 1
-                # Writes logged while the zone existed still reach the handler, in order,
-                # before deassign returns; none can be logged after this point.
-                vm.flush()
-        self._bus.remove_event(self)
+        try:
+            if self.delivery is Delivery.POSTED:
+                self._unpublish_zone()
+        finally:
+            self._bus.remove_event(self)
+
+    def _unpublish_zone(self) -> None:
+        vm = self.intf.vm
+        ring = vm.ring
+        if ring is None or vm.closed:
+            return
+        vm.vmfd.unregister_coalesced_mmio(self.addr, self.length, self._bus.space == "pio")
+        # No write can be logged for the zone from here on. Those logged while it existed
+        # still reach the handler, in order, before deassign returns; and the zone is counted
+        # until then, so that the exit loop keeps draining first (posted ordering).
+        try:
+            vm.flush()
+        finally:
+            ring.add_zone(-1)
 
     def __repr__(self) -> str:
         return f"XIOEvent({self._bus.space} {self.addr:#x} len {self.length})"

@@ -10,7 +10,14 @@ would have received it (a range device, or the unhandled policy) and an exact
 ``(addr, length)`` match reaches its event.
 
 Ordering: the machine drains before handling any other exit on any vCPU, so a later
-synchronous access never overtakes an earlier posted write.
+synchronous access never overtakes an earlier posted write. "Drains" includes waiting for a
+drain in progress on another thread (a poller) to finish: :meth:`CoalescedRing.pending` stays
+true from the moment a drain takes entries off the ring until their handlers have returned.
+
+Locking: one drain at a time, under ``lock``, which the drainer holds while it runs handlers.
+A handler may wait in a grace period for another thread that in turn wants the ring, so the
+lock is taken through :meth:`~xinterface.grace.Grace.acquire`: while blocked for it, a thread
+counts as quiescent to such a handler (see :mod:`xinterface.grace`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import struct
 import threading
 from collections.abc import Callable
 
+from ..grace import Grace
 from ..kvm import uapi
 
 _HEADER = struct.Struct("<II")
@@ -36,14 +44,17 @@ Dispatch = Callable[[int, int, bytes], None]
 class CoalescedRing:
     """The VM's ring, read through vCPU 0's mapping, and the lock that serialises draining."""
 
-    def __init__(self, run_mmap: mmap.mmap) -> None:
+    def __init__(self, run_mmap: mmap.mmap, grace: Grace) -> None:
         self._mm = run_mmap
+        self._grace = grace
         self._words = memoryview(run_mmap).cast("I")
         self._first = _RING_OFFSET // 4
         self._last = self._first + 1
         # Reentrant: a handler called from a drain may deassign, which drains again.
         self.lock = threading.RLock()
         self.zones = 0  # registered zones; the exit loop skips the ring check when 0
+        self._zones_lock = threading.Lock()
+        self.draining = 0  # drains in progress (nested ones included)
         # Entries taken off the ring, not yet dispatched. A drain re-entered from a handler
         # continues from here, so entries are dispatched in ring order, each exactly once.
         self._pending: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
@@ -51,9 +62,20 @@ class CoalescedRing:
     def release(self) -> None:
         self._words.release()
 
+    def add_zone(self, delta: int) -> None:
+        with self._zones_lock:
+            self.zones += delta
+
     def pending(self) -> bool:
+        """Entries logged and not yet delivered, or a drain still in its handlers."""
         words = self._words
-        return bool(words[self._first] != words[self._last]) or bool(self._pending)
+        return (words[self._first] != words[self._last] or bool(self._pending)
+                or self.draining > 0)
+
+    def acquire(self) -> None:
+        """Take the drain lock as :meth:`drain` does; release with ``ring.lock.release()``."""
+        if not self.lock.acquire(False):  # the usual case costs one C call
+            self._grace.acquire(self.lock)
 
     def _take(self) -> None:
         """Move every logged entry to ``_pending`` and give the ring's slots back at once."""
@@ -75,7 +97,12 @@ class CoalescedRing:
         """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many."""
         done = 0
         pending = self._pending
-        with self.lock:
+        lock = self.lock
+        if not lock.acquire(False):
+            self._grace.acquire(lock)
+        # Counted before anything leaves the ring, so pending() holds throughout.
+        self.draining += 1
+        try:
             self._take()
             while pending:
                 addr, length, pio, data = pending.popleft()
@@ -84,3 +111,6 @@ class CoalescedRing:
                 if not pending:
                     self._take()
             return done
+        finally:
+            self.draining -= 1
+            lock.release()

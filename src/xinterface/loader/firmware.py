@@ -31,18 +31,23 @@ def load_firmware(memory: GuestMemory, vcpu: VcpuFd, data: bytes) -> None:
         raise XInterfaceError(errno.EINVAL, f"firmware of {size} bytes: it must be a multiple "
                               f"of 4 KiB from {FIRMWARE_MIN >> 10} KiB to "
                               f"{FIRMWARE_MAX >> 20} MiB", argument="firmware", value=size)
+    alias = min(size, BIOS_ALIAS_SIZE)
+    base = BIOS_ALIAS_END - alias
+    _check_fits(memory, FOUR_GIB - size, size, base, alias)
     fd = os.memfd_create("xinterface-firmware", os.MFD_CLOEXEC)
     try:
         os.write(fd, data)
-        memory.add_region(FOUR_GIB - size, size, readonly=True, memfd=fd)
-        alias = min(size, BIOS_ALIAS_SIZE)
-        base = BIOS_ALIAS_END - alias
-        # RAM under the alias gives way to it, whether it covers the alias or ends inside it.
-        for region in [r for r in memory.regions
-                       if not r.readonly and r.gpa < BIOS_ALIAS_END and r.end > base]:
-            start, end = max(base, region.gpa), min(BIOS_ALIAS_END, region.end)
-            memory.punch(start, end - start)
-        memory.add_region(base, alias, memfd=fd, offset=size - alias)
+        rom = memory.add_region(FOUR_GIB - size, size, readonly=True, memfd=fd)
+        try:
+            # RAM under the alias gives way to it, whether it covers the alias or ends inside.
+            for region in [r for r in memory.regions
+                           if not r.readonly and r.gpa < BIOS_ALIAS_END and r.end > base]:
+                start, end = max(base, region.gpa), min(BIOS_ALIAS_END, region.end)
+                memory.punch(start, end - start)
+            memory.add_region(base, alias, memfd=fd, offset=size - alias)
+        except BaseException:
+            memory.remove_region(rom)  # a retry must not find it (EEXIST)
+            raise
     finally:
         os.close(fd)
     sregs = vcpu.get_sregs()
@@ -55,3 +60,17 @@ def load_firmware(memory: GuestMemory, vcpu: VcpuFd, data: bytes) -> None:
     regs = uapi.kvm_regs()
     regs.rip, regs.rflags = RESET_IP, 0x2
     vcpu.set_regs(regs)
+
+
+def _check_fits(memory: GuestMemory, rom: int, size: int, base: int, alias: int) -> None:
+    """``EINVAL`` unless the image can be mapped: nothing at ``[rom, 4 GiB)``, and nothing
+    read-only under the alias (RAM there is punched for it). Checked before anything is
+    mapped, so that a refused image leaves the memory as it was."""
+    for region in memory.regions:
+        overlaps_rom = region.gpa < FOUR_GIB and rom < region.end
+        if overlaps_rom or (region.readonly and region.gpa < base + alias and base < region.end):
+            what = (f"the ROM ({rom:#x}+{size:#x})" if overlaps_rom else
+                    f"its alias below 1 MiB ({base:#x}+{alias:#x})")
+            raise XInterfaceError(
+                errno.EINVAL, f"firmware of {size:#x} bytes: {what} overlaps guest memory at "
+                f"{region.gpa:#x}+{region.size:#x}", argument="firmware", value=size)

@@ -107,9 +107,13 @@ def load_flat(memory: GuestMemory, vcpus: Sequence[VcpuFd], image: bytes, gpa: i
         sregs = vcpu.get_sregs()
         sregs.cs = code
         sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
-        if mode == "real":
-            sregs.cr0 &= ~(cpu.CR0_PE | cpu.CR0_PG)
-        else:
+        # Every bit of the mode is set or cleared, whatever mode the vCPU ran in before: KVM
+        # refuses EFER.LMA without CR0.PG (KVM_SET_SREGS: EINVAL), and a protected-mode load
+        # after a long-mode run must not leave the vCPU in compatibility mode.
+        sregs.cr0 &= ~(cpu.CR0_PE | cpu.CR0_PG)
+        sregs.cr4 &= ~cpu.CR4_PAE
+        sregs.efer &= ~(cpu.EFER_LME | cpu.EFER_LMA)
+        if mode != "real":
             sregs.gdt.base = sregs_extra["gdt_base"]
             sregs.gdt.limit = sregs_extra["gdt_limit"]
             sregs.cr0 |= cpu.CR0_PE | cpu.CR0_ET

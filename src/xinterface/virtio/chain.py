@@ -132,8 +132,14 @@ def map_buffers(intf: XInterface, buffers: Sequence[Descriptor]
             raise
     readable: list[memoryview] = []
     writable: list[memoryview] = []
-    for parts, w in zip(views, flags, strict=True):
+    for (gpa, _), parts, w in zip(items, views, flags, strict=True):
         if w:
+            if any(p.readonly for p in parts):
+                # The firmware ROM: its views are read-only, as the guest's own writes to it
+                # are dropped. A device-writable buffer there is a bad descriptor.
+                for m in maps:
+                    m.put()
+                raise VirtqueueError(f"device-writable buffer at {gpa:#x} is read-only memory")
             writable.extend(parts)
         else:
             # §2.7.5.1: "A device MUST NOT write to a device-readable buffer": it cannot.

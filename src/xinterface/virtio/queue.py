@@ -124,6 +124,10 @@ class VirtQueue:
         except XInterfaceError as exc:
             self.unmap()
             raise VirtqueueError(f"queue {self.index}: ring not in guest RAM: {exc}") from None
+        if self._maps[2].addr.readonly:  # the firmware ROM: the device could not write it
+            self.unmap()
+            raise VirtqueueError(f"queue {self.index}: used ring at {self.used_addr:#x} is "
+                                 "read-only memory")
         self._intf = intf
         self._desc, self._avail, self._used = (m.addr for m in self._maps)
 
