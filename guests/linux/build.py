@@ -12,7 +12,7 @@ script (no root needed for /dev/console), gzip-compressed.
 
 Outputs, under ``${XDG_CACHE_HOME:-~/.cache}/xinterface/linux/``:
   kernel-<hash>/     vmlinux (ELF, PVH entry), bzImage, config, System.map, features.json
-  initramfs-<hash>/  initramfs.cpio.gz
+  initramfs-<hash>/  initramfs.cpio, initramfs.cpio.gz
 where each hash covers that output's inputs (source package, fragment, patches, compiler;
 busybox, init script). A second call with the same inputs builds nothing. ``--json`` prints
 the paths. Concurrent calls wait for each other (a lock file).
@@ -129,12 +129,12 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run(argv: list[str], cwd: Path, log: Path, **kwargs: object) -> None:
+def _run(argv: list[str], cwd: Path, log: Path) -> None:
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(argv)}\n")
         out.flush()
         done = subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, **BUILD_ENV}, check=False, **kwargs)  # type: ignore[call-overload]
+                              env={**os.environ, **BUILD_ENV}, check=False)
     if done.returncode:
         tail = log.read_text(errors="replace").splitlines()[-30:]
         raise BuildError(f"{' '.join(argv)} failed (status {done.returncode}); log {log}:\n"
@@ -249,7 +249,9 @@ def build_initramfs(out: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     cpio = initramfs_cpio(BUSYBOX.read_bytes(), INIT.read_bytes())
-    # mtime 0: the same inputs give the same bytes.
+    # Uncompressed is the one to boot here: inflating costs the emulated kernel seconds more
+    # than copying. The gzip one (mtime 0: same inputs, same bytes) is for other VMMs.
+    (staging / "initramfs.cpio").write_bytes(cpio)
     (staging / "initramfs.cpio.gz").write_bytes(gzip.compress(cpio, compresslevel=9, mtime=0))
     staging.rename(out)
 
@@ -271,7 +273,8 @@ def ensure_built(jobs: int) -> dict[str, str]:
         "config": str(kernel / "config"),
         "features": str(kernel / "features.json"),
         "kernel_release": features["kernel_release"],
-        "initramfs": str(initramfs / "initramfs.cpio.gz"),
+        "initramfs": str(initramfs / "initramfs.cpio"),
+        "initramfs_gz": str(initramfs / "initramfs.cpio.gz"),
     }
 
 

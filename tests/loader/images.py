@@ -64,8 +64,9 @@ def vmlinux(*, segments: list[tuple[int, bytes, int]] | None = None,
     blobs: list[bytes] = []
     phdrs: list[bytes] = []
     for paddr, data, memsz in segments:
-        phdrs.append(struct.pack("<IIQQQQQQ", PT_LOAD, 7, offset, (0xFFFFFFFF80000000 + paddr) % (1 << 64),
-                                 paddr, len(data), memsz, PAGE))
+        vaddr = (0xFFFFFFFF80000000 + paddr) % (1 << 64)   # the kernel's high mapping
+        phdrs.append(struct.pack("<IIQQQQQQ", PT_LOAD, 7, offset, vaddr, paddr, len(data),
+                                 memsz, PAGE))
         blobs.append(data)
         offset += len(data)
     phdrs.append(struct.pack("<IIQQQQQQ", PT_NOTE, 4, offset, 0, 0, len(notes), len(notes), 4))

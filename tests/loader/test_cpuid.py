@@ -41,7 +41,7 @@ def test_baseline_drops_what_the_emulator_cannot_run() -> None:
     assert (7, 1) not in functions
     assert cpuid.leaf(out, 7) == (0, 0, 0, 0)                          # SMEP, SMAP, FSGSBASE...
     assert (0x40000000, 0) in functions and (0x40000001, 0) in functions
-    eax, ebx, ecx, edx = cpuid.leaf(out, 1) or (0, 0, 0, 0)
+    _, ebx, ecx, edx = cpuid.leaf(out, 1) or (0, 0, 0, 0)
     assert ebx >> 24 == 2                                              # APIC id of vCPU 2
     for bit in (cpuid.XSAVE, cpuid.OSXSAVE, cpuid.AVX, cpuid.POPCNT, cpuid.SSSE3, cpuid.SSE4_2,
                 cpuid.MOVBE, cpuid.RDRAND, cpuid.X2APIC, cpuid.TSC_DEADLINE):
@@ -66,8 +66,8 @@ def test_host_template_is_kvm_supported_with_apic_ids() -> None:
 
 
 def test_unknown_template_one_clear_error() -> None:
-    with pytest.raises(xi.XInterfaceError, match="unknown CPU template 'pentium'.*host, "
-                       "baseline") as info:
+    with pytest.raises(xi.XInterfaceError, match=r"unknown CPU template 'pentium'.*host, "
+                       r"baseline") as info:
         cpuid.template("pentium")
     assert info.value.argument == "cpu"
     assert cpuid.template("baseline") is cpuid.baseline

@@ -100,7 +100,7 @@ def compare(given: Mapping[tuple[int, int], Registers],
 def run_probe(entries: Sequence[uapi.kvm_cpuid_entry2] | None = None) -> CpuidProbe:
     """Run the probe guest with ``entries`` as its CPUID (default: the baseline template)."""
     from ..kvm import Kvm
-    from ..machine import Machine      # the machine sits above the loaders
+    from ..machine import Machine  # the machine sits above the loaders
     from ..xinterface import XIOEventFlags, bind
 
     image = assemble(PROBE_SOURCE, gpa=PROBE_GPA, defines={"PROBE_PORT": PROBE_PORT})

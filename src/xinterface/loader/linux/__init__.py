@@ -140,7 +140,8 @@ def load_linux(memory: GuestMemory, vcpus: Sequence[VcpuFd], kernel: bytes, *,
 
     ``mptable``: write an MP table describing every vCPU and KVM's in-kernel I/O APIC (for a
     machine with ``irqchip=True``). Without it Linux finds one CPU and only the 8259, and
-    ticks through the PIT's IRQ 0 instead of the local APIC timer. Raises ``XInterfaceError`` (argument ``kernel``, ``initrd``, ``cmdline``) for an image
+    ticks through the PIT's IRQ 0 instead of the local APIC timer.
+    Raises ``XInterfaceError`` (argument ``kernel``, ``initrd``, ``cmdline``) for an image
     that is malformed or does not fit; guest memory is untouched then.
     """
     if not vcpus:
@@ -165,6 +166,12 @@ def _load_bzimage(place: Placement, vcpu: VcpuFd, image: bytes, initrd: bytes | 
                   table: int | None) -> LoadedKernel:
     header = bzimage.parse_setup_header(image)
     raw_cmdline = _check_cmdline(cmdline, min(header.cmdline_size, CMDLINE_MAX - 1))
+    place.claim("zero page", ZERO_PAGE_ADDR, bzimage.BP_SIZE, argument="memory")
+    tables = PAGE_TABLE_PAGES * PAGE
+    place.claim("page tables", PAGE_TABLES_ADDR, tables, argument="memory")
+    place.write(PAGE_TABLES_ADDR, _page_tables(PAGE_TABLES_ADDR))
+    place.claim("command line", CMDLINE_ADDR, len(raw_cmdline), argument="cmdline")
+    place.write(CMDLINE_ADDR, raw_cmdline)
     payload = image[header.setup_size:]
     # A relocatable kernel loaded below pref_address runs (decompresses itself) at
     # pref_address, needing init_size bytes from there (boot.rst, init_size).
@@ -172,12 +179,6 @@ def _load_bzimage(place: Placement, vcpu: VcpuFd, image: bytes, initrd: bytes | 
     end = max(HIGH_MEMORY + len(payload), run_at + header.init_size)
     place.claim("kernel", HIGH_MEMORY, end - HIGH_MEMORY, argument="kernel")
     place.write(HIGH_MEMORY, payload)
-    place.claim("command line", CMDLINE_ADDR, len(raw_cmdline), argument="cmdline")
-    place.write(CMDLINE_ADDR, raw_cmdline)
-    tables = PAGE_TABLE_PAGES * PAGE
-    place.claim("page tables", PAGE_TABLES_ADDR, tables, argument="memory")
-    place.write(PAGE_TABLES_ADDR, _page_tables(PAGE_TABLES_ADDR))
-    place.claim("zero page", ZERO_PAGE_ADDR, bzimage.BP_SIZE, argument="memory")
     rd = None
     if initrd is not None:
         limit = min(header.initrd_addr_max + 1, low_ram_top(place.memory), FOUR_GIB)
@@ -195,19 +196,21 @@ def _load_pvh(place: Placement, vcpu: VcpuFd, image: bytes, initrd: bytes | None
               cmdline: str, e820: list[tuple[int, int, int]], table: int | None) -> LoadedKernel:
     elf = pvh.parse_vmlinux(image)
     raw_cmdline = _check_cmdline(cmdline, PVH_CMDLINE_MAX)
+    modules = 0 if initrd is None else 1
+    place.claim("hvm_start_info", START_INFO_ADDR, pvh.start_info_size(modules, len(e820)),
+                argument="memory")
+    place.claim("command line", CMDLINE_ADDR, len(raw_cmdline), argument="cmdline")
+    place.write(CMDLINE_ADDR, raw_cmdline)
     for seg in elf.segments:
         place.claim(f"kernel segment at {seg.paddr:#x}", seg.paddr, seg.memsz,
                     argument="kernel")
         place.write(seg.paddr, seg.data + bytes(seg.memsz - len(seg.data)))
-    place.claim("command line", CMDLINE_ADDR, len(raw_cmdline), argument="cmdline")
-    place.write(CMDLINE_ADDR, raw_cmdline)
     rd = None
     if initrd is not None:
         limit = min(low_ram_top(place.memory), FOUR_GIB)
         rd = _place_initrd(place, initrd, above=elf.end, limit=limit)
-    info = pvh.start_info(START_INFO_ADDR, cmdline_gpa=CMDLINE_ADDR, initrd=rd, e820=e820)
-    place.claim("hvm_start_info", START_INFO_ADDR, len(info), argument="memory")
-    place.write(START_INFO_ADDR, info)
+    place.write(START_INFO_ADDR, pvh.start_info(START_INFO_ADDR, cmdline_gpa=CMDLINE_ADDR,
+                                                initrd=rd, e820=e820))
     place.commit()
     _enter_protected_mode(vcpu, elf.entry, START_INFO_ADDR)
     return LoadedKernel("pvh", elf.entry, (elf.start, elf.end - elf.start), cmdline, rd,

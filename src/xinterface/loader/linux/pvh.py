@@ -124,6 +124,11 @@ def parse_vmlinux(image: bytes) -> PvhImage:
     return PvhImage(entry, tuple(segments))
 
 
+def start_info_size(modules: int, memmap_entries: int) -> int:
+    return (_START_INFO.size + _MODLIST_ENTRY.size * modules
+            + _MEMMAP_ENTRY.size * memmap_entries)
+
+
 def start_info(gpa: int, *, cmdline_gpa: int, initrd: tuple[int, int] | None,
                e820: list[tuple[int, int, int]]) -> bytes:
     """``struct hvm_start_info`` at ``gpa``, then its module list and memory map."""
