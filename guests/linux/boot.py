@@ -25,7 +25,8 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 import build  # noqa: E402
 
 import xinterface as xi  # noqa: E402
-from xinterface.devices.platform import Until, attach_microvm  # noqa: E402
+from xinterface.boards.microvm import attach_microvm  # noqa: E402
+from xinterface.devices.output import Until  # noqa: E402
 from xinterface.kvm import Kvm  # noqa: E402
 from xinterface.loader import cpuid  # noqa: E402
 from xinterface.loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workarounds  # noqa: E402

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import xinterface as xi
 from tests.conftest import needs_kvm
-from xinterface.devices.platform import Until, attach_microvm
+from xinterface.boards.microvm import attach_microvm
+from xinterface.devices.output import Until
 from xinterface.kvm import Kvm
 from xinterface.loader import cpuid
 from xinterface.loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workarounds

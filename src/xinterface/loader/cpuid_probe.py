@@ -1,8 +1,9 @@
 """Does this host honour ``KVM_SET_CPUID2``? Ask a guest.
 
 A tiny guest (``guests/cpuid_probe.S``) executes CPUID for leaves 1, 7, 0x80000001 and
-0x80000008 and reports the registers through an I/O port, in a throw-away Machine whose vCPU
-was given a masked CPUID (the ``baseline`` template). A feature bit the guest sees although
+0x80000008 and reports the registers through an I/O port, in a throw-away VM whose vCPU was
+given a masked CPUID (the ``baseline`` template); a few lines of KVM_RUN serve it, so the
+probe needs no Machine (which sits above the loaders). A feature bit the guest sees although
 the VMM cleared it has *leaked*: the host does not apply the VMM's CPUID to the ``cpuid``
 instruction. That is the case on ``kvm_pvm`` (see the note on Linux on kvm_pvm), where
 guests see the host's XSAVE, POPCNT, SMAP and FSGSBASE whatever CPUID is set; a kernel must
@@ -19,14 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import XInterfaceError
-from ..kvm import uapi
+from ..kvm import Kvm, VcpuFd, uapi
+from ..vm import Vm
 from . import cpuid
 from .asm import assemble
+from .flat import load_flat
 
 PROBE_SOURCE = Path(__file__).parent / "guests" / "cpuid_probe.S"
 PROBE_GPA = 0x1000
 PROBE_PORT = 0x00E0          # unclaimed on our boards
-PROBE_TIMEOUT = 30.0
+PROBE_MAX_EXITS = 64         # the guest makes 16 OUTs and one HLT
+_IO = struct.Struct("<BBHIQ")  # struct kvm_run's io member: direction, size, port, count, offset
 PROBED_LEAVES = ((0x1, 0), (0x7, 0), (0x80000001, 0), (0x80000008, 0))
 REGS = ("eax", "ebx", "ecx", "edx")
 # Bits that reflect guest state rather than a static feature (SDM Vol. 2A, CPUID): OSXSAVE
@@ -97,33 +101,41 @@ def compare(given: Mapping[tuple[int, int], Registers],
     return tuple(leaked)
 
 
+def _serve(vcpu: VcpuFd) -> list[int]:
+    """Run the probe to its HLT; the 4-byte OUTs to PROBE_PORT, in order."""
+    mm = vcpu.run_mmap
+    reason_at, union_at = uapi.kvm_run.exit_reason.offset, uapi.kvm_run.u.offset
+    words: list[int] = []
+    for _ in range(PROBE_MAX_EXITS):
+        vcpu.run()
+        reason = struct.unpack_from("<I", mm, reason_at)[0]
+        if reason == uapi.KVM_EXIT_HLT:
+            return words
+        if reason != uapi.KVM_EXIT_IO:
+            break
+        direction, size, port, count, offset = _IO.unpack_from(mm, union_at)
+        if direction == uapi.KVM_EXIT_IO_OUT and port == PROBE_PORT and size == 4:
+            words += struct.unpack_from(f"<{count}I", mm, offset)
+    raise XInterfaceError(errno.EIO, f"the CPUID probe guest did not halt (exit reason "
+                          f"{uapi.EXIT_REASON_NAMES.get(reason, reason)} after {len(words)} "
+                          "words)", argument="probe", value=reason)
+
+
 def run_probe(entries: Sequence[uapi.kvm_cpuid_entry2] | None = None) -> CpuidProbe:
     """Run the probe guest with ``entries`` as its CPUID (default: the baseline template)."""
-    from ..kvm import Kvm
-    from ..machine import Machine  # the machine sits above the loaders
-    from ..xinterface import XIOEventFlags, bind
-
     image = assemble(PROBE_SOURCE, gpa=PROBE_GPA, defines={"PROBE_PORT": PROBE_PORT})
     if entries is None:
         with Kvm() as kvm:
             entries = cpuid.baseline(kvm.get_supported_cpuid(), 0)
-    words: list[int] = []
-    with Machine(memory=1 << 20, debug_ports=False) as m:
-        m.vcpus[0].vcpu.set_cpuid2(entries)
-        m.load_flat(image, gpa=PROBE_GPA, mode="protected")
-        intf = bind(m)
-        ev = intf.ioevent(PROBE_PORT, 4, XIOEventFlags.PIO,
-                          signal=lambda _ev, payload: words.append(
-                              struct.unpack("<I", payload)[0]))
-        try:
-            result = m.run(timeout=PROBE_TIMEOUT)
-        finally:
-            ev.deassign()
-            intf.put()
-    if result.reason != "hlt" or len(words) != 4 * len(PROBED_LEAVES):
-        raise XInterfaceError(errno.EIO, f"the CPUID probe guest ended with {result.reason!r} "
-                              f"after {len(words)} of {4 * len(PROBED_LEAVES)} words",
-                              argument="probe", value=result.reason)
+    with Vm(memory=1 << 20) as vm:
+        vcpu = vm.vcpus[0]
+        vcpu.set_cpuid2(entries)
+        assert vm.memory is not None
+        load_flat(vm.memory, [vcpu], image, PROBE_GPA, "protected")
+        words = _serve(vcpu)
+    if len(words) != 4 * len(PROBED_LEAVES):
+        raise XInterfaceError(errno.EIO, f"the CPUID probe guest wrote {len(words)} words, not "
+                              f"{4 * len(PROBED_LEAVES)}", argument="probe", value=len(words))
     seen: dict[tuple[int, int], Registers] = {}
     given: dict[tuple[int, int], Registers] = {}
     for i, key in enumerate(PROBED_LEAVES):
