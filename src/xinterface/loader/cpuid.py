@@ -5,9 +5,15 @@
   psABI level x86-64-v1 (FPU, CX8, CMOV, MMX, FXSR, SSE, SSE2, SYSCALL, NX, LM) plus SSE3,
   CMPXCHG16B and LAHF/SAHF in long mode (what QEMU's ``qemu64`` model offers). Left out on
   purpose: XSAVE and everything built on it (AVX*, leaf 0xD), SSSE3, SSE4.x, POPCNT, MOVBE,
-  RDRAND/RDSEED, x2APIC, the TSC-deadline timer, all of leaf 7 (SMEP, SMAP, FSGSBASE, BMI,
-  ERMS, ...), PMU and monitor leaves. Kept: vendor, family/model/stepping, brand string, cache
-  and topology leaves, KVM's paravirtual leaves (0x40000000 range), address sizes; leaf
+  RDRAND/RDSEED, x2APIC, all of leaf 7 (SMEP, SMAP, FSGSBASE, BMI, ERMS, ...), PMU and monitor
+  leaves. Added: what KVM's in-kernel local APIC provides, the TSC-deadline timer mode and an
+  APIC timer that always runs (ARAT, leaf 6): with both, Linux needs no PIT
+  (arch/x86/kernel/apic/apic.c, ``apic_needs_pit``). Kept: vendor, family/model/stepping, brand string, cache
+  and topology leaves, address sizes, KVM's signature leaf and, of its paravirtual features
+  (leaf 0x40000001 EAX, Documentation/virt/kvm/x86/cpuid.rst), the set QEMU offers by default:
+  kvmclock (both MSR sets and the stable bit), no-I/O-delay, async page faults, steal time and
+  PV EOI. Not the hypercall-based ones (PV IPIs, TLB flush, sched yield, ...): on kvm_pvm a
+  Linux guest's KVM_HC_SEND_IPI VMCALL never completes (measured: SMP boot hangs on it). Leaf
   0x80000008 EBX is reduced to XSAVEERPTR (bit 2), which tells Linux that FXSAVE always saves
   the FPU error pointers, so it skips its AMD leak workaround (an ``fnclex``; kvm_pvm's
   emulator cannot run it, see the note on Linux on kvm_pvm).
@@ -41,6 +47,11 @@ SYSCALL, NX, LM = 11, 20, 29  # EDX
 # Leaf 0x80000007 EDX, leaf 0x80000008 EBX (AMD APM E.4.7, E.4.8).
 INVARIANT_TSC = 8
 XSAVEERPTR = 2
+# Leaf 0x40000001 EAX: KVM paravirtual features (Documentation/virt/kvm/x86/cpuid.rst).
+KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_NOP_IO_DELAY, KVM_FEATURE_CLOCKSOURCE2 = 0, 1, 3
+KVM_FEATURE_ASYNC_PF, KVM_FEATURE_STEAL_TIME, KVM_FEATURE_PV_EOI = 4, 5, 6
+KVM_FEATURE_PV_SEND_IPI = 11
+KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 24
 
 
 def _bits(*positions: int) -> int:
@@ -52,15 +63,21 @@ def _bits(*positions: int) -> int:
 
 BASELINE_1_EDX = _bits(FPU, DE, PSE, TSC, MSR, PAE, MCE, CX8, APIC, SEP, MTRR, PGE, MCA, CMOV,
                        PAT, PSE36, CLFSH, MMX, FXSR, SSE, SSE2)
-BASELINE_1_ECX = _bits(SSE3, CX16, HYPERVISOR)
+BASELINE_1_ECX = _bits(SSE3, CX16, TSC_DEADLINE, HYPERVISOR)
+ARAT = 2                  # leaf 6 EAX: the APIC timer runs in every C-state (SDM Table 3-8)
 # AMD repeats the leaf-1 EDX bits 0-17 and 23-24 in 0x80000001 EDX; Intel reports them 0.
 BASELINE_EXT_EDX = _bits(SYSCALL, NX, LM) | (BASELINE_1_EDX & (0x3FFFF | _bits(MMX, FXSR)))
 BASELINE_EXT_ECX = _bits(LAHF_LM)
+BASELINE_KVM_FEATURES = _bits(KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_NOP_IO_DELAY,
+                              KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_ASYNC_PF,
+                              KVM_FEATURE_STEAL_TIME, KVM_FEATURE_PV_EOI,
+                              KVM_FEATURE_CLOCKSOURCE_STABLE_BIT)
 # Leaves kept as KVM gives them (apart from the APIC ids): vendor and maximum (fixed below),
 # cache descriptors, deterministic cache parameters, topology, brand string, L1/L2 caches.
 _BASELINE_KEPT = {0x0, 0x2, 0x4, 0xB, 0x1F, 0x80000000, 0x80000002, 0x80000003, 0x80000004,
                   0x80000005, 0x80000006}
 KVM_LEAVES = range(0x40000000, 0x40000100)   # KVM's signature and paravirtual features
+KVM_FEATURES_LEAF = 0x40000001
 BASELINE_MAX_BASIC = 0xD - 1                  # no XSAVE leaf
 BASELINE_MAX_EXTENDED = 0x80000008
 
@@ -99,6 +116,9 @@ def baseline(supported: Sequence[uapi.kvm_cpuid_entry2], index: int) -> Entries:
         elif fn == 1:
             e.ecx &= BASELINE_1_ECX
             e.edx &= BASELINE_1_EDX
+        elif fn == 6:
+            e.eax &= _bits(ARAT)
+            e.ebx = e.ecx = e.edx = 0
         elif fn == 7:
             e.eax = e.ebx = e.ecx = e.edx = 0
             if e.index:
@@ -114,6 +134,9 @@ def baseline(supported: Sequence[uapi.kvm_cpuid_entry2], index: int) -> Entries:
         elif fn == 0x80000008:
             e.ebx = _bits(XSAVEERPTR)
             e.edx = 0
+        elif fn == KVM_FEATURES_LEAF:
+            e.eax &= BASELINE_KVM_FEATURES
+            e.ebx = e.ecx = e.edx = 0
         elif fn not in _BASELINE_KEPT and fn not in KVM_LEAVES:
             continue
         out.append(e)

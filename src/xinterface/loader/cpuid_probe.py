@@ -29,16 +29,16 @@ from .flat import load_flat
 PROBE_SOURCE = Path(__file__).parent / "guests" / "cpuid_probe.S"
 PROBE_GPA = 0x1000
 PROBE_PORT = 0x00E0          # unclaimed on our boards
-PROBE_MAX_EXITS = 64         # the guest makes 16 OUTs and one HLT
+PROBE_MAX_EXITS = 64         # the guest makes 4 OUTs per leaf and one HLT
 _IO = struct.Struct("<BBHIQ")  # struct kvm_run's io member: direction, size, port, count, offset
-PROBED_LEAVES = ((0x1, 0), (0x7, 0), (0x80000001, 0), (0x80000008, 0))
+PROBED_LEAVES = ((0x1, 0), (0x7, 0), (0x40000001, 0), (0x80000001, 0), (0x80000008, 0))
 REGS = ("eax", "ebx", "ecx", "edx")
 # Bits that reflect guest state rather than a static feature (SDM Vol. 2A, CPUID): OSXSAVE
 # (CR4.OSXSAVE), APIC (IA32_APIC_BASE enable, also in AMD's 0x80000001 copy), OSPKE (CR4.PKE).
 DYNAMIC_BITS = {(0x1, "ecx"): 1 << cpuid.OSXSAVE, (0x1, "edx"): 1 << cpuid.APIC,
                 (0x7, "ecx"): 1 << cpuid.OSPKE, (0x80000001, "edx"): 1 << cpuid.APIC}
 # Registers compared: the feature flags. EAX/EBX of leaf 1 hold ids, not features.
-FEATURE_REGS = {0x1: ("ecx", "edx"), 0x7: ("ebx", "ecx", "edx"),
+FEATURE_REGS = {0x1: ("ecx", "edx"), 0x7: ("ebx", "ecx", "edx"), 0x40000001: ("eax",),
                 0x80000001: ("ecx", "edx"), 0x80000008: ("ebx",)}
 FEATURE_NAMES = {
     (0x1, "ecx", cpuid.SSSE3): "SSSE3", (0x1, "ecx", cpuid.SSE4_1): "SSE4_1",
@@ -49,6 +49,7 @@ FEATURE_NAMES = {
     (0x7, "ebx", cpuid.FSGSBASE): "FSGSBASE", (0x7, "ebx", cpuid.AVX2): "AVX2",
     (0x7, "ebx", cpuid.SMEP): "SMEP", (0x7, "ebx", cpuid.ERMS): "ERMS",
     (0x7, "ebx", cpuid.SMAP): "SMAP",
+    (0x40000001, "eax", cpuid.KVM_FEATURE_PV_SEND_IPI): "KVM_PV_SEND_IPI",
 }
 
 # The kernel's own switches for features kvm_pvm's emulator cannot execute at CPL0 (the

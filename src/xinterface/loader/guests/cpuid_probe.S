@@ -30,6 +30,7 @@ done:
 leaves:                                 # (leaf, subleaf) pairs, ended by leaf 0xffffffff
         .long   0x00000001, 0
         .long   0x00000007, 0
+        .long   0x40000001, 0
         .long   0x80000001, 0
         .long   0x80000008, 0
         .long   0xffffffff, 0
