@@ -33,7 +33,7 @@ from xinterface.loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workar
 from xinterface.loader.linux import load_linux  # noqa: E402
 
 MARKER = b"XINTERFACE-INIT-OK"
-BASE_CMDLINE = "console=ttyS0 reboot=k panic=-1 noreplace-smp"
+BASE_CMDLINE = "console=ttyS0 reboot=p panic=-1 noreplace-smp rodata=off"
 
 
 def process_age() -> float:
@@ -60,7 +60,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bzimage", action="store_true", help="boot protocol, not PVH")
     parser.add_argument("--vcpus", type=int, default=1)
-    parser.add_argument("--memory", type=int, default=128, help="MiB")
+    parser.add_argument("--memory", type=int, default=64, help="MiB")
     parser.add_argument("--verbose", action="store_true", help="without 'quiet'")
     parser.add_argument("--append", default="")
     parser.add_argument("--cpu", default="baseline", choices=sorted(cpuid.TEMPLATES))

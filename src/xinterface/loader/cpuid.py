@@ -8,9 +8,10 @@
   RDRAND/RDSEED, x2APIC, all of leaf 7 (SMEP, SMAP, FSGSBASE, BMI, ERMS, ...), PMU and monitor
   leaves. Added: what KVM's in-kernel local APIC provides, the TSC-deadline timer mode and an
   APIC timer that always runs (ARAT, leaf 6): with both, Linux needs no PIT
-  (arch/x86/kernel/apic/apic.c, ``apic_needs_pit``). Kept: vendor, family/model/stepping, brand string, cache
-  and topology leaves, address sizes, KVM's signature leaf and, of its paravirtual features
-  (leaf 0x40000001 EAX, Documentation/virt/kvm/x86/cpuid.rst), the set QEMU offers by default:
+  (arch/x86/kernel/apic/apic.c, ``apic_needs_pit``); without them a 2-vCPU boot on kvm_pvm
+  drowned in IRQ 0. Kept: vendor, family/model/stepping, brand string, cache and topology
+  leaves, address sizes, KVM's signature leaf and, of its paravirtual features (leaf
+  0x40000001 EAX, Documentation/virt/kvm/x86/cpuid.rst), the set QEMU offers by default:
   kvmclock (both MSR sets and the stable bit), no-I/O-delay, async page faults, steal time and
   PV EOI. Not the hypercall-based ones (PV IPIs, TLB flush, sched yield, ...): on kvm_pvm a
   Linux guest's KVM_HC_SEND_IPI VMCALL never completes (measured: SMP boot hangs on it). Leaf
