@@ -185,7 +185,21 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
 
 @main.command()
 @click.option("--bios", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="Firmware image, e.g. /usr/share/seabios/bios-microvm.bin.")
+              default=None, help="Firmware image, e.g. /usr/share/seabios/bios-microvm.bin "
+              "(or --kernel).")
+@click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Boot this Linux kernel directly: a bzImage, or a vmlinux "
+              "with a PVH note (no firmware).")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="An initramfs for --kernel.")
+@click.option("--append", default="console=ttyS0 reboot=k panic=-1", show_default=True,
+              help="The kernel command line for --kernel.")
+@click.option("--cpu", type=click.Choice(sorted(["host", "baseline"])), default="baseline",
+              show_default=True, help="CPU template: host (what KVM offers) or baseline "
+              "(x86-64 without XSAVE, POPCNT, SMAP/SMEP, FSGSBASE...).")
+@click.option("--cpu-workarounds/--no-cpu-workarounds", default=True, show_default=True,
+              help="Where the host ignores the CPUID we set (kvm_pvm), add the kernel's own "
+              "switches (noxsave clearcpuid=...) to --append.")
 @click.option("--memory", type=SizeType(), default="64M", show_default=True,
               help="Guest RAM, 640K or more for SeaBIOS (a bare number is MiB, as QEMU's -m).")
 @click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True,
@@ -216,15 +230,23 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
                    "what is typed (--serial stdio) goes to it instead of COM1.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and registers on errors.")
 @click.pass_context
-def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Target,
+def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Path | None,
+         append: str, cpu: str, cpu_workarounds: bool, memory: int, vcpus: int,
+         debugcon: Target,
          serial: Target, until: str | None, timeout: float, board: str, posted_debugcon: bool,
          disks: tuple[str, ...], nets: tuple[str, ...], rng: bool, virtio_console: bool,
          debug: bool) -> None:
-    """Boot firmware from the reset vector on the standard devices (fw_cfg, COM1, CMOS/RTC,
-    debug console at 0x402), all of them xinterface clients."""
+    """Boot firmware from the reset vector (--bios), or a Linux kernel directly (--kernel), on
+    the standard devices (fw_cfg, COM1, CMOS/RTC, debug console at 0x402, virtio), all of them
+    xinterface clients."""
     from .frontend.firmware import MIN_FIRMWARE_RAM
 
-    if memory < MIN_FIRMWARE_RAM:
+    if (bios is None) == (kernel is None):
+        raise click.UsageError("give exactly one of --bios FILE (firmware) and --kernel FILE "
+                               "(Linux, booted directly)")
+    if initrd is not None and kernel is None:
+        raise click.BadParameter("--initrd needs --kernel", param_hint="'--initrd'")
+    if bios is not None and memory < MIN_FIRMWARE_RAM:
         raise click.BadParameter(f"{memory >> 10} KiB is too little for the firmware: SeaBIOS "
                                  f"needs {MIN_FIRMWARE_RAM >> 10}K or more",
                                  param_hint="'--memory'")
@@ -233,10 +255,12 @@ def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Targ
     from .boards.virtio import Disk, Net
     from .devices import Until
     from .errors import GuestError, KvmError, XInterfaceError
+    from .frontend.kernel import PANIC, apply_cpu_template, boot_kernel, kernel_cmdline
     from .frontend.outputs import stream_for
     from .frontend.session import Session
     from .machine import Machine
 
+    panic: Until | None = None
     try:
         disk_list, net_list = [Disk.parse(d) for d in disks], [Net.parse(n) for n in nets]
     except ValueError as exc:
@@ -246,16 +270,25 @@ def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Targ
     watchers: list[Until] = []
     try:
         with Machine(memory=memory, vcpus=vcpus, irqchip=True) as machine:
-            machine.load_firmware(bios)
+            if bios is not None:
+                machine.load_firmware(bios)
+            else:
+                apply_cpu_template(machine, cpu)
             session = Session(machine, serial, stdout)
             outputs = [stream_for(debugcon, stdout), session.serial_output()]
             if until is not None:
                 watchers = [Until(out, until.encode(), machine.stop) for out in outputs]
                 outputs = list(watchers)
+            if kernel is not None:
+                panic = Until(outputs[1] or stdout, PANIC, lambda: machine.exit(0xFF))
+                outputs[1] = panic
             platform = BOARDS[board](machine, debugcon=outputs[0], serial=outputs[1],
                                      posted_debugcon=posted_debugcon, disks=disk_list,
                                      nets=net_list, rng=rng, virtio_console=virtio_console,
                                      sercon=bool(net_list))
+            if kernel is not None:
+                boot_kernel(machine, kernel, initrd,
+                            kernel_cmdline(append, cpu, cpu_workarounds))
             session.connect(platform.console.feed if platform.console is not None
                             else platform.uart.feed)
             result = session.run(timeout or None)
@@ -270,12 +303,15 @@ def boot(ctx: click.Context, bios: Path, memory: int, vcpus: int, debugcon: Targ
         raise
     stdout.finish_line()
     session.check_console()
+    what = "the firmware" if kernel is None else "the kernel"
+    if panic is not None and panic.matched:
+        fail("the kernel panicked (\"Kernel panic - not syncing\" on the serial console)")
     if any(w.matched for w in watchers) or session.quit_requested:
         sys.exit(0)
     if result.reason == "timeout":
         wanted = f" without {until!r} appearing" if until else ""
-        fail(f"the firmware was still running after {timeout:g} s{wanted}; raise --timeout",
+        fail(f"{what} was still running after {timeout:g} s{wanted}; raise --timeout",
              status=EXIT_TIMEOUT)
     if until is not None:
-        fail(f"the firmware stopped ({result.reason}) before {until!r} appeared")
+        fail(f"{what} stopped ({result.reason}) before {until!r} appeared")
     sys.exit(0 if result.reason in ("hlt", "reset", "shutdown") else 1)

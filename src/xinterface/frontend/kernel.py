@@ -1,0 +1,51 @@
+"""``xinterface boot --kernel``: a Linux kernel booted directly (no firmware), as QEMU's
+``-kernel`` and Firecracker do, with the CPU template and this host's quirk handled."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..kvm import Kvm
+from ..loader import cpuid
+from ..loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workarounds
+from ..loader.linux import LoadedKernel, load_linux
+from ..machine import Machine
+
+# A kernel panic ends the run with an error carrying this line (the kernel's own words).
+PANIC = b"Kernel panic - not syncing"
+
+
+def apply_cpu_template(machine: Machine, name: str) -> None:
+    """Give every vCPU the CPUID of template ``name`` (``host`` or ``baseline``)."""
+    make = cpuid.template(name)
+    with Kvm() as kvm:
+        supported = kvm.get_supported_cpuid()
+    for index, loop in enumerate(machine.vcpus):
+        loop.vcpu.set_cpuid2(make(supported, index))
+
+
+def kernel_cmdline(append: str, cpu: str, workarounds: bool) -> str:
+    """``append`` plus, where the host does not honour the CPUID the VMM sets (kvm_pvm), the
+    kernel's own switches for the features it leaks: said once on stderr (README, Linux)."""
+    words = append.split()
+    if workarounds and cpu != "host":
+        probe = host_cpuid_probe()
+        extra = [w for w in linux_cmdline_workarounds(probe) if w not in words]
+        if extra:
+            named = [n for n in probe.leaked if not n.startswith("CPUID.")][:4]
+            print(f"xinterface note: this host's KVM shows guests {len(probe.leaked)} CPUID bits "
+                  f"the VMM cleared ({', '.join(named)}, ...); adding to the kernel command "
+                  f"line: "
+                  f"{' '.join(extra)} (--cpu host or --no-cpu-workarounds to leave it alone)",
+                  file=sys.stderr)
+            words += extra
+    return " ".join(words)
+
+
+def boot_kernel(machine: Machine, kernel: Path, initrd: Path | None,
+                cmdline: str) -> LoadedKernel:
+    assert machine.memory is not None
+    return load_linux(machine.memory, [loop.vcpu for loop in machine.vcpus],
+                      kernel.read_bytes(), initrd=initrd.read_bytes() if initrd else None,
+                      cmdline=cmdline)
