@@ -98,7 +98,8 @@ class Vm:
                 self.vcpus.append(vcpu)
                 vcpu.set_cpuid2(_cpuid_for(cpuid, index))
             # One ring per VM; every vCPU maps it, vCPU 0's mapping serves.
-            self.ring = CoalescedRing(self.vcpus[0].run_mmap, self.grace)
+            self.ring = CoalescedRing(self.vcpus[0].run_mmap, self.grace,
+                                      (self.pio_bus.events, self.mmio_bus.events))
         except BaseException:
             self.close()
             raise
