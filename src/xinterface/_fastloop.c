@@ -725,8 +725,44 @@ struct cache {
 	uint32_t pio;
 };
 
+/*
+ * An event's handler raised: hand the exception to ``failed(pio, addr, payload, exc)``, which
+ * raises what the Python dispatch would have (Vm._posted_failed: a GuestIOError naming the
+ * write). Always returns -1 with an exception set.
+ */
+static int handler_failed(const struct kvm_coalesced_mmio *entry, PyObject *payload,
+			  PyObject *failed)
+{
+	if (failed == Py_None)
+		return -1;
+	PyObject *type, *value, *tb;
+	PyErr_Fetch(&type, &value, &tb);
+	PyErr_NormalizeException(&type, &value, &tb);
+	if (tb != NULL && value != NULL)
+		PyException_SetTraceback(value, tb);
+	PyObject *pio = PyLong_FromUnsignedLong(entry->pio);
+	PyObject *addr = PyLong_FromUnsignedLongLong(entry->phys_addr);
+	PyObject *r = NULL;
+	if (pio != NULL && addr != NULL && value != NULL) {
+		PyObject *args[4] = {pio, addr, payload, value};
+		r = PyObject_Vectorcall(failed, args, 4, NULL);
+	}
+	Py_XDECREF(pio);
+	Py_XDECREF(addr);
+	if (r != NULL) {
+		/* failed() did not raise: the handler's own exception goes on. */
+		Py_DECREF(r);
+		PyErr_Restore(type, value, tb);
+		return -1;
+	}
+	Py_XDECREF(type);
+	Py_XDECREF(value);
+	Py_XDECREF(tb);
+	return -1;
+}
+
 static int dispatch_entry(const struct kvm_coalesced_mmio *entry, PyObject *events,
-			  struct cache *cache, PyObject *dispatch)
+			  struct cache *cache, PyObject *dispatch, PyObject *failed)
 {
 	unsigned size = entry->len < sizeof(entry->data) ? entry->len : sizeof(entry->data);
 	PyObject *payload = PyBytes_FromStringAndSize((const char *)entry->data, size);
@@ -761,6 +797,8 @@ static int dispatch_entry(const struct kvm_coalesced_mmio *entry, PyObject *even
 	if (event != NULL) {
 		r = signal_event(event, payload);
 		Py_DECREF(event);
+		if (r < 0)
+			handler_failed(entry, payload, failed);
 	} else {
 		/* Not an event's: the bus decides (a range device, or unhandled). */
 		PyObject *pio = PyLong_FromUnsignedLong(entry->pio);
@@ -783,16 +821,17 @@ error:
 }
 
 /*
- * drain(run, offset, entries, pending, pio_events, mmio_events, dispatch) -> int
+ * drain(run, offset, entries, pending, pio_events, mmio_events, dispatch, failed) -> int
  *
  * CoalescedRing.drain in C; the caller holds the ring's lock. Every entry goes, in ring order,
- * to its exact-match event (served here) or to dispatch(pio, addr, payload).
+ * to its exact-match event (served here; an exception goes to failed, or None) or to
+ * dispatch(pio, addr, payload).
  */
 static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-	if (nargs != 7) {
+	if (nargs != 8) {
 		PyErr_SetString(PyExc_TypeError, "drain(run, offset, entries, pending, pio_events, "
-				"mmio_events, dispatch)");
+				"mmio_events, dispatch, failed)");
 		return NULL;
 	}
 	Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
@@ -811,7 +850,7 @@ static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py
 		PyErr_SetString(PyExc_TypeError, "pio_events and mmio_events must be dicts");
 		return NULL;
 	}
-	PyObject *dispatch = args[6];
+	PyObject *dispatch = args[6], *failed = args[7];
 	if (entries == 0 || entries > (unsigned long)pending->capacity) {
 		PyErr_SetString(PyExc_ValueError, "pending holds fewer entries than the ring");
 		return NULL;
@@ -839,7 +878,7 @@ static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py
 		/* Popped before dispatch: a re-entered drain starts with the next one. */
 		struct kvm_coalesced_mmio entry = pending->entries[pending->head++];
 		pending->count--;
-		if (dispatch_entry(&entry, events[entry.pio ? 1 : 0], &cache, dispatch) < 0)
+		if (dispatch_entry(&entry, events[entry.pio ? 1 : 0], &cache, dispatch, failed) < 0)
 			goto error;
 		done++;
 	}
@@ -854,7 +893,8 @@ error:
 
 static PyMethodDef module_methods[] = {
 	{"drain", (PyCFunction)(void (*)(void))fl_drain, METH_FASTCALL,
-	 "drain(run, offset, entries, pending, pio_events, mmio_events, dispatch) -> int\n\n"
+	 "drain(run, offset, entries, pending, pio_events, mmio_events, dispatch, failed) -> int"
+	 "\n\n"
 	 "Hand every entry of the coalesced ring to its event, or to dispatch(pio, addr, "
 	 "payload), in ring order; how many."},
 	{NULL, NULL, 0, NULL},

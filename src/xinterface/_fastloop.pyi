@@ -43,4 +43,5 @@ def drain(
     pio_events: dict[int, Any],
     mmio_events: dict[int, Any],
     dispatch: Callable[[int, int, bytes], None],
+    failed: Callable[[int, int, bytes, BaseException], None] | None,
 ) -> int: ...

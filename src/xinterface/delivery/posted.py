@@ -41,6 +41,8 @@ _MAX = uapi.COALESCED_RING_MAX
 
 # (pio, addr, payload) -> None; raises to stop the machine.
 Dispatch = Callable[[int, int, bytes], None]
+# (pio, addr, payload, the exception an event's handler raised) -> raises what to propagate.
+Failed = Callable[[int, int, bytes, BaseException], None]
 
 
 class CoalescedRing:
@@ -104,8 +106,13 @@ class CoalescedRing:
         # Copied out: the kernel may reuse the slots now (it only reads ``first``).
         words[self._first] = last
 
-    def drain(self, dispatch: Dispatch) -> int:
-        """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many."""
+    def drain(self, dispatch: Dispatch, failed: Failed | None = None) -> int:
+        """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many.
+
+        The compiled drain calls exact-match events' handlers itself; when one raises, it
+        hands the exception to ``failed`` (which raises what ``dispatch`` would have), or
+        lets it propagate when there is none.
+        """
         done = 0
         pending = self._pending
         lock = self.lock
@@ -118,7 +125,7 @@ class CoalescedRing:
             if fast is not None:
                 # The same algorithm in C, its pending entries in _native_pending.
                 return int(fast.drain(self._mm, _RING_OFFSET, _MAX, self._native_pending,
-                                      *self._events, dispatch))
+                                      *self._events, dispatch, failed))
             self._take()
             while pending:
                 addr, length, pio, data = pending.popleft()
