@@ -16,6 +16,14 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 Assemble = Callable[..., bytes]
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the exit loop the suite ran on (it runs once on each: README's test command)."""
+    from xinterface import backend
+
+    terminalreporter.write_line(f"xinterface exit loop: {backend.LOOP} "
+                                f"({backend.PURE_PYTHON_ENV}=1 forces the Python loop)")
+
+
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 

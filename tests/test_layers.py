@@ -18,7 +18,7 @@ PACKAGE = Path(xinterface.__file__).parent
 # The same list is in README's Layout section.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("errors",)),
-    ("KVM ABI", ("kvm",)),
+    ("KVM ABI", ("kvm", "backend", "_fastloop")),
     ("memory and buses", ("memory", "grace", "iobus")),
     ("kernel fast paths", ("delivery",)),
     ("the VM", ("vm",)),
@@ -41,7 +41,9 @@ def _module_name(path: Path) -> str:
 
 def _is_module(name: str) -> bool:
     rel = Path(*name.split(".")[1:]) if "." in name else Path()
-    return (PACKAGE / rel).with_suffix(".py").is_file() or (PACKAGE / rel / "__init__.py").is_file()
+    # A compiled module is known by its stub (.pyi), whether it is built or not.
+    return (any((PACKAGE / rel).with_suffix(ext).is_file() for ext in (".py", ".pyi"))
+            or (PACKAGE / rel / "__init__.py").is_file())
 
 
 def _resolve(module: str, is_package: bool, level: int, target: str | None) -> str:

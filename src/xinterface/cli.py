@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from .backend import LOOP
 from .frontend.options import AddressType, SecondsType, SizeType
 from .frontend.outputs import Stdout, Target, TargetType
 from .frontend.report import EXIT_SIGNAL_BASE, EXIT_TIMEOUT, SIGINT_STATUS, fail, guest_error
@@ -31,7 +32,8 @@ class _Main(click.Group):
 
 
 @click.group(cls=_Main)
-@click.version_option(package_name="xinterface")
+@click.version_option(package_name="xinterface",
+                      message=f"%(prog)s, version %(version)s (exit loop: {LOOP})")
 def main() -> None:
     """The KVM xinterface I/O services in Python: run guests, serve their I/O."""
 

@@ -82,6 +82,8 @@ class IoBus:
         self._grace = grace
         self._update = threading.Lock()
         self._events: dict[int, EventEntry] = {}
+        # Read without a lock by write_ranges, and by the compiled exit loop (_fastloop.c,
+        # write_range), which relies on this shape: replaced whole, never changed in place.
         self._ranges: tuple[tuple[int, ...], tuple[RangeDevice, ...]] = ((), ())
 
     # --- the hot path ------------------------------------------------------------------------

@@ -1,30 +1,41 @@
 """The exit loop of one vCPU thread: ``KVM_RUN``, dispatch the exit, resume.
 
-The hot path is the PIO/MMIO branch of :meth:`VcpuLoop.run`. Everything it touches is bound
-to locals before the loop, ``struct`` objects are precompiled, and the exit reason is read
-through a ``memoryview`` cast of the shared ``kvm_run`` page, so one exit costs a few dozen
-bytecodes on top of the ioctl.
+Two implementations of one loop, chosen by :mod:`xinterface.backend`:
 
-``KVM_RUN`` is called through :func:`kvm_run_ioctl`, which must hand ``EINTR`` back to Python:
-that is how a stop reaches a vCPU thread (see there and :mod:`xinterface.machine`).
+- the Python loop (:meth:`VcpuLoop._exits_python`), the reference: its hot path (a single
+  PIO/MMIO write) binds everything it touches to locals, uses precompiled ``struct`` objects
+  and reads the exit reason through a ``memoryview`` of the shared ``kvm_run`` page;
+- the compiled loop (``xinterface._fastloop``, :meth:`VcpuLoop._exits_compiled`): the same
+  steps in C for single PIO/MMIO reads and writes, returning to this module for every other
+  exit, for ``EINTR``, and for an access strict mode refuses.
+
+Both count exits in ``counts``, drain the coalesced ring before any exit is handled, and keep
+the grace-period slot odd exactly while a handler (event, range device, read) runs.
+
+``KVM_RUN`` must hand ``EINTR`` back to Python: that is how a stop reaches a vCPU thread (see
+:func:`kvm_run_ioctl` and :mod:`xinterface.machine`). The compiled loop calls libc's ``ioctl``
+itself and returns every ``EINTR`` to :meth:`VcpuLoop._exits_compiled`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import struct
 import sys
 import threading
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, Protocol
 
+from . import backend
 from .delivery.posted import CoalescedRing
 from .emulate import emulate
 from .errors import GuestError, GuestIOError
 from .grace import ReaderSlot
-from .iobus import Bus
+from .iobus import Bus, IoBus
 from .kvm import VcpuFd, internal_error, uapi
 from .memory import GuestMemory
 
@@ -47,23 +58,28 @@ _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
 # There KVM_RUN goes through libc's ioctl (ctypes), which returns EINTR like any error.
 FCNTL_IOCTL_RETRIES_EINTR = sys.version_info >= (3, 14)
 
-# (fd, request, arg) -> 0, or raises OSError (InterruptedError for EINTR).
-RunIoctl = Callable[[int, int, int], object]
-_libc_ioctl: RunIoctl | None = None
+# (fd, request) -> 0, or raises OSError (InterruptedError for EINTR); the argument is 0.
+RunIoctl = Callable[[int, int], object]
+_libc_ioctl: Callable[[int, int, int], int] | None = None
 
 
 def kvm_run_ioctl() -> RunIoctl:
-    """The call the exit loop enters ``KVM_RUN`` with: one that never retries ``EINTR``."""
+    """The call the Python loop enters ``KVM_RUN`` with: one that never retries ``EINTR``."""
     global _libc_ioctl
     if not FCNTL_IOCTL_RETRIES_EINTR:
-        return fcntl.ioctl  # the cheaper call, where it returns EINTR (CPython < 3.14)
+        # Without a third argument: CPython <= 3.13 tries an int third argument as a
+        # writable, then a read-only buffer first, raising and clearing a TypeError each time
+        # (about 1 us); without one it passes 0, which KVM_RUN requires (kvm_vcpu_ioctl fails
+        # it with EINVAL on any other value).
+        return fcntl.ioctl
     if _libc_ioctl is None:
         call = ctypes.CDLL(None, use_errno=True).ioctl
         call.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
         call.restype = ctypes.c_int
         call.errcheck = _raise_errno
         _libc_ioctl = call
-    return _libc_ioctl
+    libc_ioctl = _libc_ioctl
+    return lambda fd, request: libc_ioctl(fd, request, 0)
 
 
 def _raise_errno(result: Any, func: Any, args: Any) -> Any:
@@ -71,6 +87,15 @@ def _raise_errno(result: Any, func: Any, args: Any) -> Any:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))  # OSError(EINTR, ...) is an InterruptedError
     return result
+
+
+def _stock_bus(write: Callable[[int, bytes], bool]) -> IoBus | None:
+    """The bus whose ``write_ranges`` this is, which the compiled loop then does in C (the
+    same lookup, without a Python frame per write); None for any other call (tracing)."""
+    bus = getattr(write, "__self__", None)
+    if isinstance(bus, IoBus) and getattr(write, "__func__", None) is IoBus.write_ranges:
+        return bus
+    return None
 
 
 class LoopOwner(Protocol):
@@ -81,9 +106,10 @@ class LoopOwner(Protocol):
     every vCPU; ``vcpu_done`` is the thread's last call.
 
     A stop reaches a thread in ``KVM_RUN`` as ``EINTR``: the owner sets ``immediate_exit``
-    and signals the thread, and ``KVM_RUN`` is entered through :func:`kvm_run_ioctl`, which
-    never retries ``EINTR``. The owner sets ``stopping`` back to false only when it starts
-    a run, before any loop thread of that run exists, so a stop is never lost.
+    and signals the thread, and ``KVM_RUN`` is entered through :func:`kvm_run_ioctl` (or the
+    compiled loop's own ``ioctl``), which never retries ``EINTR``. The owner sets
+    ``stopping`` back to false only when it starts a run, before any loop thread of that run
+    exists, so a stop is never lost.
     """
 
     stopping: bool
@@ -120,6 +146,10 @@ class VcpuLoop:
         self.emulated = 0
         self.thread_id: int | None = None
         self.run_ioctl = kvm_run_ioctl()
+        self.native_exits = 0  # exits the compiled loop served without returning to Python
+        self._buses: tuple[Bus, Bus] = owner.buses()
+        self._paths = owner.write_paths()
+        self._strict = False
         self._words = memoryview(vcpu.run_mmap).cast("I")
 
     def release(self) -> None:
@@ -164,6 +194,20 @@ class VcpuLoop:
                 length=size) from exc
 
     def _exits(self) -> None:
+        self.halted = False
+        # Read once a run: the buses (wrapped when tracing), the write paths, strictness.
+        self._buses = self.owner.buses()
+        self._paths = self.owner.write_paths()
+        self._strict = self.owner.strict
+        fast = backend.fastloop
+        if fast is not None:
+            self._exits_compiled(fast)
+        else:
+            self._exits_python()
+
+    def _exits_python(self) -> None:
+        """The reference loop. Its write path is :meth:`_write` inlined: the one place where
+        a few dozen bytecodes per exit show next to the exit itself."""
         owner = self.owner
         fd = self.vcpu.fd
         mm = self.vcpu.run_mmap
@@ -174,21 +218,17 @@ class VcpuLoop:
         exit_io, exit_mmio = uapi.KVM_EXIT_IO, uapi.KVM_EXIT_MMIO
         unpack_io = _IO.unpack_from
         unpack_mmio = _MMIO.unpack_from
-        pio, mmio = owner.buses()
-        pio_read, mmio_read = pio.read, mmio.read
         # Writes: the exact-match event is looked up here, saving a call per exit; the rest
         # is IoBus.write_ranges. Same semantics as IoBus.write (see there).
-        pio_events, pio_ranges, mmio_events, mmio_ranges = owner.write_paths()
-        strict = owner.strict
+        pio_events, pio_ranges, mmio_events, mmio_ranges = self._paths
+        strict = self._strict
         slot = self.slot
         ring = self.ring
         drain = owner.drain_posted
-        reason_word, union, mmio_data, mask = (_RUN_EXIT_REASON_WORD, _RUN_UNION, _MMIO_DATA,
-                                               _EXIT_MASK)
-        self.halted = False
+        reason_word, union, mask = _RUN_EXIT_REASON_WORD, _RUN_UNION, _EXIT_MASK
         while not owner.stopping:
             try:
-                ioctl(fd, kvm_run, 0)
+                ioctl(fd, kvm_run)  # the argument is 0 (see kvm_run_ioctl)
             except InterruptedError:
                 # A kick from stop(), or immediate_exit: the loop condition decides.
                 counts[uapi.KVM_EXIT_INTR] += 1
@@ -198,47 +238,29 @@ class VcpuLoop:
                 # as the kernel asks (arch/x86/kvm/x86.c, kvm_arch_vcpu_ioctl_run).
                 continue
             except OSError as exc:
-                raise GuestError(f"KVM_RUN failed: {exc.strerror} (errno {exc.errno})",
-                                 vcpu=self.index, regs=self.registers()) from None
+                raise self._run_failed(exc.errno or 0) from None
             reason = words[reason_word]
             counts[reason & mask] += 1
             if ring.zones and ring.pending():
                 # Posted writes first: a later access must not overtake them (any vCPU's).
                 drain(self)
-            # Decode the access; reads and writes are then served by one tail each, below.
             if reason == exit_io:
                 direction, size, addr, count, offset = unpack_io(mm, union)
-                if count != 1:
-                    self._string_io(direction, size, addr, count, offset)
+                if not direction or count != 1:
+                    self._io(direction, size, addr, count, offset)
                     continue
-                space, is_write = "pio", direction
-                if is_write:
-                    data = mm[offset : offset + size]
-                    events, ranges = pio_events, pio_ranges
-                else:
-                    read = pio_read
+                data = mm[offset : offset + size]
+                events, ranges = pio_events, pio_ranges
             elif reason == exit_mmio:
                 addr, data, size, is_write = unpack_mmio(mm, union)
-                if size > 8:
-                    raise GuestError(f"MMIO exit with length {size}", vcpu=self.index,
-                                     regs=self.registers())
-                space = "mmio"
-                if is_write:
-                    data = data[:size]
-                    events, ranges = mmio_events, mmio_ranges
-                else:
-                    read, offset = mmio_read, mmio_data
+                if not is_write or size > 8:
+                    self._mmio(addr, data, size, is_write)
+                    continue
+                data = data[:size]
+                events, ranges = mmio_events, mmio_ranges
             elif self._other_exit(reason):
                 return
             else:
-                continue
-            if not is_write:
-                slot.count += 1
-                value = read(addr, size)
-                slot.count += 1
-                if value is None:
-                    value = self._unhandled(space, addr, size, write=False)
-                mm[offset : offset + size] = value
                 continue
             slot.count += 1
             event = events.get((addr << 4) | size)
@@ -251,31 +273,123 @@ class VcpuLoop:
                 claimed = ranges(addr, data)
                 slot.count += 1
                 if not claimed and strict:
-                    self._unhandled(space, addr, size, write=True)
+                    self._unhandled("pio" if reason == exit_io else "mmio", addr, size,
+                                    write=True)
 
-    def _string_io(self, direction: int, size: int, port: int, count: int, offset: int) -> None:
-        """``rep outs``/``rep ins``: KVM hands over ``count`` elements, served one by one."""
+    def _exits_compiled(self, fast: ModuleType) -> None:
+        """The same loop with its hot half in C (``_fastloop.ExitLoop.run``): it returns only
+        for what it leaves to Python, the exit counted and the ring drained as above."""
+        owner = self.owner
+        pio, mmio = self._buses
+        pio_events, pio_write, mmio_events, mmio_write = self._paths
+        loop = fast.ExitLoop(
+            self.vcpu.fd, self.vcpu.run_mmap, owner, self, self.counts, self.slot, self.ring,
+            owner.drain_posted, pio_events, pio_write, pio.read, mmio_events, mmio_write,
+            mmio.read, self._strict, _stock_bus(pio_write), _stock_bus(mmio_write))
+        run = loop.run
+        stopping, unhandled = fast.STOPPING, fast.UNHANDLED
+        try:
+            while True:
+                code = run()
+                if code >= 0:
+                    if self._exit(code):
+                        return
+                elif code == stopping:
+                    return
+                elif code == -errno.EINTR:
+                    self.counts[uapi.KVM_EXIT_INTR] += 1
+                elif code == -errno.EAGAIN:
+                    continue  # an AP left wait-for-SIPI: run it again (as above)
+                elif code == unhandled:
+                    self._unhandled_exit()
+                else:
+                    raise self._run_failed(-code)
+        finally:
+            self.native_exits += loop.handled
+
+    def _exit(self, reason: int) -> bool:
+        """One exit, counted and drained already. True when this vCPU is finished."""
         mm = self.vcpu.run_mmap
-        bus = self.owner.buses()[0]
-        slot = self.slot
+        if reason == uapi.KVM_EXIT_IO:
+            self._io(*_IO.unpack_from(mm, _RUN_UNION))
+            return False
+        if reason == uapi.KVM_EXIT_MMIO:
+            self._mmio(*_MMIO.unpack_from(mm, _RUN_UNION))
+            return False
+        return self._other_exit(reason)
+
+    def _io(self, direction: int, size: int, port: int, count: int, offset: int) -> None:
+        """A port access; ``rep outs``/``rep ins`` hand over ``count`` elements, served one
+        by one."""
+        mm = self.vcpu.run_mmap
         for i in range(count):
             at = offset + i * size
-            slot.count += 1
             if direction:
-                claimed = bus.write(port, mm[at : at + size])
-                slot.count += 1
-                if not claimed and self.owner.strict:
-                    self._unhandled("pio", port, size, write=True)
+                self._write("pio", port, mm[at : at + size])
             else:
-                value = bus.read(port, size)
-                slot.count += 1
-                if value is None:
-                    value = self._unhandled("pio", port, size, write=False)
-                mm[at : at + size] = value
+                mm[at : at + size] = self._read("pio", port, size)
+
+    def _mmio(self, addr: int, data: bytes, size: int, is_write: int) -> None:
+        if size > 8:
+            raise GuestError(f"MMIO exit with length {size}", vcpu=self.index,
+                             regs=self.registers())
+        if is_write:
+            self._write("mmio", addr, data[:size])
+        else:
+            self.vcpu.run_mmap[_MMIO_DATA : _MMIO_DATA + size] = self._read("mmio", addr, size)
+
+    def _write(self, space: str, addr: int, data: bytes) -> None:
+        """A guest write: its exact-match event, else the range device under it, else the
+        unhandled policy. The grace slot is odd for the whole dispatch."""
+        pio_events, pio_ranges, mmio_events, mmio_ranges = self._paths
+        events, ranges = (pio_events, pio_ranges) if space == "pio" else (mmio_events,
+                                                                          mmio_ranges)
+        slot = self.slot
+        slot.count += 1
+        event = events.get((addr << 4) | len(data))
+        if event is not None and event.live:
+            signal = event.signal
+            if signal is not None:
+                signal(event, data)
+            slot.count += 1
+        else:
+            claimed = ranges(addr, data)
+            slot.count += 1
+            if not claimed and self._strict:
+                self._unhandled(space, addr, len(data), write=True)
+
+    def _read(self, space: str, addr: int, size: int) -> bytes:
+        """A guest read: the range device's bytes, else the unhandled policy's."""
+        bus = self._buses[0 if space == "pio" else 1]
+        slot = self.slot
+        slot.count += 1
+        value = bus.read(addr, size)
+        slot.count += 1
+        if value is None:
+            value = self._unhandled(space, addr, size, write=False)
+        return value
+
+    def _unhandled_exit(self) -> None:
+        """The compiled loop found nobody for the access the kvm_run page describes (strict)."""
+        mm = self.vcpu.run_mmap
+        if self._words[_RUN_EXIT_REASON_WORD] == uapi.KVM_EXIT_IO:
+            direction, size, addr, _, offset = _IO.unpack_from(mm, _RUN_UNION)
+            space, is_write = "pio", bool(direction)
+        else:
+            addr, _, size, is_write_flag = _MMIO.unpack_from(mm, _RUN_UNION)
+            space, is_write, offset = "mmio", bool(is_write_flag), _MMIO_DATA
+        value = self._unhandled(space, addr, size, write=is_write)
+        if not is_write:
+            mm[offset : offset + size] = value
+
+    def _run_failed(self, code: int) -> GuestError:
+        return GuestError(f"KVM_RUN failed: {os.strerror(code)} (errno {code})",
+                          vcpu=self.index, regs=self.registers())
 
     def _unhandled(self, space: str, addr: int, size: int, *, write: bool) -> bytes:
-        """Nobody claimed the access: all-ones / dropped, or a stop when the machine is strict."""
-        if self.owner.strict:
+        """Nobody claimed the access: all-ones / dropped, or a stop when the machine is strict
+        (as it was when this run started)."""
+        if self._strict:
             kind = "write to" if write else "read from"
             where = f"port {addr:#x}" if space == "pio" else f"MMIO address {addr:#x}"
             raise GuestIOError(f"unhandled {size}-byte {kind} {where} (strict mode)",

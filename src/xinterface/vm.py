@@ -13,7 +13,7 @@ import errno
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from .delivery.eventfd import EventLoop
 from .delivery.posted import CoalescedRing
@@ -98,7 +98,8 @@ class Vm:
                 self.vcpus.append(vcpu)
                 vcpu.set_cpuid2(_cpuid_for(cpuid, index))
             # One ring per VM; every vCPU maps it, vCPU 0's mapping serves.
-            self.ring = CoalescedRing(self.vcpus[0].run_mmap, self.grace)
+            self.ring = CoalescedRing(self.vcpus[0].run_mmap, self.grace,
+                                      (self.pio_bus.events, self.mmio_bus.events))
         except BaseException:
             self.close()
             raise
@@ -178,7 +179,7 @@ class Vm:
             if not inside:
                 slot.thread_id = threading.get_ident()
                 slot.count += 1
-            return ring.drain(self._dispatch_posted)
+            return ring.drain(self._dispatch_posted, self._posted_failed)
         finally:
             if not inside:
                 slot.count += 1
@@ -194,7 +195,7 @@ class Vm:
         if not inside:
             slot.count += 1
         try:
-            self.ring.drain(self._dispatch_posted)
+            self.ring.drain(self._dispatch_posted, self._posted_failed)
         finally:
             if not inside:
                 slot.count += 1
@@ -203,16 +204,22 @@ class Vm:
         bus = self.pio_bus if pio else self.mmio_bus
         try:
             claimed = bus.write(addr, data)
-        except GuestError:
-            raise
-        except Exception as exc:
-            raise GuestIOError(f"the handler of a posted {len(data)}-byte write to "
-                               f"{_where(pio, addr)} raised {type(exc).__name__}: {exc}",
-                               vcpu=-1, space=bus.space, addr=addr, length=len(data)) from exc
+        except BaseException as exc:
+            self._posted_failed(pio, addr, data, exc)
         if not claimed and self.strict:
             raise GuestIOError(f"unhandled posted {len(data)}-byte write to "
                                f"{_where(pio, addr)} (strict mode)", vcpu=-1, space=bus.space,
                                addr=addr, length=len(data))
+
+    def _posted_failed(self, pio: int, addr: int, data: bytes, exc: BaseException) -> NoReturn:
+        """A posted write's handler raised ``exc``: raise it as a ``GuestIOError`` naming the
+        write (also called by the compiled drain, which calls events' handlers itself)."""
+        if isinstance(exc, GuestError) or not isinstance(exc, Exception):
+            raise exc
+        bus = self.pio_bus if pio else self.mmio_bus
+        raise GuestIOError(f"the handler of a posted {len(data)}-byte write to "
+                           f"{_where(pio, addr)} raised {type(exc).__name__}: {exc}",
+                           vcpu=-1, space=bus.space, addr=addr, length=len(data)) from exc
 
     def event_loop(self) -> EventLoop:
         """The epoll thread of EVENTFD events, started on first use."""

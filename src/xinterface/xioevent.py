@@ -7,13 +7,12 @@ The seed's ``struct kvm_xioevent`` and ``KVM_XIOEVENT_FLAG_*``, plus the deliver
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import errno
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .delivery import Delivery
 from .delivery.eventfd import new_eventfd, read_count
@@ -22,6 +21,9 @@ from .iobus import IoBus, RangeDevice, RangeRead, RangeWrite
 from .kvm import uapi
 from .maps import Handle
 from .refcount import badf
+
+if TYPE_CHECKING:
+    import asyncio  # imported where used: it costs tens of ms at start-up
 
 
 class XIOEventFlags(enum.IntFlag):
@@ -216,6 +218,8 @@ class XIOEventFd(XIOEvent):
 
     async def wait(self) -> int:
         """Wait (asyncio) until the guest has written; the number of writes since last time."""
+        import asyncio  # already loaded: this runs in an asyncio loop
+
         loop = asyncio.get_running_loop()
         fd = self.fileno()
         while True:

@@ -41,11 +41,13 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
-    assert {"cpu", "kernel", "nested", "python"} <= set(data["machine"])
+    assert {"cpu", "kernel", "nested", "python", "exit_loop"} <= set(data["machine"])
+    assert f"{data['machine']['exit_loop']} exit loop" in done.stdout
     by_name = {r["name"]: r for r in data["results"]}
     assert set(by_name) >= NAMES
     if shutil.which("qemu-system-x86_64"):
         assert set(by_name) >= PEER
+        assert by_name["bootsector.pio.1"]["floor"] == "qemu.pio.1"  # compared with QEMU
     else:
         assert "qemu.pio.1 skipped" in done.stderr
     for r in data["results"]:
@@ -58,6 +60,8 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     if shutil.which("qemu-system-x86_64"):
         assert by_name["virtio.blk.qd32.sync"]["floor"] == "qemu.virtio.blk.qd32"
     assert by_name["sync.pio.1"]["ratio_to_floor"] > 0
+    # With the compiled loop in use, the Python loop is measured in the same run too.
+    assert ("sync.pio.1.python" in by_name) == (data["machine"]["exit_loop"] == "compiled")
     assert "sync.pio.1" in done.stdout  # the table
 
 

@@ -26,7 +26,8 @@ def legend() -> str:
 
 def table(results: list[dict[str, object]], machine: dict[str, object]) -> Table:
     t = Table(title=f"xinterface bench on {machine.get('cpu') or 'this machine'} "
-                    f"({machine.get('kvm_module')}, Python {machine.get('python')})",
+                    f"({machine.get('kvm_module')}, Python {machine.get('python')}, "
+                    f"{machine.get('exit_loop')} exit loop)",
               caption=legend(), caption_justify="left")
     t.add_column("figure")
     t.add_column("median", justify="right")
@@ -49,7 +50,8 @@ def markdown(results: list[dict[str, object]], machine: dict[str, object]) -> st
     """The table as Markdown, for README's Performance section."""
     lines = [f"Measured on {machine.get('cpu')}, kernel {machine.get('kernel')} "
              f"({machine.get('kvm_module')}, {machine.get('cpus')} CPUs, nested: "
-             f"{machine.get('nested')}), Python {machine.get('python')}.", "",
+             f"{machine.get('nested')}), Python {machine.get('python')}, "
+             f"{machine.get('exit_loop')} exit loop.", "",
              "| figure | median | p10 - p90 | unit | x floor |", "|---|---:|---:|---|---:|"]
     for r in results:
         ratio = r["ratio_to_floor"]

@@ -7,10 +7,13 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from .. import backend
 from ..delivery import Delivery
 from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
@@ -46,6 +49,19 @@ def _floor_sample(mode: str, count: int) -> Sample:
     return lambda: run_floor(mode, count, binary=binary).ns_per_write
 
 
+def python_loop_write_cost(count: int) -> float:
+    """``sync.pio.1`` on the Python loop, from a child process with the compiled loop turned
+    off (the loop is chosen once per process), for a ratio in the same run."""
+    env = {**os.environ, backend.PURE_PYTHON_ENV: "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from xinterface.bench.paths import write_cost; "
+         "print(write_cost(int(sys.argv[1])))", str(count)],
+        env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"the Python-loop benchmark failed: {done.stderr.strip()[-300:]}")
+    return float(done.stdout)
+
+
 def figures(quick: bool, scale: float = 1.0,
             peers: tuple[str, ...] = ()) -> tuple[list[Figure], list[str]]:
     """The suite, and notices for what had to be skipped. ``peers``: ``("qemu",)`` adds the
@@ -72,6 +88,11 @@ def figures(quick: bool, scale: float = 1.0,
 
     out += [
         Figure("sync.pio.1", "ns/write", partial(write_cost, n_sync), floor("floor.pio.1")),
+    ]
+    if backend.LOOP == "compiled":
+        out.append(Figure("sync.pio.1.python", "ns/write",
+                          partial(python_loop_write_cost, n_sync), floor("floor.pio.1")))
+    out += [
         Figure("sync.pio.4", "ns/write", partial(write_cost, n_sync, size=4),
                floor("floor.pio.1")),
         Figure("sync.mmio.4", "ns/write", partial(write_cost, n_sync, size=4, mmio=True),
@@ -153,8 +174,9 @@ def figures(quick: bool, scale: float = 1.0,
                 Figure("qemu.pio.1", "ns/write",
                        partial(qemu_write_cost, max(1, large // 100), large),
                        floor("floor.pio.1")),
+                # Compared with QEMU itself: the same binary, the same device, one exit each.
                 Figure("bootsector.pio.1", "ns/write", partial(own_write_cost, n_sync),
-                       floor("floor.pio.1")),
+                       "qemu.pio.1"),
             ]
     net_figs, net_notices = net_figure_samples(quick, scale, peers)
     notices += net_notices
@@ -193,14 +215,23 @@ def machine_info() -> dict[str, object]:
                        if os.path.exists(f"/sys/module/{m}")), "unknown")
     return {"cpu": cpu, "kernel": platform.release(), "nested": nested,
             "kvm_module": kvm_module, "cpus": os.cpu_count(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "exit_loop": backend.LOOP}
+
+
+def paired_ratio(figure: Figure, floor: Figure) -> float | None:
+    """The median over rounds of figure / floor within each round: a machine whose load
+    changes from round to round (other tenants) moves both sides of each ratio alike.
+    Rounds whose floor came out non-positive (QEMU's start-up jitter at tiny sizes) are left
+    out; None if that leaves none."""
+    pairs = [a / b for a, b in zip(figure.samples, floor.samples, strict=True) if b > 0]
+    return statistics.median(pairs) if pairs else None
 
 
 def results(figs: list[Figure]) -> list[dict[str, object]]:
     by_name = {f.name: f for f in figs}
     out: list[dict[str, object]] = []
     for f in figs:
-        ratio = f.median / by_name[f.floor].median if f.floor else None
+        ratio = paired_ratio(f, by_name[f.floor]) if f.floor else None
         out.append({"name": f.name, "unit": f.unit, "median": f.median,
                     "p10": f.quantile(0.1), "p90": f.quantile(0.9),
                     "ratio_to_floor": ratio, "floor": f.floor, "samples": len(f.samples)})

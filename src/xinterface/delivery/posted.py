@@ -27,7 +27,9 @@ import mmap
 import struct
 import threading
 from collections.abc import Callable
+from typing import Any
 
+from .. import backend
 from ..grace import Grace
 from ..kvm import uapi
 
@@ -39,14 +41,22 @@ _MAX = uapi.COALESCED_RING_MAX
 
 # (pio, addr, payload) -> None; raises to stop the machine.
 Dispatch = Callable[[int, int, bytes], None]
+# (pio, addr, payload, the exception an event's handler raised) -> raises what to propagate.
+Failed = Callable[[int, int, bytes, BaseException], None]
 
 
 class CoalescedRing:
-    """The VM's ring, read through vCPU 0's mapping, and the lock that serialises draining."""
+    """The VM's ring, read through vCPU 0's mapping, and the lock that serialises draining.
 
-    def __init__(self, run_mmap: mmap.mmap, grace: Grace) -> None:
+    ``events``: the PIO and MMIO buses' event tables, for the compiled drain, which serves
+    exact-match events itself and hands every other entry to ``dispatch``.
+    """
+
+    def __init__(self, run_mmap: mmap.mmap, grace: Grace,
+                 events: tuple[dict[int, Any], dict[int, Any]] = ({}, {})) -> None:
         self._mm = run_mmap
         self._grace = grace
+        self._events = events
         self._words = memoryview(run_mmap).cast("I")
         self._first = _RING_OFFSET // 4
         self._last = self._first + 1
@@ -58,6 +68,9 @@ class CoalescedRing:
         # Entries taken off the ring, not yet dispatched. A drain re-entered from a handler
         # continues from here, so entries are dispatched in ring order, each exactly once.
         self._pending: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
+        # The same, for the compiled drain (backend.fastloop), which keeps entries in C.
+        fast = backend.fastloop
+        self._native_pending = fast.Pending(_MAX) if fast is not None else None
 
     def release(self) -> None:
         self._words.release()
@@ -70,7 +83,7 @@ class CoalescedRing:
         """Entries logged and not yet delivered, or a drain still in its handlers."""
         words = self._words
         return (words[self._first] != words[self._last] or bool(self._pending)
-                or self.draining > 0)
+                or self.draining > 0 or bool(self._native_pending))
 
     def acquire(self) -> None:
         """Take the drain lock as :meth:`drain` does; release with ``ring.lock.release()``."""
@@ -93,8 +106,13 @@ class CoalescedRing:
         # Copied out: the kernel may reuse the slots now (it only reads ``first``).
         words[self._first] = last
 
-    def drain(self, dispatch: Dispatch) -> int:
-        """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many."""
+    def drain(self, dispatch: Dispatch, failed: Failed | None = None) -> int:
+        """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many.
+
+        The compiled drain calls exact-match events' handlers itself; when one raises, it
+        hands the exception to ``failed`` (which raises what ``dispatch`` would have), or
+        lets it propagate when there is none.
+        """
         done = 0
         pending = self._pending
         lock = self.lock
@@ -103,6 +121,11 @@ class CoalescedRing:
         # Counted before anything leaves the ring, so pending() holds throughout.
         self.draining += 1
         try:
+            fast = backend.fastloop
+            if fast is not None:
+                # The same algorithm in C, its pending entries in _native_pending.
+                return int(fast.drain(self._mm, _RING_OFFSET, _MAX, self._native_pending,
+                                      *self._events, dispatch, failed))
             self._take()
             while pending:
                 addr, length, pio, data = pending.popleft()

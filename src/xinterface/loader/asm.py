@@ -8,12 +8,8 @@ options, so a test suite assembles each guest once.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
 import stat
-import subprocess
-import tempfile
 from pathlib import Path
 
 _TOOLS = ("as", "ld", "objcopy")
@@ -29,6 +25,8 @@ def cache_dir() -> Path:
 
 
 def _temp_cache_dir() -> Path:
+    import tempfile
+
     return Path(tempfile.gettempdir()) / f"xinterface-{os.getuid()}" / "asm"
 
 
@@ -67,6 +65,12 @@ def assemble(source: str | Path, *, gpa: int, bits: int = 32,
     ``bits`` picks the object format: 32 (``--32``, for 16- and 32-bit code) or 64.
     ``defines`` become ``--defsym NAME=VALUE`` symbols the source can use.
     """
+    # Imported here: running a prebuilt image never assembles, and these cost start-up time.
+    import hashlib
+    import shutil
+    import subprocess
+    import tempfile
+
     path = Path(source)
     text = path.read_bytes()
     args_32 = bits != 64

@@ -1,0 +1,16 @@
+"""The optional compiled exit loop (``xinterface._fastloop``); everything else is in
+pyproject.toml. ``optional=True``: without a compiler or Python's headers the build goes on
+and the package runs its Python loop (see xinterface/backend.py)."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "xinterface._fastloop",
+            ["src/xinterface/_fastloop.c"],
+            optional=True,
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+        ),
+    ],
+)

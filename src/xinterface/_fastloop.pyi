@@ -1,0 +1,47 @@
+# The compiled exit loop (_fastloop.c); see xinterface.backend and xinterface.vcpu_loop.
+import mmap
+from collections.abc import Callable
+from typing import Any
+
+STOPPING: int
+UNHANDLED: int
+
+class ExitLoop:
+    def __init__(
+        self,
+        fd: int,
+        run: mmap.mmap,
+        owner: Any,
+        loop: Any,
+        counts: list[int],
+        slot: Any,
+        ring: Any,
+        drain: Callable[[Any], None],
+        pio_events: dict[int, Any],
+        pio_write: Callable[[int, bytes], bool],
+        pio_read: Callable[[int, int], bytes | None],
+        mmio_events: dict[int, Any],
+        mmio_write: Callable[[int, bytes], bool],
+        mmio_read: Callable[[int, int], bytes | None],
+        strict: bool,
+        pio_bus: object = None,
+        mmio_bus: object = None,
+    ) -> None: ...
+    def run(self) -> int: ...
+    @property
+    def handled(self) -> int: ...
+
+class Pending:
+    def __init__(self, entries: int) -> None: ...
+    def __len__(self) -> int: ...
+
+def drain(
+    run: mmap.mmap,
+    offset: int,
+    entries: int,
+    pending: Pending,
+    pio_events: dict[int, Any],
+    mmio_events: dict[int, Any],
+    dispatch: Callable[[int, int, bytes], None],
+    failed: Callable[[int, int, bytes, BaseException], None] | None,
+) -> int: ...
