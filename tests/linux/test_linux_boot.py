@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import xinterface as xi
 from tests.conftest import needs_kvm
-from xinterface.boards.microvm import attach_microvm
+from tests.linux.conftest import BUILD
+from xinterface.boards.microvm import attach_microvm, virtio_mmio_slot
+from xinterface.boards.virtio import Disk
 from xinterface.devices.output import Until
 from xinterface.kvm import Kvm
 from xinterface.loader import cpuid
@@ -53,7 +56,7 @@ def cmdline_for(linux: dict[str, str], *extra: str) -> str:
 
 
 def boot(kernel: str, initrd: str, cmdline: str, *, vcpus: int = 1, stop_at: bytes | None = None,
-         ) -> Boot:
+         disks: tuple[Disk, ...] = ()) -> Boot:
     """Boot on the microvm board; ``stop_at``: end the run when that text appears, else note
     when the init marker appears and let the guest end the run."""
     started = time.monotonic()
@@ -70,7 +73,8 @@ def boot(kernel: str, initrd: str, cmdline: str, *, vcpus: int = 1, stop_at: byt
             if stop_at is not None:
                 m.stop()
 
-        attach_microvm(m, serial=Until(out, stop_at or MARKER, seen), debugcon=io.BytesIO())
+        attach_microvm(m, serial=Until(out, stop_at or MARKER, seen), debugcon=io.BytesIO(),
+                       disks=disks)
         assert m.memory is not None
         loaded = load_linux(m.memory, [loop.vcpu for loop in m.vcpus],
                             Path(kernel).read_bytes(), initrd=Path(initrd).read_bytes(),
@@ -99,12 +103,20 @@ def test_real_images_parse(linux: dict[str, str]) -> None:
     assert image.entry == pvh_start - KERNEL_MAP   # pvh_start_xen, at its physical address
 
 
-def test_vmlinux_boots_through_pvh_to_init_and_ends_the_run(linux: dict[str, str]) -> None:
-    cmdline = cmdline_for(linux, "quiet")
-    run = boot(linux["vmlinux"], linux["initramfs"], cmdline)
+def test_vmlinux_boots_through_pvh_reads_ext2_on_virtio_blk_and_ends_the_run(
+        linux: dict[str, str], tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    subprocess.run([sys.executable, str(BUILD), "ext2", str(disk), "--file",
+                    "hello.txt=hello from our virtio-blk"], check=True)
+    # The microvm board's first virtio-mmio transport, named on the command line as Linux's
+    # virtio_mmio.device=<size>@<base>:<irq> (drivers/virtio/virtio_mmio.c).
+    base, gsi = virtio_mmio_slot(0)
+    cmdline = cmdline_for(linux, "quiet", f"virtio_mmio.device=512@{base:#x}:{gsi}")
+    run = boot(linux["vmlinux"], linux["initramfs"], cmdline, disks=(Disk(str(disk), True),))
     assert run.loaded.protocol == "pvh"
     assert MARKER.decode() in run.console, console_tail(run)
     assert f"cmdline: {cmdline}" in run.console, console_tail(run)   # /init read /proc/cmdline
+    assert "disk: hello from our virtio-blk" in run.console, console_tail(run)
     assert DONE.decode() in run.console, console_tail(run)
     assert "Kernel panic" not in run.console, console_tail(run)
     assert run.result.reason == "reset", console_tail(run)

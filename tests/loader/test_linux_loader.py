@@ -235,6 +235,17 @@ def test_mp_table_for_smp() -> None:
         assert pos == length
         assert cpus == [(0, 3), (1, 1), (2, 1)]                # vCPU 0 is the bootstrap CPU
         assert kinds.count(1) == 1 and kinds.count(2) == 1     # ISA bus, one I/O APIC
-        assert kinds.count(3) == 15 and kinds.count(4) == 2    # ISA IRQs but 2; ExtINT, NMI
+        assert kinds.count(4) == 2                             # ExtINT on LINT0, NMI on LINT1
+        pos, pins = 44 + 20 * 3, {}
+        for kind in kinds[3:]:
+            if kind == 3:
+                flags, irq, pin = (struct.unpack_from("<H", table, pos + 2)[0], table[pos + 5],
+                                   table[pos + 7])
+                pins[pin] = (irq, flags)
+            pos += 8
+        # ISA IRQs but the cascade on their own pins, bus default flags; pins 16-23 (virtio-mmio
+        # on microvm) level-triggered, active high.
+        assert pins == {**{n: (n, 0) for n in range(16) if n != 2},
+                        **{n: (n, 0xD) for n in range(16, 24)}}
         # The MP table's area is reserved in the memory map the kernel gets.
         assert (0xF0000, 0x10000, 2) in loaded.e820

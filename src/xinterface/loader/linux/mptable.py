@@ -31,6 +31,7 @@ CPU_ENABLED, CPU_BOOTSTRAP = 0x01, 0x02
 IOAPIC_ENABLED = 0x01
 INT_VECTORED, INT_NMI, INT_SMI, INT_EXTINT = range(4)   # Table 4-9
 INT_FLAGS_CONFORMING = 0x0000    # polarity and trigger "conform to the bus" (edge, high: ISA)
+INT_FLAGS_LEVEL_HIGH = 0x000D    # Table 4-10: polarity 01 active high, trigger 11 level
 ALL_LOCAL_APICS = 0xFF
 
 LOCAL_APIC_ADDR = 0xFEE00000
@@ -41,6 +42,7 @@ IOAPIC_VERSION = 0x11
 ISA_BUS_ID = 0
 ISA_IRQS = 16
 ISA_CASCADE_IRQ = 2              # the 8259 slave's input: no device interrupt arrives there
+IOAPIC_PINS = 24                 # KVM's in-kernel I/O APIC (KVM_IOAPIC_NUM_PINS)
 
 
 def _checksum_byte(data: bytes) -> int:
@@ -70,6 +72,13 @@ def mptable(gpa: int, cpus: int, *, cpu_signature: int = 0, cpu_features: int = 
         _INTERRUPT.pack(ENTRY_IO_INTERRUPT, INT_VECTORED, INT_FLAGS_CONFORMING, ISA_BUS_ID, irq,
                         ioapic_id, irq)
         for irq in range(ISA_IRQS) if irq != ISA_CASCADE_IRQ
+    )
+    # The MP table names a source bus and IRQ for every pin; above the ISA range the ISA bus
+    # carries the pin number, which is what Linux maps a GSI by (arch/x86/kernel/mpparse.c).
+    entries.extend(
+        _INTERRUPT.pack(ENTRY_IO_INTERRUPT, INT_VECTORED, INT_FLAGS_LEVEL_HIGH, ISA_BUS_ID, pin,
+                        ioapic_id, pin)
+        for pin in range(ISA_IRQS, IOAPIC_PINS)
     )
     entries.append(_INTERRUPT.pack(ENTRY_LOCAL_INTERRUPT, INT_EXTINT, INT_FLAGS_CONFORMING,
                                    ISA_BUS_ID, 0, ALL_LOCAL_APICS, 0))
