@@ -194,7 +194,7 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
               "with a PVH note (no firmware).")
 @click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="An initramfs for --kernel.")
-@click.option("--append", default="console=ttyS0 reboot=k panic=-1", show_default=True,
+@click.option("--append", default="console=ttyS0 reboot=p panic=-1", show_default=True,
               help="The kernel command line for --kernel.")
 @click.option("--cpu", type=click.Choice(sorted(["host", "baseline"])), default="baseline",
               show_default=True, help="CPU template: host (what KVM offers) or baseline "

@@ -10,7 +10,7 @@ from tests.conftest import needs_kvm
 
 pytestmark = needs_kvm
 
-APPEND = "console=ttyS0 quiet reboot=k panic=-1 noreplace-smp rodata=off"
+APPEND = "console=ttyS0 quiet reboot=p panic=-1 noreplace-smp rodata=off"
 
 
 def test_boot_kernel_reaches_init_with_the_workarounds_said_once(
