@@ -239,9 +239,9 @@ class VirtioPci:
             self._rom = None
         if base is None or self._intf is None or not self.function.rom:
             return
-        size = 1 << max(11, (len(self.function.rom) - 1).bit_length())
         try:
-            self._rom = self._intf.iorange(base, size, read=self.function.rom_read,
+            self._rom = self._intf.iorange(base, self.function.rom_size,
+                                           read=self.function.rom_read,
                                            write=lambda offset, data: None,  # ROM: dropped
                                            name=f"virtio-pci rom {self.device.name}")
         except XInterfaceError:

@@ -44,6 +44,7 @@ BAR_IO = 0x1               # bit 0 of an I/O BAR
 BAR_MEM64 = 0x4            # type field (bits 2:1) = 10b: 64-bit memory BAR
 BAR_PREFETCH = 0x8
 ROM_ENABLE = 0x1
+ROM_MIN_SIZE = 0x800        # the ROM BAR's address bits start at bit 11
 CAPABILITIES_START = 0x40  # first byte after the standard header
 CONFIG_SIZE = 256
 
@@ -82,7 +83,8 @@ class PciFunction:
         self.config[INTERRUPT_PIN] = interrupt_pin  # 1 = INTA#
         self.bars: dict[int, Bar] = {}
         self.rom = rom
-        self._rom_size = _pow2(len(rom)) if rom else 0
+        # 6.2.5.2: the ROM BAR decodes address bits 31:11, so a ROM takes 2 KiB at least.
+        self.rom_size = max(_pow2(len(rom)), ROM_MIN_SIZE) if rom else 0
         self._rom_address = 0
         self.rom_mapped: int | None = None
         self._on_rom_map = on_rom_map
@@ -194,9 +196,9 @@ class PciFunction:
 
     def _write_rom(self, offset: int, data: bytes) -> None:
         value = self._merge(ROM_BAR, 4, offset, data)
-        if not self._rom_size:
+        if not self.rom_size:
             return
-        mask = ~(self._rom_size - 1) & 0xFFFFF800
+        mask = ~(self.rom_size - 1) & 0xFFFFF800
         struct.pack_into("<I", self.config, ROM_BAR, (value & mask) | (value & ROM_ENABLE))
         self._rom_address = value & mask
         self._remap()
@@ -215,11 +217,11 @@ class PciFunction:
                 bar.mapped = base
                 if bar.on_map is not None:
                     bar.on_map(base)
-        if self._rom_size:
+        if self.rom_size:
             rom_reg = struct.unpack_from("<I", self.config, ROM_BAR)[0]
             address = self._rom_address
             on = (command & COMMAND_MEMORY and rom_reg & ROM_ENABLE and address
-                  and address != 0xFFFFF800 & ~(self._rom_size - 1))
+                  and address != 0xFFFFF800 & ~(self.rom_size - 1))
             base = address if on else None
             if base != self.rom_mapped:
                 self.rom_mapped = base
