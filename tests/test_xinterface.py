@@ -189,6 +189,38 @@ def test_vmap_is_zero_copy_both_ways(intf: xi.XInterface) -> None:
         bytes(m.addr)
 
 
+def test_vmap_cast_moves_whole_items_and_goes_with_the_map(intf: xi.XInterface) -> None:
+    m = intf.vmap(0x100100, 16)
+    words = m.cast("H")
+    words[1] = 0x0100
+    assert intf.copy_from(0x100102, 2) == b"\x00\x01"
+    intf.copy_to(0x100108, struct.pack("<I", 0xDEADBEEF))
+    assert m.cast("I")[2] == 0xDEADBEEF
+    m.put()
+    with pytest.raises(ValueError):
+        words[0]
+    with pytest.raises(ValueError):
+        m.cast("H")
+
+
+def test_close_releases_live_casts() -> None:
+    m = xi.Machine(memory=1 << 20)
+    view = xi.bind(m).vmap(0x1000, 8).cast("Q")
+    m.close()
+    assert m.closed
+    with pytest.raises(ValueError):
+        view[0]
+
+
+@pytest.mark.parametrize(("gpa", "length", "fmt"), [(0x100100, 16, "B"), (0x100100, 6, "I"),
+                                                    (0x100101, 4, "H"), (0x100100, 8, "d")])
+def test_vmap_cast_bad_format_is_einval(intf: xi.XInterface, gpa: int, length: int,
+                                        fmt: str) -> None:
+    with intf.vmap(gpa, length) as m, pytest.raises(xi.XInterfaceError) as info:
+        m.cast(fmt)  # type: ignore[arg-type]
+    assert (info.value.errno, info.value.argument) == (errno.EINVAL, "fmt")
+
+
 def test_vmap_across_two_regions_is_efault(intf: xi.XInterface) -> None:
     with pytest.raises(xi.XInterfaceError) as info:
         intf.vmap(0xFFF0, 0x20)

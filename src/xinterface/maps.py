@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from .errors import XInterfaceError
 from .refcount import Counted
 from .vm import Vm
+
+_ITEM_SIZES = {"H": 2, "I": 4, "Q": 8}
 
 
 class Handle(Protocol):
@@ -37,6 +41,7 @@ class GuestMap(Counted):
         intf.get()
         self.intf = intf
         self._views = views
+        self._derived: list[memoryview] = []   # cast() views: released before _views
         intf._add_map(self)
 
     def _last_put(self) -> None:
@@ -45,7 +50,7 @@ class GuestMap(Counted):
         self.intf.put()
 
     def _release_views(self) -> None:
-        for view in self._views:
+        for view in self._derived + self._views:
             try:
                 view.release()
             except BufferError:
@@ -85,6 +90,23 @@ class XVMap(GuestMap):
     @property
     def addr(self) -> memoryview:
         return self._views[0]
+
+    def cast(self, fmt: Literal["H", "I", "Q"]) -> memoryview:
+        """The mapped bytes as items of ``fmt`` (``"H"``, ``"I"``, ``"Q"``, native x86
+        little-endian), released with the map. Reading or writing one item is one load or
+        store of its size, which x86 makes atomic at an aligned address: what a device needs
+        for an index the guest updates concurrently (``struct`` moves bytes one at a time)."""
+        with self._lock:
+            if self._dead:
+                raise ValueError(f"{self!r} was released")
+            size = _ITEM_SIZES.get(fmt)
+            if size is None or self.len % size or self.gpa % size:
+                raise XInterfaceError(errno.EINVAL, f"cannot view {self!r} as {fmt!r}: a "
+                                      "format of H, I or Q whose size divides the length and "
+                                      "the address", argument="fmt", value=fmt)
+            view = self._views[0].cast(fmt)
+            self._derived.append(view)
+        return view
 
     def get(self) -> XVMap:
         super().get()

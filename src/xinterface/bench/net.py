@@ -86,7 +86,7 @@ class Marks:
 @dataclass
 class NetRun:
     """One run: ``count`` frames in ``seconds`` (from 'S' to 'E'); received, ``bad`` times
-    the sequence broke (frames dropped on the way; at most 127); what the far end counted
+    the sequence broke (frames dropped on the way; at most 125); what the far end counted
     (frames it read, or sent); the device's counters."""
 
     count: int

@@ -7,6 +7,13 @@ queue), gives them back with :meth:`VirtQueue.add_used`, and asks :meth:`needs_i
 whether the driver wants a used buffer notification. The rings are mapped once, as zero-copy
 views, when the queue is first used.
 
+Atomicity: the driver reads ``used.idx`` while we write it, and writes ``avail.idx`` while we
+read it. ``struct``'s little-endian ``pack_into``/``unpack_from`` move one byte at a time, so a
+driver polling ``used.idx`` across 0x00ff -> 0x0100 could see 0x0000 and take 65,280 entries as
+used. Every ring field the other side may change under us is therefore reached through a
+16-bit view (``memoryview.cast("H")``): CPython moves an item of it with one 2-byte load or
+store, which x86 makes atomic for an aligned address (the rings are 2- and 4-byte aligned).
+
 Memory ordering: the driver is a vCPU of the same x86 host. x86 keeps loads in order with
 loads and stores in order with stores, so reading ``avail.idx`` before the ring entries, and
 writing a used element before ``used.idx`` (§2.7.8.2), need no barrier from us. A store then a
@@ -37,7 +44,6 @@ VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 # le16 avail_event; }, struct virtq_used_elem { le32 id; le32 len; }
 VIRTQ_USED_F_NO_NOTIFY = 1
 RING_HEADER = 4
-U16 = struct.Struct("<H")
 USED_ELEM = struct.Struct("<II")
 
 _barrier = threading.Lock()
@@ -76,6 +82,10 @@ class VirtQueue:
         self._desc: memoryview | None = None
         self._avail = memoryview(b"")
         self._used = memoryview(b"")
+        # 16-bit views of the two rings (see the module's note on atomicity); x86 is
+        # little-endian, as the split ring is (§2.7).
+        self._avail16 = memoryview(b"").cast("H")
+        self._used16 = memoryview(b"").cast("H")
         self.size = max_size
         self.ready = False
         self.desc_addr = self.avail_addr = self.used_addr = 0
@@ -130,10 +140,13 @@ class VirtQueue:
                                  "read-only memory")
         self._intf = intf
         self._desc, self._avail, self._used = (m.addr for m in self._maps)
+        self._avail16 = self._maps[1].cast("H")
+        self._used16 = self._maps[2].cast("H")
 
     def unmap(self) -> None:
         maps, self._maps = self._maps, []
         self._desc = None
+        self._avail16 = self._used16 = memoryview(b"").cast("H")
         self._avail = self._used = memoryview(b"")
         for m in maps:
             if not m.released:
@@ -145,7 +158,7 @@ class VirtQueue:
 
     # --- the device's side ------------------------------------------------------------------
     def avail_idx(self) -> int:
-        return int(U16.unpack_from(self._avail, 2)[0])
+        return self._avail16[1]
 
     def pending(self) -> int:
         """Chains the driver made available that the device has not taken yet."""
@@ -166,7 +179,7 @@ class VirtQueue:
         desc = self._desc
         assert intf is not None and desc is not None
         size = self.size
-        head = int(U16.unpack_from(self._avail, RING_HEADER + 2 * (self.next_avail % size))[0])
+        head = self._avail16[2 + self.next_avail % size]
         if head >= size:
             raise VirtqueueError(f"queue {self.index}: available head {head} is outside the "
                                  f"descriptor table ({size} entries)")
@@ -211,16 +224,15 @@ class VirtQueue:
         else:
             head = chain
             length = max(0, min(length, 0xFFFFFFFF))
-        used = self._used
         slot = self.next_used % self.size
-        USED_ELEM.pack_into(used, RING_HEADER + 8 * slot, head, length)
+        USED_ELEM.pack_into(self._used, RING_HEADER + 8 * slot, head, length)
         self.next_used = (self.next_used + 1) & 0xFFFF
         if publish:
-            U16.pack_into(used, 2, self.next_used)
+            self._used16[1] = self.next_used
 
     def publish_used(self) -> None:
         """Make every element added with ``add_used(..., publish=False)`` visible."""
-        U16.pack_into(self._used, 2, self.next_used)
+        self._used16[1] = self.next_used
 
     def unpop(self, chains: list[DescriptorChain]) -> None:
         """Put back the last ``len(chains)`` chains taken with :meth:`pop` and not used: they
@@ -239,9 +251,8 @@ class VirtQueue:
             old, self._signalled_used = self._signalled_used, new
             if old is None:
                 return True
-            event = int(U16.unpack_from(self._avail, RING_HEADER + 2 * self.size)[0])
-            return need_event(event, new, old)
-        return not U16.unpack_from(self._avail, 0)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+            return need_event(self._avail16[2 + self.size], new, old)   # used_event
+        return not self._avail16[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
 
     def set_notification(self, enable: bool) -> None:
         """Ask the driver to notify (or not) for new buffers (§2.7.10): ``avail_event`` with
@@ -250,9 +261,9 @@ class VirtQueue:
             if enable:
                 # The driver's current avail.idx, not next_avail: buffers the device left
                 # available (too few for it) do not count as new (QEMU does the same).
-                U16.pack_into(self._used, RING_HEADER + 8 * self.size, self.avail_idx())
+                self._used16[2 + 4 * self.size] = self.avail_idx()   # avail_event
         else:
-            U16.pack_into(self._used, 0, 0 if enable else VIRTQ_USED_F_NO_NOTIFY)
+            self._used16[0] = 0 if enable else VIRTQ_USED_F_NO_NOTIFY
 
     def enable_notification(self) -> bool:
         """Re-enable notifications; True if buffers arrived meanwhile (take them now, since

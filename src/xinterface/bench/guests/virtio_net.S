@@ -22,8 +22,9 @@
 #
 # Port 0xe9: 'R' once the queues are ready, 'S' at the first frame (receive) or before the
 # first (transmit), 'E' when COUNT frames are done. Then the debug exit (port 0xf4) with
-# the number of bad frames (capped at 127): status 1 for none. A '?' then status 0xff: no
-# net device, or it refused the features or the queue size.
+# the number of bad frames (capped at 125): status 1 for none. A '?' then status 0xff: no
+# net device, or it refused the features or the queue size. A '!' then status 0xfd: used.idx
+# claimed more buffers used than the driver had made available (a torn or wrong store of it).
         .code16
         .globl  _start
         .set    NET, 1                          # §5: device ID of a network card
@@ -192,9 +193,9 @@ user:   mov     mmio, %ebx
         .endif
         mov     $'E', %al
         out     %al, $0xe9
-        cmp     $127, %ebp
+        cmp     $125, %ebp
         jbe     1f
-        mov     $127, %ebp
+        mov     $125, %ebp
 1:      mov     %ebp, %eax
         out     %al, $0xf4
 2:      jmp     2b
@@ -239,6 +240,10 @@ tx_loop:
         movzwl  TXQ + 0x2000 + 2, %eax          # used.idx: reclaim
         sub     %di, %ax
         movzwl  %ax, %eax
+        mov     %esi, %edx                      # no more than are outstanding
+        sub     %edi, %edx
+        cmp     %edx, %eax
+        ja      torn
         add     %eax, %edi
         cmp     $COUNT, %esi
         jae     tx_loop
@@ -294,6 +299,13 @@ rx_loop:
         movzwl  RXQ + 0x2000 + 2, %ecx          # used.idx
         cmp     %di, %cx
         je      rx_loop
+        mov     %cx, %dx                        # no more than are outstanding
+        sub     %di, %dx
+        movzwl  %dx, %edx
+        mov     %esi, %eax
+        sub     %edi, %eax
+        cmp     %eax, %edx
+        ja      torn
 rx_one: mov     %edi, %edx                      # used.ring[edi % QSIZE]: id, len
         and     $(QSIZE - 1), %edx
         mov     RXQ + 0x2000 + 4(,%edx,8), %eax # id
@@ -319,6 +331,12 @@ rx_one: mov     %edi, %edx                      # used.ring[edi % QSIZE]: id, le
         jmp     rx_loop
 rx_done:
         ret
+
+torn:   mov     $'!', %al
+        out     %al, $0xe9
+        mov     $0x7e, %al
+        out     %al, $0xf4
+1:      jmp     1b
 
         .balign 4
 mmio:   .long   0
