@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("devices", ("devices",)),
     ("virtio", ("virtio",)),
     ("boards", ("boards",)),
-    ("front ends", ("console", "frontend", "cli", "bench", "__main__", "")),
+    ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "")),
 ]
 
 

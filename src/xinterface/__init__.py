@@ -3,24 +3,36 @@
 Public names live here; every other module is importable but private.
 """
 
-from .delivery import Delivery
-from .devices.debug import attach_debug_ports
-from .errors import GuestError, GuestIOError, KvmError, XInterfaceError
-from .machine import Machine, RunResult
-from .vm import Vm
-from .xinterface import (
-    KVM_XIOEVENT_FLAG_PIO,
-    KVM_XIOEVENT_VALID_FLAG_MASK,
-    XInterface,
-    XIOEvent,
-    XIOEventFd,
-    XIOEventFlags,
-    XIORange,
-    XIrqfd,
-    XSGMap,
-    XVMap,
-    bind,
-)
+import gc as _gc
+
+# Importing the package creates thousands of long-lived objects (classes, functions, ctypes
+# types) and no garbage; collections triggered meanwhile would only scan them, about 5% of
+# `xinterface run`'s start-up (README, Performance). Paused for the import, then as before.
+_gc_was_enabled = _gc.isenabled()
+_gc.disable()
+
+try:
+    from .delivery import Delivery
+    from .devices.debug import attach_debug_ports
+    from .errors import GuestError, GuestIOError, KvmError, XInterfaceError
+    from .machine import Machine, RunResult
+    from .vm import Vm
+    from .xinterface import (
+        KVM_XIOEVENT_FLAG_PIO,
+        KVM_XIOEVENT_VALID_FLAG_MASK,
+        XInterface,
+        XIOEvent,
+        XIOEventFd,
+        XIOEventFlags,
+        XIORange,
+        XIrqfd,
+        XSGMap,
+        XVMap,
+        bind,
+    )
+finally:
+    if _gc_was_enabled:
+        _gc.enable()
 
 __all__ = [
     "KVM_XIOEVENT_FLAG_PIO",

@@ -1,5 +1,5 @@
 """``python -m xinterface`` is the ``xinterface`` command."""
 
-from .cli import main
+from .launch import main
 
 main()

@@ -10,25 +10,19 @@ from typing import Any
 import click
 
 from .backend import LOOP
-from .frontend.options import AddressType, SecondsType, SizeType
-from .frontend.outputs import Stdout, Target, TargetType
-from .frontend.report import EXIT_SIGNAL_BASE, EXIT_TIMEOUT, SIGINT_STATUS, fail, guest_error
+from .frontend import run as run_defaults
+from .frontend.options import AddressType, SecondsType, SizeType, TargetType
+from .frontend.outputs import Stdout, Target
+from .frontend.report import EXIT_TIMEOUT, fail, guest_error
+from .frontend.run import MODES, guarded, no_limit_when_interactive, run_image
 
-MODES = ("real", "protected", "long")
 SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x quits, "
                "Ctrl-A h lists the keys) or none.")
 
 
 class _Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        from .frontend.console import Terminated
-
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            sys.exit(SIGINT_STATUS)  # as a shell reports Ctrl-C, without click's "Aborted!"
-        except Terminated as exc:
-            fail(str(exc), status=EXIT_SIGNAL_BASE + exc.signum)
+        return guarded(lambda: super(_Main, self).invoke(ctx))
 
 
 @click.group(cls=_Main)
@@ -39,31 +33,29 @@ def main() -> None:
 
 
 def _no_limit_when_interactive(ctx: click.Context, serial: Target, timeout: float) -> float:
-    """An interactive console runs until the user quits, unless --timeout was given."""
-    source = ctx.get_parameter_source("timeout")
-    if serial.kind == "stdio" and source is click.core.ParameterSource.DEFAULT:
-        return 0
-    return timeout
+    given = ctx.get_parameter_source("timeout") is not click.core.ParameterSource.DEFAULT
+    return no_limit_when_interactive(serial, timeout, given)
 
 
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--gpa", type=AddressType(), default="0x1000", show_default=True,
+@click.option("--gpa", type=AddressType(), default=run_defaults.GPA, show_default=True,
               help="Guest-physical address a source or flat binary is loaded and started at "
                    "(an ELF loads at its own addresses).")
 @click.option("--mode", type=click.Choice(MODES), default=None,
               help="CPU mode every vCPU starts in. Default: what the image says (a source's "
                    "first .code16/.code32/.code64, an ELF's class), real for a flat binary; "
                    "a --mode the image contradicts is refused.")
-@click.option("--memory", type=SizeType(), default="64M", show_default=True,
+@click.option("--memory", type=SizeType(), default=run_defaults.MEMORY, show_default=True,
               help="Guest RAM: 64M, 1G, 512K (a bare number is MiB, as QEMU's -m).")
-@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--vcpus", type=click.IntRange(min=1), default=run_defaults.VCPUS,
+              show_default=True,
               help="vCPUs, all starting at the image; each finds its index in CPUID leaf 1.")
-@click.option("--serial", type=TargetType(interactive=True), default="none",
+@click.option("--serial", type=TargetType(interactive=True), default=run_defaults.SERIAL,
               show_default=True, help="Add a 16550A UART at COM1 (0x3f8, polled) and send it "
                                       "to " + SERIAL_HELP)
 @click.option("--trace", is_flag=True, help="Print every guest I/O access to stderr.")
-@click.option("--timeout", type=SecondsType(), default=10.0, show_default=True,
+@click.option("--timeout", type=SecondsType(), default=run_defaults.TIMEOUT, show_default=True,
               help="Seconds before the run is ended with status 124 (0: no limit; no limit "
                    "by default with --serial stdio).")
 @click.option("--strict", is_flag=True, help="Stop on any access no device claims.")
@@ -78,52 +70,12 @@ def run(ctx: click.Context, image: Path, gpa: int, mode: str | None, memory: int
     Port 0xe9 output goes to stdout. The exit status is the debug-exit status (a write of v
     to port 0xf4 gives (v << 1) | 1), or 0 once every vCPU has halted.
     """
-    from .errors import GuestError, KvmError, XInterfaceError
-    from .frontend.image import ImageError, load_image
-    from .frontend.session import Session
-    from .machine import Machine
-
-    timeout = _no_limit_when_interactive(ctx, serial, timeout)
-    stdout = Stdout()
-    try:
-        given = ctx.get_parameter_source("gpa") is not click.core.ParameterSource.DEFAULT
-        guest = load_image(image, gpa=gpa if given else None, mode=mode, memory=memory)
-        with Machine(memory=memory, vcpus=vcpus, strict=strict, console=stdout,  # type: ignore[arg-type]
-                     trace=sys.stderr if trace else None) as machine:
-            machine.load_flat(guest.data, gpa=guest.gpa, mode=guest.mode)
-            session = Session(machine, serial, stdout)
-            if serial.kind != "none":
-                from .devices.uart import Uart16550
-                from .xinterface import bind
-
-                uart = Uart16550(session.serial_output())
-                uart.attach(bind(machine))
-                session.connect(uart.feed)
-            result = session.run(timeout or None)
-    except ImageError as exc:
-        fail(str(exc), exc=exc, debug=debug)
-    except GuestError as exc:
-        stdout.finish_line()
-        guest_error(exc, debug)
-    except (XInterfaceError, KvmError) as exc:
-        stdout.finish_line()
-        fail(str(exc), exc=exc, debug=debug)
-    except OSError as exc:
-        fail(f"{exc.filename or image}: {exc.strerror}", exc=exc, debug=debug)
-    except BaseException:  # Ctrl-C, a signal: the message after it starts a line too
-        stdout.finish_line()
-        raise
-    stdout.finish_line()
-    session.check_console()
-    if session.quit_requested:
-        sys.exit(0)
-    if result.reason == "timeout":
-        fail(f"the guest was still running after {timeout:g} s; raise --timeout, or check "
-             "that it halts or writes port 0xf4", status=EXIT_TIMEOUT)
-    if result.reason == "exit":
-        assert result.exit_code is not None
-        sys.exit(result.exit_code)
-    sys.exit(0)
+    given = ctx.get_parameter_source("gpa") is not click.core.ParameterSource.DEFAULT
+    timeout_given = ctx.get_parameter_source("timeout") is not click.core.ParameterSource.DEFAULT
+    run_image(image, gpa=gpa if given else None, mode=mode, memory=memory, vcpus=vcpus,
+              serial=serial, trace=trace,
+              timeout=no_limit_when_interactive(serial, timeout, timeout_given),
+              strict=strict, debug=debug)
 
 
 @main.command()

@@ -26,9 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO, ClassVar, TextIO
+from typing import Any, BinaryIO, ClassVar, NamedTuple, TextIO
 
 from . import loader
 from .delivery.posted import CoalescedRing
@@ -36,7 +34,6 @@ from .errors import GuestIOError, XInterfaceError
 from .iobus import Bus, IoBus
 from .kvm import uapi
 from .memory import GuestMemory
-from .trace import TracingBus
 from .vcpu_loop import VcpuLoop
 from .vm import Vm
 
@@ -67,18 +64,19 @@ if threading.current_thread() is threading.main_thread():
     _install_kick_handler()
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(NamedTuple):
     """How a run ended.
 
     ``reason``: ``"hlt"`` (every vCPU halted), ``"exit"`` (debug-exit port; ``exit_code`` set),
     ``"shutdown"`` / ``"reset"`` (a KVM system event), ``"stopped"`` (``stop()``), ``"timeout"``.
     ``exits`` counts the vCPU exits of this run by kind (``"io"``, ``"mmio"``, ``"hlt"``, ...).
+    (A NamedTuple, not a dataclass: ``dataclasses`` imports ``inspect``, a sixth of
+    ``xinterface run``'s start-up.)
     """
 
     reason: str
-    exit_code: int | None = None
-    exits: Counter[str] = field(default_factory=Counter)
+    exit_code: int | None
+    exits: Counter[str]
 
 
 class Machine:
@@ -192,6 +190,8 @@ class Machine:
         """The PIO and MMIO buses as the exit loop sees them (wrapped when tracing)."""
         if self.trace is None:
             return self.vm.pio_bus, self.vm.mmio_bus
+        from .trace import TracingBus
+
         return (TracingBus(self.vm.pio_bus, "pio", self.trace),
                 TracingBus(self.vm.mmio_bus, "mmio", self.trace))
 
@@ -234,7 +234,8 @@ class Machine:
             data = bytes(firmware)
         elif isinstance(firmware, str | os.PathLike):
             try:
-                data = Path(firmware).read_bytes()
+                with open(firmware, "rb") as file:
+                    data = file.read()
             except OSError as exc:
                 raise XInterfaceError(exc.errno or errno.EIO, f"firmware {firmware}: "
                                       f"{exc.strerror}", argument="firmware",

@@ -12,7 +12,6 @@ import errno
 import mmap
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 from .errors import XInterfaceError
 from .kvm.uapi import KVM_MEM_READONLY, PAGE_SIZE
@@ -45,17 +44,20 @@ def mmap_address(mapping: mmap.mmap) -> int:
         del anchor
 
 
-@dataclass(eq=False)
 class MemoryRegion:
-    """One slot: ``size`` bytes at ``gpa``, host memory in ``mapping``."""
+    """One slot: ``size`` bytes at ``gpa``, host memory in ``mapping``. (A plain class, not a
+    dataclass: ``dataclasses`` imports ``inspect``, a sixth of ``xinterface run``'s start-up.)"""
 
-    gpa: int
-    size: int
-    slot: int
-    readonly: bool
-    memfd: int
-    mapping: mmap.mmap
-    view: memoryview = field(repr=False)
+    __slots__ = ("gpa", "mapping", "memfd", "readonly", "size", "slot", "view")
+
+    def __init__(self, gpa: int, size: int, slot: int, readonly: bool, memfd: int,
+                 mapping: mmap.mmap, view: memoryview) -> None:
+        self.gpa, self.size, self.slot, self.readonly = gpa, size, slot, readonly
+        self.memfd, self.mapping, self.view = memfd, mapping, view
+
+    def __repr__(self) -> str:
+        return (f"MemoryRegion(gpa={self.gpa:#x}, size={self.size:#x}, slot={self.slot}, "
+                f"readonly={self.readonly}, memfd={self.memfd})")
 
     @property
     def end(self) -> int:

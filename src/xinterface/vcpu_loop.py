@@ -32,11 +32,10 @@ from typing import Any, Protocol
 
 from . import backend
 from .delivery.posted import CoalescedRing
-from .emulate import emulate
 from .errors import GuestError, GuestIOError
 from .grace import ReaderSlot
 from .iobus import Bus, IoBus
-from .kvm import VcpuFd, internal_error, uapi
+from .kvm import VcpuFd, uapi
 from .memory import GuestMemory
 
 # kvm_run offsets (checked against <linux/kvm.h> via the ctypes layout in tests/kvm).
@@ -413,6 +412,10 @@ class VcpuLoop:
             raise GuestError(f"VM entry failed (KVM_EXIT_FAIL_ENTRY): hardware reason {hw:#x} "
                              f"on host CPU {cpu}", vcpu=self.index, regs=self.registers())
         if reason == uapi.KVM_EXIT_INTERNAL_ERROR:
+            # Imported here: most runs never stop this way (start-up, README).
+            from .emulate import emulate
+            from .kvm import internal_error
+
             suberror, ndata, *data = _INTERNAL.unpack_from(mm, _RUN_UNION)
             if suberror == uapi.KVM_INTERNAL_ERROR_EMULATION:
                 insn = internal_error.instruction_bytes(data[:ndata])

@@ -25,10 +25,11 @@ NAMES = {
     "virtio.request.sync", "virtio.request.eventfd",
     "virtio.blk.qd1.sync", "virtio.blk.qd1.eventfd", "virtio.blk.qd32.sync",
     "virtio.blk.qd32.eventfd",
-    "net.tx.sync", "net.tx.eventfd", "net.rx.sync", "net.rx.eventfd",
+    "net.tx.sync", "net.tx.eventfd", "net.rx.sync", "net.rx.eventfd", "startup.run",
 }
 # .ci/run installs Debian's qemu-system-x86, so CI always measures the peer.
-PEER = {"qemu.pio.1", "bootsector.pio.1", "qemu.virtio.blk.qd1", "qemu.virtio.blk.qd32"}
+PEER = {"qemu.pio.1", "bootsector.pio.1", "qemu.virtio.blk.qd1", "qemu.virtio.blk.qd32",
+        "qemu.startup"}
 # With root too: virtio-net on a TAP in a namespace of the run's, ours and QEMU's.
 NET_PEER = {"qemu.net.tx", "qemu.net.rx", "net.tap.tx.sync", "net.tap.tx.eventfd",
             "net.tap.rx.sync", "net.tap.rx.eventfd"}
@@ -48,6 +49,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     if shutil.which("qemu-system-x86_64"):
         assert set(by_name) >= PEER
         assert by_name["bootsector.pio.1"]["floor"] == "qemu.pio.1"  # compared with QEMU
+        assert by_name["startup.run"]["floor"] == "qemu.startup"
     else:
         assert "qemu.pio.1 skipped" in done.stderr
     for r in data["results"]:

@@ -16,9 +16,10 @@ def legend() -> str:
     return (
         "Median of the rounds, p10 - p90 their spread; lower is better. x floor: the median "
         "over the rounds of the figure / its floor in the same round (bootsector.pio.1: over "
-        "qemu.pio.1, the same binary under QEMU). A floor.* figure is the same guest loop "
-        "driven by a minimal C VMM (KVM_RUN and nothing else, bench/floor.c), the least the "
-        "path can cost on this host; "
+        "qemu.pio.1, the same binary under QEMU; startup.run: over qemu.startup, the same few "
+        "instructions run by a whole process from exec to exit). A floor.* figure is the "
+        "same guest loop driven by a minimal C VMM (KVM_RUN and nothing else, bench/floor.c), "
+        "the least the path can cost on this host; "
         "floor.slice_* and floor.slice_view are plain Python memoryview copies. *.latency: "
         "from a guest write to its handler call. posted.latency is large by design: a posted "
         "write makes no exit, so it waits in KVM's coalesced ring until the next drain, here "

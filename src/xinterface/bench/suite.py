@@ -20,6 +20,7 @@ from .memory_ops import sample as memory_sample
 from .net import figure_samples as net_figure_samples
 from .paths import dispatch_cost, latency, write_cost
 from .peer import QEMU, own_write_cost, qemu_write_cost
+from .startup import own_start_us, qemu_start_us
 from .virtio_blk import request_ns
 from .virtio_notify import notify_cost
 
@@ -177,7 +178,12 @@ def figures(quick: bool, scale: float = 1.0,
                 # Compared with QEMU itself: the same binary, the same device, one exit each.
                 Figure("bootsector.pio.1", "ns/write", partial(own_write_cost, n_sync),
                        "qemu.pio.1"),
+                # Whole processes, exec to exit: the same few instructions as QEMU's firmware
+                # and as `xinterface run`'s image.
+                Figure("qemu.startup", "µs/process", qemu_start_us),
             ]
+    out.append(Figure("startup.run", "µs/process", own_start_us,
+                      "qemu.startup" if any(f.name == "qemu.startup" for f in out) else None))
     net_figs, net_notices = net_figure_samples(quick, scale, peers)
     notices += net_notices
     out += [Figure(name, "ns/packet", sample, reference)

@@ -14,12 +14,13 @@ refused with one line, and so is a ``--mode`` the image contradicts.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
-from ..loader import AssemblerError, assemble
+# Paths are os.PathLike here, not pathlib: `xinterface run` starts faster without pathlib.
+PathArg = str | os.PathLike[str]
 
 DEFAULT_GPA = 0x1000
 REAL_MODE_LIMIT = 0x10000  # segment bases 0: real mode reaches the first 64 KiB
@@ -46,8 +47,7 @@ class ImageError(Exception):
     messages follow on the lines after it, as the assembler printed them)."""
 
 
-@dataclass(frozen=True)
-class GuestImage:
+class GuestImage(NamedTuple):
     data: bytes
     gpa: int
     mode: str
@@ -74,16 +74,17 @@ def looks_like_text(data: bytes) -> bool:
     return all(ch.isprintable() or ch in "\t\n\r\f\v" for ch in text)
 
 
-def load_image(path: Path, *, gpa: int | None, mode: str | None, memory: int) -> GuestImage:
+def load_image(path: PathArg, *, gpa: int | None, mode: str | None, memory: int) -> GuestImage:
     """Read ``path`` as a guest for ``memory`` bytes of RAM; ``gpa``/``mode`` None: not given."""
-    if path.suffix in SOURCE_SUFFIXES:
+    if os.path.splitext(path)[1] in SOURCE_SUFFIXES:
         image = _from_source(path, gpa, mode)
     else:
-        size = path.stat().st_size
+        size = os.stat(path).st_size
         if size > memory:  # before reading it all: an image may be any file at all
             raise ImageError(f"{path} is {size} bytes, more than the guest's RAM ({memory:#x} "
                              "bytes): raise --memory")
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read()
         if not data:
             raise ImageError(f"{path} is empty: there is no guest code to run")
         if data.startswith(ELF_MAGIC):
@@ -98,8 +99,11 @@ def load_image(path: Path, *, gpa: int | None, mode: str | None, memory: int) ->
     return image
 
 
-def _from_source(path: Path, gpa: int | None, mode: str | None) -> GuestImage:
-    said = source_mode(path.read_text(errors="replace"))
+def _from_source(path: PathArg, gpa: int | None, mode: str | None) -> GuestImage:
+    from ..loader import AssemblerError, assemble
+
+    with open(path, errors="replace") as file:
+        said = source_mode(file.read())
     if said is None:
         # as --32 assembles 32-bit code, as --64 64-bit code: never 16-bit code.
         if mode == "real":
@@ -119,7 +123,7 @@ def _from_source(path: Path, gpa: int | None, mode: str | None) -> GuestImage:
     return GuestImage(data, at, said, "source")
 
 
-def _from_elf(path: Path, data: bytes, gpa: int | None, mode: str | None,
+def _from_elf(path: PathArg, data: bytes, gpa: int | None, mode: str | None,
               memory: int) -> GuestImage:
     def bad(why: str) -> ImageError:
         return ImageError(f"{path} is not an ELF executable xinterface can run: {why}")
@@ -178,7 +182,7 @@ def _from_elf(path: Path, data: bytes, gpa: int | None, mode: str | None,
     return GuestImage(bytes(flat), start, mode or said, "elf")
 
 
-def _check_fits(path: Path, image: GuestImage, memory: int) -> None:
+def _check_fits(path: PathArg, image: GuestImage, memory: int) -> None:
     end = image.gpa + len(image.data)
     if image.mode == "real" and end > REAL_MODE_LIMIT:
         raise ImageError(

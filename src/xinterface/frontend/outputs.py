@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
-import click
+from .values import FILE, NONE, STDIO, STDOUT, Target
 
-NONE, STDOUT, STDIO, FILE = "none", "stdout", "stdio", "file"
-
-if TYPE_CHECKING:
-    _TargetParam = click.ParamType["Target"]
-else:
-    _TargetParam = click.ParamType
+__all__ = ["FILE", "NONE", "STDIO", "STDOUT", "Discard", "Stdout", "Target", "stream_for"]
 
 
 class Stdout:
@@ -43,42 +37,6 @@ class Stdout:
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed or broken stdout has no line to finish
-
-
-@dataclass
-class Target:
-    kind: str
-    path: str = ""
-    stream: IO[bytes] | None = None  # the opened file of a FILE target
-
-
-class TargetType(_TargetParam):
-    """``FILE``, ``-`` (stdout), ``none`` (or empty), and with ``interactive``: ``stdio``, the
-    terminal both ways. A file is opened here, so an error names the option."""
-
-    name = "target"
-
-    def __init__(self, interactive: bool = False) -> None:
-        self.interactive = interactive
-
-    def convert(self, value: object, param: click.Parameter | None,
-                ctx: click.Context | None) -> Target:
-        if isinstance(value, Target):
-            return value
-        text = str(value)
-        if text in ("", NONE):
-            return Target(NONE)
-        if text == "-":
-            return Target(STDOUT)
-        if text == STDIO:
-            return Target(STDIO if self.interactive else STDOUT)
-        try:
-            stream = open(text, "wb")  # noqa: SIM115 - closed with the click context
-        except OSError as exc:
-            self.fail(f"cannot write {text}: {exc.strerror}", param, ctx)
-        if ctx is not None:
-            ctx.call_on_close(stream.close)
-        return Target(FILE, text, stream)
 
 
 class Discard:

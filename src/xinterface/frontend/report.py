@@ -7,10 +7,7 @@ guest error under it (never the message twice).
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import NoReturn
-
-import click
 
 from ..errors import GuestError
 
@@ -24,13 +21,16 @@ SIGINT_STATUS = EXIT_SIGNAL_BASE + 2
 def fail(message: str, *, status: int = EXIT_FAILURE, exc: BaseException | None = None,
          debug: bool = False) -> NoReturn:
     if debug and exc is not None:
+        import traceback
+
         # The frames (and any chained cause) without the last exception's own text, which the
         # message below already is.
         te = traceback.TracebackException.from_exception(exc)
         lines = list(te.format())
         del lines[len(lines) - len(list(te.format_exception_only())):]
         sys.stderr.write("".join(lines))
-    click.echo(f"xinterface: {message}", err=True)
+    sys.stderr.write(f"xinterface: {message}\n")
+    sys.stderr.flush()
     sys.exit(status)
 
 

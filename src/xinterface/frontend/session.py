@@ -6,13 +6,13 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .console import SerialConsole
 from .outputs import STDIO, Stdout, Target, stream_for
 from .report import fail
 
 if TYPE_CHECKING:
     from ..devices import Output
     from ..machine import Machine, RunResult
+    from .console import SerialConsole
 
 
 class Session:
@@ -27,8 +27,11 @@ class Session:
         self.machine = machine
         self.stdout = stdout
         self.serial = serial
-        self.console = (SerialConsole(machine.stop, stdout=stdout)
-                        if serial.kind == STDIO else None)
+        self.console: SerialConsole | None = None
+        if serial.kind == STDIO:
+            from .console import SerialConsole
+
+            self.console = SerialConsole(machine.stop, stdout=stdout)
 
     def serial_output(self) -> Output:
         if self.console is not None:

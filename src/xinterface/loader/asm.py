@@ -58,7 +58,7 @@ def usable_cache() -> Path | None:
     return None
 
 
-def assemble(source: str | Path, *, gpa: int, bits: int = 32,
+def assemble(source: str | os.PathLike[str], *, gpa: int, bits: int = 32,
              defines: dict[str, int] | None = None) -> bytes:
     """The flat binary of ``source`` (a path to a GNU as file) linked so its text starts at gpa.
 

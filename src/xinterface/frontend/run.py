@@ -1,0 +1,89 @@
+"""``xinterface run IMAGE``: load an image, run it on the default devices, exit with its
+status. Called by the click command (``cli``) and by the fast path (``launch``), which parse
+the same options into the same arguments."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from .report import EXIT_SIGNAL_BASE, EXIT_TIMEOUT, SIGINT_STATUS, fail, guest_error
+from .values import STDIO, Target
+
+MODES = ("real", "protected", "long")
+# The defaults of ``run``'s options, as typed on the command line (click shows them).
+GPA, MEMORY, VCPUS, SERIAL, TIMEOUT = "0x1000", "64M", 1, "none", 10.0
+
+T = TypeVar("T")
+
+
+def guarded(command: Callable[[], T]) -> T:
+    """Ctrl-C and a terminating signal end a command as a shell reports them: status 130
+    without click's "Aborted!", and 128 + N with one line for signal N."""
+    from .console import Terminated
+
+    try:
+        return command()
+    except KeyboardInterrupt:
+        sys.exit(SIGINT_STATUS)
+    except Terminated as exc:
+        fail(str(exc), status=EXIT_SIGNAL_BASE + exc.signum)
+
+
+def no_limit_when_interactive(serial: Target, timeout: float, timeout_given: bool) -> float:
+    """An interactive console runs until the user quits, unless --timeout was given."""
+    return 0 if serial.kind == STDIO and not timeout_given else timeout
+
+
+def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | None,
+              memory: int, vcpus: int, serial: Target, trace: bool, timeout: float,
+              strict: bool, debug: bool) -> NoReturn:
+    """Run ``image`` (``gpa`` None: where the image says, else 0x1000) until it exits, halts,
+    or ``timeout`` seconds pass (0: no limit); exit with the guest's status."""
+    from ..errors import GuestError, KvmError, XInterfaceError
+    from ..machine import Machine
+    from .image import ImageError, load_image
+    from .outputs import Stdout
+    from .session import Session
+
+    stdout = Stdout()
+    try:
+        guest = load_image(image, gpa=gpa, mode=mode, memory=memory)
+        with Machine(memory=memory, vcpus=vcpus, strict=strict, console=stdout,  # type: ignore[arg-type]
+                     trace=sys.stderr if trace else None) as machine:
+            machine.load_flat(guest.data, gpa=guest.gpa, mode=guest.mode)
+            session = Session(machine, serial, stdout)
+            if serial.kind != "none":
+                from ..devices.uart import Uart16550
+                from ..xinterface import bind
+
+                uart = Uart16550(session.serial_output())
+                uart.attach(bind(machine))
+                session.connect(uart.feed)
+            result = session.run(timeout or None)
+    except ImageError as exc:
+        fail(str(exc), exc=exc, debug=debug)
+    except GuestError as exc:
+        stdout.finish_line()
+        guest_error(exc, debug)
+    except (XInterfaceError, KvmError) as exc:
+        stdout.finish_line()
+        fail(str(exc), exc=exc, debug=debug)
+    except OSError as exc:
+        fail(f"{exc.filename or image}: {exc.strerror}", exc=exc, debug=debug)
+    except BaseException:  # Ctrl-C, a signal: the message after it starts a line too
+        stdout.finish_line()
+        raise
+    stdout.finish_line()
+    session.check_console()
+    if session.quit_requested:
+        sys.exit(0)
+    if result.reason == "timeout":
+        fail(f"the guest was still running after {timeout:g} s; raise --timeout, or check "
+             "that it halts or writes port 0xf4", status=EXIT_TIMEOUT)
+    if result.reason == "exit":
+        assert result.exit_code is not None
+        sys.exit(result.exit_code)
+    sys.exit(0)
