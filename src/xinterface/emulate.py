@@ -66,24 +66,17 @@ def _iret(vcpu: VcpuFd, memory: GuestMemory, *, override: bool) -> bool:
     cpl = ss.dpl
     size = 4 if bool(cs.db) != override else 2
     sp = regs.rsp & (0xFFFFFFFF if ss.db else 0xFFFF)
-    fmt = "<III" if size == 4 else "<HHH"
-    eip, selector, flags = struct.unpack(fmt, memory.read(ss.base + sp, 3 * size))
-    selector &= 0xFFFF
-    if selector & 3 != cpl or selector & 4 or selector < 4:
-        return False        # another privilege level, an LDT selector, or the null selector
-    if (selector | 7) > sregs.gdt.limit:
+    target = _frame(memory, sregs, ss.base + sp, size, cpl)
+    if target is None and ss.base:
+        # kvm_pvm pushes the frame of an interrupt it delivers to emulated protected-mode code
+        # at linear address ESP, as if SS's base were 0 (a stack segment based at 0x10000
+        # gets its frame at ESP, not 0x10000 + ESP: tests/test_emulate.py); iPXE's segments
+        # are based at its relocation offset. The handler's own pushes and pops use the
+        # base, so its IRET comes back to the same ESP and finds the frame there.
+        target = _frame(memory, sregs, sp, size, cpl)
+    if target is None:
         return False
-    raw = DESCRIPTOR.unpack(memory.read(sregs.gdt.base + (selector & ~7), 8))[0]
-    seg = _segment(raw, selector)
-    if seg is None or not seg.type & TYPE_CODE or not seg.present:
-        return False
-    if (seg.type & TYPE_CONFORMING and seg.dpl > cpl) or (
-            not seg.type & TYPE_CONFORMING and seg.dpl != cpl):
-        return False
-    if size == 2:
-        eip &= 0xFFFF
-    if eip > seg.limit:
-        return False
+    eip, flags, seg = target
     old = regs.rflags
     if size == 4:
         if flags & VM:
@@ -108,6 +101,32 @@ def _iret(vcpu: VcpuFd, memory: GuestMemory, *, override: bool) -> bool:
         vcpu.set_sregs(sregs)
     vcpu.set_regs(regs)
     return True
+
+
+def _frame(memory: GuestMemory, sregs: uapi.kvm_sregs, at: int, size: int,
+           cpl: int) -> tuple[int, int, uapi.kvm_segment] | None:
+    """EIP, EFLAGS and the code segment of a same-privilege return frame at linear ``at``, or
+    None if the frame cannot be one (SDM Vol. 2A, IRET: the checks before any state
+    changes)."""
+    fmt = "<III" if size == 4 else "<HHH"
+    eip, selector, flags = struct.unpack(fmt, memory.read(at, 3 * size))
+    selector &= 0xFFFF
+    if selector & 3 != cpl or selector & 4 or selector < 4:
+        return None         # another privilege level, an LDT selector, or the null selector
+    if (selector | 7) > sregs.gdt.limit:
+        return None
+    raw = DESCRIPTOR.unpack(memory.read(sregs.gdt.base + (selector & ~7), 8))[0]
+    seg = _segment(raw, selector)
+    if seg is None or not seg.type & TYPE_CODE or not seg.present:
+        return None
+    if (seg.type & TYPE_CONFORMING and seg.dpl > cpl) or (
+            not seg.type & TYPE_CONFORMING and seg.dpl != cpl):
+        return None
+    if size == 2:
+        eip &= 0xFFFF
+    if eip > seg.limit:
+        return None
+    return eip, flags, seg
 
 
 def _segment(raw: int, selector: int) -> uapi.kvm_segment | None:

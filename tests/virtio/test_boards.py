@@ -1,6 +1,7 @@
 """The boards' virtio devices with unmodified firmware: Debian's SeaBIOS boots a disk over
 virtio-mmio on microvm (found through the DSDT), sees rng/console/net functions on pc, and
-runs Debian's iPXE from our virtio-net's expansion ROM BAR."""
+runs Debian's iPXE from our virtio-net's expansion ROM BAR, which gets an address by DHCP and
+a script by TFTP through our virtio-net."""
 
 from __future__ import annotations
 
@@ -176,22 +177,46 @@ def test_rom_header_ids_follow_the_function() -> None:
 
 
 @needs_netns
-def test_seabios_runs_ipxe_from_our_rom_bar() -> None:
+def test_ipxe_from_our_rom_bar_gets_an_address_and_a_script(tmp_path: Path) -> None:
+    """SeaBIOS runs Debian's iPXE from our virtio-net's ROM BAR; iPXE's own virtio-net driver
+    asks dnsmasq (in the test's namespace, on the TAP's peer address) for an address by DHCP,
+    fetches a script by TFTP and runs it."""
+    (tmp_path / "boot.ipxe").write_text("#!ipxe\necho xinterface: fetched by TFTP from "
+                                        "${next-server}\n")
     serial, log = io.BytesIO(), io.BytesIO()
-    with netns() as ns:
+    dnsmasq_log = tmp_path / "dnsmasq.log"
+    with netns() as ns, dnsmasq_log.open("w") as said_to:
         tap(ns, "tap0", "10.0.2.2/24")
-        with xi.Machine(memory=64 << 20, irqchip=True) as m:
-            m.load_firmware(PC_BIOS)
-            watch = Until(serial, b"iPXE (http://ipxe.org) 00:03.0", m.stop)
-            with inside(ns):
-                platform = attach_pc(m, debugcon=log, serial=watch,
-                                     nets=[Net("tap0", rom="ipxe")], sercon=True)
-            m.run(timeout=60)
-            assert platform.virtio[0].function.rom is not None
+        dnsmasq = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
+             "--user=root", "--port=0", "--interface=tap0", "--bind-interfaces",
+             "--dhcp-range=10.0.2.15,10.0.2.20,1h", "--leasefile-ro", "--log-dhcp",
+             "--pid-file=", "--enable-tftp", f"--tftp-root={tmp_path}",
+             "--dhcp-boot=boot.ipxe"],
+            stdout=subprocess.DEVNULL, stderr=said_to)
+        try:
+            with xi.Machine(memory=64 << 20, irqchip=True) as m:
+                m.load_firmware(PC_BIOS)
+                watch = Until(serial, b"fetched by TFTP from 10.0.2.2", m.stop)
+                with inside(ns):
+                    platform = attach_pc(m, debugcon=log, serial=watch,
+                                         nets=[Net("tap0", rom="ipxe")], sercon=True)
+                m.run(timeout=300)
+                assert platform.virtio[0].function.rom is not None
+        finally:
+            dnsmasq.terminate()
+            dnsmasq.wait(30)
+    said = dnsmasq_log.read_text()
     text = log.getvalue().decode(errors="replace")
     out = serial.getvalue().decode(errors="replace")
     assert watch.matched, out[-2000:]
     assert "PCI: init bdf=00:03.0 id=1af4:1000" in text
     assert "Running option rom at c000:0003" in text     # found behind our ROM BAR, run
     assert "iPXE (http://ipxe.org) 00:03.0" in out        # its init names our function
+    assert "net0: 52:54:00:12:34:56 using virtio-net on 0000:00:03.0" in out
+    # The address iPXE reports is the one dnsmasq acknowledged to our MAC.
+    acked = [line.split()[-2] for line in said.splitlines()
+             if "DHCPACK(tap0)" in line and "52:54:00:12:34:56" in line]
+    assert acked and f"net0: {acked[-1]}/255.255.255.0 gw 10.0.2.2" in out, said[-2000:]
+    assert f"sent {tmp_path / 'boot.ipxe'} to {acked[-1]}" in said
 
