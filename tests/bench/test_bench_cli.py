@@ -55,8 +55,9 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     for r in data["results"]:
         assert r["p10"] <= r["median"] <= r["p90"]
         assert r["samples"] == 2
-        # At this tiny size start-up jitter can exceed the difference of two runs.
-        if not r["name"].startswith(("qemu.", "virtio.blk.")):
+        # qemu.pio.1 subtracts two runs' start-up, which at this tiny size can exceed the
+        # difference; every other figure is timed from inside (the guest's marks) or directly.
+        if r["name"] != "qemu.pio.1":
             assert r["median"] > 0, r
     assert by_name["sync.pio.1"]["floor"] == "floor.pio.1"
     if shutil.which("qemu-system-x86_64"):

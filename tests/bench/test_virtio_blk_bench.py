@@ -1,4 +1,5 @@
-"""The virtio-blk benchmark's guest runs to a clean end on both VMMs (every request OK)."""
+"""The virtio-blk benchmark's guest runs to a clean end on both VMMs (every request OK), and
+its marks time the rounds on each."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import xinterface as xi
 from tests.conftest import needs_kvm
 from tests.netns import inside, ip, needs_netns, netns, tap
 from xinterface.bench import net
+from xinterface.bench.marks import Marks
 from xinterface.bench.wire import frame
 from xinterface.virtio.mmio import VirtioMmio
 from xinterface.virtio.net import SocketBackend, TapBackend, VirtioNet
@@ -39,8 +40,8 @@ def sent(seq: int) -> bytes:
 
 def run_guest(mode: str, backend: NetBackend, *, notify: xi.Delivery = xi.Delivery.SYNC,
               on_mark: object = None, count: int = COUNT
-              ) -> tuple[xi.RunResult, VirtioNet, net.Marks]:
-    marks = net.Marks(on_mark if callable(on_mark) else lambda mark: None)
+              ) -> tuple[xi.RunResult, VirtioNet, Marks]:
+    marks = Marks(on_mark if callable(on_mark) else lambda mark: None)
     device = VirtioNet(backend, mac=net.GUEST_MAC)
     with xi.Machine(memory=net.MEMORY, console=cast(BinaryIO, marks)) as m:
         m.load_flat(net.net_image(mode, count), gpa=net.BOOT_GPA, mode="protected")

@@ -18,13 +18,10 @@ Both of ours are loaded flat (no firmware); notify by SYNC xioevent or EVENTFD.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +35,7 @@ from ..virtio.mmio import VirtioMmio
 from ..virtio.net import SocketBackend, TapBackend, VirtioNet
 from ..virtio.net.backend import NetBackend
 from ..xinterface import bind
+from .marks import Marks, pump
 from .netns import inside, netns, netns_usable, tap
 from .peer import QEMU, PeerUnavailable
 
@@ -59,28 +57,6 @@ def net_image(mode: str, count: int, size: int = FRAME, *, user: bool = True) ->
     return assemble(GUESTS / "virtio_net.S", gpa=BOOT_GPA, defines={
         "MODE": MODES[mode], "COUNT": count, "SIZE": size, "QSIZE": QUEUE_SIZE,
         "USER": int(user)})
-
-
-@dataclass
-class Marks:
-    """The guest's port 0xe9 output with the time each mark first appeared."""
-
-    on_mark: Callable[[str], None] = lambda mark: None
-    times: dict[str, float] = field(default_factory=dict)
-    text: bytearray = field(default_factory=bytearray)
-
-    def write(self, data: bytes, /) -> int:
-        now = time.perf_counter()
-        for byte in data:
-            mark = chr(byte)
-            if mark not in self.times:
-                self.times[mark] = now
-                self.on_mark(mark)
-        self.text += data
-        return len(data)
-
-    def flush(self) -> None:
-        pass
 
 
 @dataclass
@@ -213,14 +189,7 @@ def qemu(mode: str, count: int, ns: str, tap_name: str = "xitapq",
                               stderr=subprocess.PIPE)
         assert vm.stdout is not None
 
-        def pump() -> None:
-            assert vm.stdout is not None
-            fd = vm.stdout.fileno()
-            while chunk := os.read(fd, 64):
-                marks.write(chunk)
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
+        reader = pump(vm.stdout.fileno(), marks)
         try:
             vm.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -130,21 +130,18 @@ def figures(quick: bool, scale: float = 1.0,
     ]
     # virtio-blk behind virtio-pci, one boot-sector guest reading 4 KiB at queue depth 1 and
     # 32; with --peer qemu, the same bytes on QEMU's virtio-blk-pci are the reference.
-    blk_rounds = {1: (max(5, int((30 if quick else 200) * scale)),
-                      max(50, int((300 if quick else 3_000) * scale))),
-                  32: (max(2, int((3 if quick else 20) * scale)),
-                       max(10, int((20 if quick else 200) * scale)))}
+    blk_rounds = {1: max(20, int((300 if quick else 3_000) * scale)),
+                  32: max(2, int((20 if quick else 200) * scale))}
     with_qemu = "qemu" in peers and shutil.which(QEMU) is not None
-    for depth, (small, large) in blk_rounds.items():
+    for depth, blk_n in blk_rounds.items():
         reference = None
         if with_qemu:
             reference = f"qemu.virtio.blk.qd{depth}"
             out.append(Figure(reference, "ns/request",
-                              partial(request_ns, depth, small, large, peer=True)))
+                              partial(request_ns, depth, blk_n, peer=True)))
         for notify in (Delivery.SYNC, Delivery.EVENTFD):
             out.append(Figure(f"virtio.blk.qd{depth}.{notify.value}", "ns/request",
-                              partial(request_ns, depth, small, large, notify=notify),
-                              reference))
+                              partial(request_ns, depth, blk_n, notify=notify), reference))
     for n in (1, 100, 10_000, 100_000):
         out.append(Figure(f"bus.events.{n}", "ns/write",
                           partial(write_cost, n_sync, registered=n), floor("floor.pio.1")))

@@ -4,8 +4,9 @@ virtio-blk-pci, 4 KiB reads at queue depth 1 and 32.
 The guest (guests/virtio_blk.S) is a boot sector that programs PCI 00:03.0 and drives the
 legacy interface itself, so the same bytes run on both: QEMU's SeaBIOS boots it from the very
 disk it then reads; xinterface runs it with ``load_flat`` on a bare machine with the PCI host
-and the device. Each side is timed at two round counts and the difference divided, which
-takes start-up (QEMU's firmware included) out.
+and the device. The guest marks the start and the end of its rounds on the debug console
+(bench/marks.py), which leaves out each VMM's start-up (QEMU's firmware included) and the
+guest's set-up; QEMU's console is its stdio chardev, read as it writes.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from ..delivery import Delivery
 from ..devices.pci import PciHost
@@ -23,6 +24,7 @@ from ..machine import Machine
 from ..virtio.blk import VirtioBlk
 from ..virtio.pci import VirtioPci
 from ..xinterface import bind
+from .marks import Marks, pump
 from .peer import BOOT_GPA, QEMU, PeerUnavailable
 
 GUESTS = Path(__file__).parent / "guests"
@@ -44,10 +46,20 @@ def _disk(path: Path, boot: bytes) -> Path:
     return path
 
 
+def _span(marks: Marks, who: str, status: object) -> float:
+    span = marks.span()
+    if span is None:
+        raise RuntimeError(f"the virtio-blk guest on {who} ended (status {status}) without "
+                           f"both marks: {bytes(marks.text)!r}")
+    return span
+
+
 def _own_seconds(depth: int, rounds: int, disk: Path, notify: Delivery) -> float:
+    """Seconds of ``rounds`` rounds on xinterface, from the guest's 'S' to its 'E'."""
     boot = guest(depth, rounds)
     _disk(disk, boot)
-    with open("/dev/null", "wb") as sink, Machine(memory=32 << 20, console=sink) as machine:
+    marks = Marks()
+    with Machine(memory=32 << 20, console=cast(BinaryIO, marks)) as machine:
         intf = bind(machine)
         host = PciHost()
         device = VirtioBlk(disk)
@@ -57,51 +69,51 @@ def _own_seconds(depth: int, rounds: int, disk: Path, notify: Delivery) -> float
         transport.attach(intf)
         host.attach(intf)
         machine.load_flat(boot, gpa=BOOT_GPA, mode="real")
-        start = time.perf_counter()
         # POSTED doorbells wait in the coalesced ring until something drains it; this guest
         # polls memory without exiting, so a poller must (Machine.run's ``poll``).
         poll = POSTED_POLL if notify is Delivery.POSTED else None
         result = machine.run(timeout=600, poll=poll)
-        elapsed = time.perf_counter() - start
     if (result.reason, result.exit_code) != ("exit", GOOD_EXIT):
         raise RuntimeError(f"virtio-blk guest ended with {result.reason} {result.exit_code}")
-    return elapsed
+    return _span(marks, "xinterface", result.exit_code)
 
 
 def _qemu_seconds(depth: int, rounds: int, disk: Path) -> float:
+    """Seconds of ``rounds`` rounds on QEMU, from the guest's 'S' to its 'E'."""
     _disk(disk, guest(depth, rounds))
     command = [
-        QEMU, "-accel", "kvm", "-M", "pc", "-m", "32", "-nodefaults", "-nographic",
+        QEMU, "-accel", "kvm", "-M", "pc", "-m", "32", "-nodefaults", "-display", "none",
         "-drive", f"file={disk},format=raw,if=none,id=d0",
         "-device", f"virtio-blk-pci,drive=d0,addr={SLOT},disable-modern=on",
+        "-chardev", "stdio,id=marks", "-device", "isa-debugcon,iobase=0xe9,chardev=marks",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
     ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    elapsed = time.perf_counter() - start
-    if done.returncode != GOOD_EXIT:
+    marks = Marks()
+    vm = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    assert vm.stdout is not None and vm.stderr is not None
+    reader = pump(vm.stdout.fileno(), marks)   # the only reader of stdout
+    try:
+        vm.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        vm.kill()
+        vm.wait()
+    reader.join(5)
+    stderr = vm.stderr.read()   # a few warnings at most: it cannot fill the pipe
+    if vm.returncode != GOOD_EXIT:
         raise PeerUnavailable(f"{QEMU} did not run the virtio-blk guest (status "
-                              f"{done.returncode}): {done.stderr.strip()[-300:]}")
-    return elapsed
+                              f"{vm.returncode}): {stderr.decode(errors='replace')[-300:]}")
+    return _span(marks, QEMU, vm.returncode)
 
 
-def request_rate(depth: int, small: int, large: int, *, peer: bool = False,
-                 notify: Delivery = Delivery.SYNC) -> float:
-    """4 KiB reads per second at queue depth ``depth``, start-up subtracted."""
+def request_ns(depth: int, rounds: int, *, peer: bool = False,
+               notify: Delivery = Delivery.SYNC) -> float:
+    """ns per 4 KiB read at queue depth ``depth`` over ``rounds`` rounds (QEMU's with
+    ``peer``), from the guest's own marks."""
     if peer and shutil.which(QEMU) is None:
         raise PeerUnavailable(f"{QEMU} not found: apt-get install qemu-system-x86")
     with tempfile.TemporaryDirectory(prefix="xinterface-blk-") as tmp:
         disk = Path(tmp) / "disk.img"
-        if peer:
-            t_small, t_large = (_qemu_seconds(depth, n, disk) for n in (small, large))
-        else:
-            t_small, t_large = (_own_seconds(depth, n, disk, notify) for n in (small, large))
-    # At tiny sizes start-up jitter can exceed the difference; never divide by zero.
-    return depth * (large - small) / max(t_large - t_small, 1e-9)
-
-
-def request_ns(depth: int, small: int, large: int, *, peer: bool = False,
-               notify: Delivery = Delivery.SYNC) -> float:
-    """ns per 4 KiB read (the inverse of :func:`request_rate`, so lower is better as in
-    every other figure)."""
-    return 1e9 / request_rate(depth, small, large, peer=peer, notify=notify)
+        seconds = (_qemu_seconds(depth, rounds, disk) if peer
+                   else _own_seconds(depth, rounds, disk, notify))
+    return seconds * 1e9 / (depth * rounds)
