@@ -222,3 +222,32 @@ def test_run_while_running_is_refused(guest: Assemble) -> None:
         assert info.value.errno == errno.EBUSY
         m.stop()
         worker.join()
+
+
+def test_cpu_template_for_every_vcpu() -> None:
+    from xinterface.loader import cpuid
+
+    with Kvm() as kvm:
+        supported = kvm.get_supported_cpuid()
+    with xi.Machine(memory=1 << 20, vcpus=2, cpu="baseline") as m:
+        for index, loop in enumerate(m.vcpus):
+            given = cpuid.baseline(supported, index)
+            have = loop.vcpu.get_cpuid2()
+            # The leaves every host measured keeps as set (kvm_pvm reports its own leaf 1
+            # ECX/EDX whatever the VMM set: README, Linux guests).
+            for function in (0x40000001, 0x80000008):
+                assert cpuid.leaf(have, function) == cpuid.leaf(given, function)
+            assert cpuid.leaf(have, 1)[1] >> 24 == index    # type: ignore[index]
+    with xi.Machine(memory=1 << 20) as m:
+        # No template: KVM's supported set, which the baseline narrows (PV features, ...).
+        assert cpuid.leaf(m.vcpus[0].vcpu.get_cpuid2(), 0x40000001) != cpuid.leaf(
+            cpuid.baseline(supported, 0), 0x40000001)
+
+
+def test_unknown_cpu_template_creates_nothing() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(xi.XInterfaceError) as info:
+        xi.Machine(memory=1 << 20, cpu="pentium")
+    assert (info.value.errno, info.value.argument) == (errno.EINVAL, "cpu")
+    assert "baseline" in str(info.value)
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -27,7 +27,6 @@ import build  # noqa: E402
 import xinterface as xi  # noqa: E402
 from xinterface.boards.microvm import attach_microvm  # noqa: E402
 from xinterface.devices.output import Until  # noqa: E402
-from xinterface.kvm import Kvm  # noqa: E402
 from xinterface.loader import cpuid  # noqa: E402
 from xinterface.loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workarounds  # noqa: E402
 from xinterface.loader.linux import load_linux  # noqa: E402
@@ -80,12 +79,8 @@ def main() -> int:
     initrd = Path(paths["initramfs"]).read_bytes()
     seen: list[float] = []
     tee = Tee()
-    with xi.Machine(memory=args.memory << 20, vcpus=args.vcpus, irqchip=True) as m:
-        with Kvm() as kvm:
-            supported = kvm.get_supported_cpuid()
-        template = cpuid.template(args.cpu)
-        for index, loop in enumerate(m.vcpus):
-            loop.vcpu.set_cpuid2(template(supported, index))
+    with xi.Machine(memory=args.memory << 20, vcpus=args.vcpus, irqchip=True,
+                    cpu=args.cpu) as m:
         attach_microvm(m, serial=Until(tee, MARKER, lambda: seen.append(process_age())),
                        debugcon=io.BytesIO())
         assert m.memory is not None

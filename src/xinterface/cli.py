@@ -209,7 +209,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     from .boards.virtio import Disk, Net
     from .devices import Until
     from .errors import GuestError, KvmError, XInterfaceError
-    from .frontend.kernel import PANIC, apply_cpu_template, boot_kernel, kernel_cmdline
+    from .frontend.kernel import PANIC, boot_kernel, kernel_cmdline
     from .frontend.outputs import stream_for
     from .frontend.session import Session
     from .machine import Machine
@@ -223,11 +223,10 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     stdout = Stdout()
     watchers: list[Until] = []
     try:
-        with Machine(memory=memory, vcpus=vcpus, irqchip=True) as machine:
+        with Machine(memory=memory, vcpus=vcpus, irqchip=True,
+                     cpu=cpu if kernel is not None else None) as machine:
             if bios is not None:
                 machine.load_firmware(bios)
-            else:
-                apply_cpu_template(machine, cpu)
             session = Session(machine, serial, stdout)
             outputs = [stream_for(debugcon, stdout), session.serial_output()]
             if until is not None:

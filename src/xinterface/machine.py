@@ -90,6 +90,9 @@ class Machine:
     ``m.vm`` is the :class:`~xinterface.vm.Vm` that ``xi.bind(m)`` binds to.
     ``debug_ports=True`` attaches :attr:`default_devices` (the 0xe9 console and 0xf4 exit
     ports; the package facade registers them, so this module imports no device).
+    ``cpu`` names a CPU template (:mod:`xinterface.loader.cpuid`: ``"baseline"``, the features
+    QEMU offers by default, or ``"host"``) for every vCPU; None keeps KVM's supported CPUID
+    with each vCPU's APIC id. An unknown name is ``EINVAL`` (``argument="cpu"``).
     """
 
     default_devices: ClassVar[tuple[DeviceFactory, ...]] = ()
@@ -104,7 +107,14 @@ class Machine:
         console: BinaryIO | None = None,
         trace: TextIO | None = None,
         debug_ports: bool = True,
+        cpu: str | None = None,
     ) -> None:
+        # The CPU template's name is checked before the VM exists: nothing to undo.
+        make_cpuid = None
+        if cpu is not None:
+            from .loader import cpuid
+
+            make_cpuid = cpuid.template(cpu)
         self.console = console
         self.trace = trace
         self.vcpus: list[VcpuLoop] = []
@@ -128,13 +138,20 @@ class Machine:
         ring = self.vm.ring
         assert ring is not None
         self.vcpus = [VcpuLoop(self, vcpu, self.vm.grace.slot(), ring) for vcpu in self.vm.vcpus]
-        if debug_ports:
-            try:
+        try:
+            if make_cpuid is not None:
+                from .kvm import Kvm
+
+                with Kvm() as kvm:
+                    supported = kvm.get_supported_cpuid()
+                for index, vcpu in enumerate(self.vm.vcpus):
+                    vcpu.set_cpuid2(make_cpuid(supported, index))
+            if debug_ports:
                 for attach in self.default_devices:
                     attach(self)
-            except BaseException:
-                self.close()
-                raise
+        except BaseException:
+            self.close()
+            raise
 
     # --- the VM's parts, for convenience ----------------------------------------------------
     @property

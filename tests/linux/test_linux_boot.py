@@ -18,8 +18,6 @@ from tests.linux.conftest import BUILD
 from xinterface.boards.microvm import attach_microvm, virtio_mmio_slot
 from xinterface.boards.virtio import Disk
 from xinterface.devices.output import Until
-from xinterface.kvm import Kvm
-from xinterface.loader import cpuid
 from xinterface.loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workarounds
 from xinterface.loader.linux import LoadedKernel, load_linux
 from xinterface.loader.linux.bzimage import XLF_KERNEL_64, parse_setup_header
@@ -62,11 +60,7 @@ def boot(kernel: str, initrd: str, cmdline: str, *, vcpus: int = 1, stop_at: byt
     started = time.monotonic()
     out = io.BytesIO()
     seen_at: list[float] = []
-    with xi.Machine(memory=MEMORY, vcpus=vcpus, irqchip=True) as m:
-        with Kvm() as kvm:
-            supported = kvm.get_supported_cpuid()
-        for index, loop in enumerate(m.vcpus):
-            loop.vcpu.set_cpuid2(cpuid.baseline(supported, index))
+    with xi.Machine(memory=MEMORY, vcpus=vcpus, irqchip=True, cpu="baseline") as m:
 
         def seen() -> None:
             seen_at.append(time.monotonic() - started)

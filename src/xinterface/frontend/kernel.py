@@ -6,23 +6,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..kvm import Kvm
-from ..loader import cpuid
 from ..loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workarounds
 from ..loader.linux import LoadedKernel, load_linux
 from ..machine import Machine
 
 # A kernel panic ends the run with an error carrying this line (the kernel's own words).
 PANIC = b"Kernel panic - not syncing"
-
-
-def apply_cpu_template(machine: Machine, name: str) -> None:
-    """Give every vCPU the CPUID of template ``name`` (``host`` or ``baseline``)."""
-    make = cpuid.template(name)
-    with Kvm() as kvm:
-        supported = kvm.get_supported_cpuid()
-    for index, loop in enumerate(machine.vcpus):
-        loop.vcpu.set_cpuid2(make(supported, index))
 
 
 def kernel_cmdline(append: str, cpu: str, workarounds: bool) -> str:
