@@ -240,7 +240,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
                                      nets=net_list, rng=rng, virtio_console=virtio_console,
                                      sercon=bool(net_list))
             if kernel is not None:
-                boot_kernel(machine, kernel, initrd,
+                boot_kernel(machine, platform, kernel, initrd,
                             kernel_cmdline(append, cpu, cpu_workarounds))
             session.connect(platform.console.feed if platform.console is not None
                             else platform.uart.feed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from xinterface.devices.pci import PciFunction, PciHost
 from xinterface.devices.pci.config import PIIX3_PIRQ_ROUTE
 from xinterface.devices.pci.function import (
@@ -101,3 +103,25 @@ def test_pirq_routing_rotates_links_by_slot() -> None:
     assert host.pirq_gsi(3, 2) == 11 and host.pirq_gsi(3, 0) is None
     host.isa.write(PIIX3_PIRQ_ROUTE + 2, b"\x80")
     assert host.pirq_gsi(3, 1) is None
+
+
+def test_route_intx_does_what_firmware_does() -> None:
+    host = PciHost()
+    host.add(3, PciFunction(0x1AF4, 0x1001, 0x010000, interrupt_pin=1))
+    host.add(4, PciFunction(0x1AF4, 0x1000, 0x020000, interrupt_pin=2))
+    host.add(5, PciFunction(0x1234, 0x1111, 0x030000))            # no interrupt pin
+    assert host.route_intx() == [(3, 1, 11), (4, 2, 10)]
+    assert host.isa.read(PIIX3_PIRQ_ROUTE, 4) == bytes([10, 10, 11, 11])
+    # Each function's Interrupt Line says where its pin goes, as the OS reads it.
+    assert host.functions[(0, 3, 0)].read(0x3C, 1) == b"\x0b"
+    assert host.functions[(0, 4, 0)].read(0x3C, 1) == b"\x0a"
+    assert host.functions[(0, 5, 0)].read(0x3C, 1) == b"\x00"
+    assert host.pirq_gsi(3, 1) == 11 and host.pirq_gsi(4, 2) == 10
+
+
+@pytest.mark.parametrize("irqs", [(10, 10, 11), (10, 10, 11, 16), (0, 10, 11, 11)])
+def test_route_intx_refuses_what_is_no_isa_irq(irqs: tuple[int, ...]) -> None:
+    host = PciHost()
+    with pytest.raises(ValueError):
+        host.route_intx(irqs)  # type: ignore[arg-type]
+    assert host.isa.read(PIIX3_PIRQ_ROUTE, 4) == b"\x80" * 4     # unchanged

@@ -249,3 +249,48 @@ def test_mp_table_for_smp() -> None:
                         **{n: (n, 0xD) for n in range(16, 24)}}
         # The MP table's area is reserved in the memory map the kernel gets.
         assert (0xF0000, 0x10000, 2) in loaded.e820
+
+
+def _entries(table: bytes) -> list[bytes]:
+    count, pos, out = struct.unpack_from("<H", table, 34)[0], 44, []
+    for _ in range(count):
+        size = 20 if table[pos] == 0 else 8
+        out.append(table[pos:pos + size])
+        pos += size
+    assert pos == len(table)
+    return out
+
+
+def test_mp_table_lists_pci_interrupts() -> None:
+    # What PciHost.route_intx gives for virtio functions in slots 3 and 4 (INTA#).
+    pci = [(3, 1, 11), (4, 1, 11), (5, 2, 10)]
+    with xi.Machine(memory=64 * MiB) as m:
+        load(m, images.bzimage(), pci_interrupts=pci)
+        table_gpa = struct.unpack_from("<I", read(m, MP_FLOATING, 16), 4)[0]
+        length = struct.unpack_from("<H", read(m, table_gpa, 8), 4)[0]
+        table = read(m, table_gpa, length)
+    assert sum(table) % 256 == 0
+    entries = _entries(table)
+    buses = {e[1]: e[2:8] for e in entries if e[0] == 1}
+    # PCI bus 0 is MP bus 0 (Linux matches a device's bus number against it), ISA after it.
+    assert buses == {0: b"PCI   ", 1: b"ISA   "}
+    io = [(e[4], e[5], e[7], struct.unpack_from("<H", e, 2)[0]) for e in entries if e[0] == 3]
+    by_bus: dict[int, list[tuple[int, int, int]]] = {0: [], 1: []}
+    for bus, source_irq, pin, flags in io:
+        by_bus[bus].append((source_irq, pin, flags))
+    # One entry per function's pin: source IRQ = slot << 2 | pin - 1, level, active high.
+    assert by_bus[0] == [(3 << 2, 11, 0xD), (4 << 2, 11, 0xD), (5 << 2 | 1, 10, 0xD)]
+    # The ISA entries of the IRQs PCI took are gone; the rest as without PCI.
+    isa_pins = {pin for _, pin, _ in by_bus[1]}
+    assert 10 not in isa_pins and 11 not in isa_pins and {0, 1, 4, 8, 16, 23} <= isa_pins
+    local = [e for e in entries if e[0] == 4]
+    assert [e[4] for e in local] == [1, 1]                  # ExtINT and NMI from the ISA bus
+
+
+@pytest.mark.parametrize("bad", [[(3, 0, 11)], [(3, 5, 11)], [(32, 1, 11)], [(3, 1, 24)]])
+def test_bad_pci_interrupt_is_einval(machine: xi.Machine, bad: list[tuple[int, int, int]]
+                                     ) -> None:
+    with pytest.raises(xi.XInterfaceError) as info:
+        load(machine, images.bzimage(), pci_interrupts=bad)
+    assert info.value.argument == "pci_interrupts"
+    assert read(machine, MP_FLOATING, 4) == bytes(4)      # nothing written

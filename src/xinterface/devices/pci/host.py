@@ -23,7 +23,7 @@ from .config import (
     VENDOR_INTEL,
     WRITABLE_FROM,
 )
-from .function import PciFunction
+from .function import INTERRUPT_LINE, PciFunction
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_DATA = 0xCFC
@@ -60,6 +60,25 @@ class PciHost:
         if not 2 <= slot < 32 or (0, slot, 0) in self.functions:
             raise ValueError(f"PCI slot {slot} is not free")
         self.functions[(0, slot, 0)] = function
+
+    def route_intx(self, irqs: tuple[int, int, int, int] = (10, 10, 11, 11)
+                   ) -> list[tuple[int, int, int]]:
+        """Route the PIRQ links A-D to ISA IRQs ``irqs`` and write each function's Interrupt
+        Line, as PC firmware does before an operating system runs (SeaBIOS's pciinit.c, with
+        the same IRQs); for a kernel booted without firmware. Returns ``(slot, pin, irq)``
+        for every function on bus 0 with an interrupt pin, as the MP table lists them."""
+        if len(irqs) != 4 or any(not 3 <= irq <= 15 for irq in irqs):
+            raise ValueError(f"PIRQ links route to ISA IRQs 3 to 15, not {irqs}")
+        self.isa.config[PIIX3_PIRQ_ROUTE : PIIX3_PIRQ_ROUTE + 4] = bytes(irqs)
+        routed = []
+        for (bus, slot, _), function in sorted(self.functions.items()):
+            pin = function.interrupt_pin
+            if bus == 0 and 1 <= pin <= 4 and function not in (self.host, self.isa):
+                gsi = self.pirq_gsi(slot, pin)
+                assert gsi is not None
+                function.config[INTERRUPT_LINE] = gsi
+                routed.append((slot, pin, gsi))
+        return routed
 
     def pirq_gsi(self, slot: int, pin: int) -> int | None:
         """The interrupt line ``pin`` (1 = INTA#) of ``slot`` reaches, as the PIIX3's PIRQ

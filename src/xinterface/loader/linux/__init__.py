@@ -123,11 +123,16 @@ def _place_initrd(place: Placement, initrd: bytes, *, above: int, limit: int) ->
     return gpa, size
 
 
-def _mptable(place: Placement, vcpus: Sequence[VcpuFd]) -> int:
+def _mptable(place: Placement, vcpus: Sequence[VcpuFd],
+             pci_interrupts: Sequence[tuple[int, int, int]]) -> int:
     leaf1 = next((e for e in vcpus[0].get_cpuid2() if e.function == 1), None)
-    table = mptable(BIOS_AREA_START, len(vcpus),
-                    cpu_signature=leaf1.eax if leaf1 else 0,
-                    cpu_features=leaf1.edx if leaf1 else 0)
+    try:
+        table = mptable(BIOS_AREA_START, len(vcpus),
+                        cpu_signature=leaf1.eax if leaf1 else 0,
+                        cpu_features=leaf1.edx if leaf1 else 0, pci_interrupts=pci_interrupts)
+    except ValueError as exc:
+        raise XInterfaceError(errno.EINVAL, str(exc), argument="pci_interrupts",
+                              value=pci_interrupts) from None
     place.claim("MP table", BIOS_AREA_START, len(table), argument="vcpus")
     place.write(BIOS_AREA_START, table)
     return BIOS_AREA_START
@@ -135,12 +140,16 @@ def _mptable(place: Placement, vcpus: Sequence[VcpuFd]) -> int:
 
 def load_linux(memory: GuestMemory, vcpus: Sequence[VcpuFd], kernel: bytes, *,
                initrd: bytes | None = None, cmdline: str = "",
-               mptable: bool = True) -> LoadedKernel:
+               mptable: bool = True,
+               pci_interrupts: Sequence[tuple[int, int, int]] = ()) -> LoadedKernel:
     """Load ``kernel`` (a bzImage, or an ELF vmlinux with a PVH note) and point vCPU 0 at it.
 
     ``mptable``: write an MP table describing every vCPU and KVM's in-kernel I/O APIC (for a
     machine with ``irqchip=True``). Without it Linux finds one CPU and only the 8259, and
-    ticks through the PIT's IRQ 0 instead of the local APIC timer.
+    ticks through the PIT's IRQ 0 instead of the local APIC timer. ``pci_interrupts``:
+    ``(slot, pin, irq)`` of the PCI functions on bus 0, for the MP table (what
+    :meth:`~xinterface.devices.pci.PciHost.route_intx` returns), so that a kernel without
+    ACPI finds their interrupts.
     Raises ``XInterfaceError`` (argument ``kernel``, ``initrd``, ``cmdline``) for an image
     that is malformed or does not fit; guest memory is untouched then.
     """
@@ -152,7 +161,7 @@ def load_linux(memory: GuestMemory, vcpus: Sequence[VcpuFd], kernel: bytes, *,
     gdt = _gdt()
     place.claim("boot GDT", GDT_ADDR, len(gdt), argument="memory")
     place.write(GDT_ADDR, gdt)
-    table = _mptable(place, vcpus) if mptable else None
+    table = _mptable(place, vcpus, pci_interrupts) if mptable else None
     e820 = memory_map(memory)
     if pvh.is_elf(kernel):
         loaded = _load_pvh(place, vcpus[0], kernel, initrd, cmdline, e820, table)
