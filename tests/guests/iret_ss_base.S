@@ -6,6 +6,7 @@
 # counts, acknowledges and returns with IRET. After TICKS interrupts the count goes to the
 # debug-exit port.
         .code32
+        .include "interrupts.inc"
         .globl _start
         .set    VECTOR, 0x20
 _start:
@@ -17,31 +18,9 @@ _start:
         mov     $0x18, %ax
         mov     %ax, %ss
         mov     $0x1000, %esp
-        mov     $handler, %eax                  # a 32-bit interrupt gate, selector 0x08
-        mov     %ax, idt + 8 * VECTOR
-        movw    $0x08, idt + 8 * VECTOR + 2
-        movw    $0x8e00, idt + 8 * VECTOR + 4
-        shr     $16, %eax
-        mov     %ax, idt + 8 * VECTOR + 6
+        idt_gate VECTOR, handler
         lidt    idt_desc
-        mov     $0x11, %al                      # 8259 ICW1-ICW4: vectors 0x20 and 0x28
-        out     %al, $0x20
-        out     %al, $0xa0
-        mov     $0x20, %al
-        out     %al, $0x21
-        mov     $0x28, %al
-        out     %al, $0xa1
-        mov     $0x04, %al
-        out     %al, $0x21
-        mov     $0x02, %al
-        out     %al, $0xa1
-        mov     $0x01, %al
-        out     %al, $0x21
-        out     %al, $0xa1
-        mov     $0xfe, %al                      # only IRQ 0 unmasked
-        out     %al, $0x21
-        mov     $0xff, %al
-        out     %al, $0xa1
+        pic_init 0xfe, 0xff
         mov     $0x34, %al                      # PIT channel 0, mode 2, binary, 1 kHz
         out     %al, $0x43
         mov     $(1193182 / 1000) & 0xff, %al
@@ -96,9 +75,5 @@ gdt_end:                                        # 0x18: data based at STACK_BASE
 gdt_desc:
         .word   gdt_end - gdt - 1
         .long   gdt
-        .balign 8
-idt:    .fill   256, 8, 0
-idt_desc:
-        .word   256 * 8 - 1
-        .long   idt
+        idt_table
 ticks:  .long   0

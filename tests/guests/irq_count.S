@@ -2,37 +2,14 @@
 # 0x20 + IRQ). It reports 0 once ready; each interrupt then reports the running count on port REPORT (4 bytes); after
 # COUNT of them the guest writes the count to the debug-exit port.
         .code32
+        .include "interrupts.inc"
         .globl _start
         .set    VECTOR, 0x20 + IRQ
 _start:
-        # The IDT gate for VECTOR: a 32-bit interrupt gate to `handler`, selector 0x08.
-        mov     $handler, %eax
-        mov     %ax, idt + 8 * VECTOR
-        movw    $0x08, idt + 8 * VECTOR + 2
-        movw    $0x8e00, idt + 8 * VECTOR + 4
-        shr     $16, %eax
-        mov     %ax, idt + 8 * VECTOR + 6
+        idt_gate VECTOR, handler
         lidt    idt_desc
 
-        # 8259 initialisation (ICW1-ICW4): master at vector 0x20, slave at 0x28, 8086 mode.
-        mov     $0x11, %al
-        out     %al, $0x20
-        out     %al, $0xa0
-        mov     $0x20, %al
-        out     %al, $0x21
-        mov     $0x28, %al
-        out     %al, $0xa1
-        mov     $0x04, %al
-        out     %al, $0x21
-        mov     $0x02, %al
-        out     %al, $0xa1
-        mov     $0x01, %al
-        out     %al, $0x21
-        out     %al, $0xa1
-        mov     $(~(1 << IRQ) & 0xff), %al      # only our line unmasked
-        out     %al, $0x21
-        mov     $0xff, %al
-        out     %al, $0xa1
+        pic_init (~(1<<IRQ)&0xff), 0xff                # only our line unmasked
 
         xor     %ebx, %ebx
         mov     $REPORT, %dx                    # report 0: ready, interrupts may come
@@ -59,8 +36,4 @@ handler:
         out     %al, $0x20
         jmp     wait
 
-        .balign 8
-idt:    .fill   256, 8, 0
-idt_desc:
-        .word   256 * 8 - 1
-        .long   idt
+        idt_table

@@ -9,6 +9,7 @@
 # for a while more and writes the total to the debug-exit port: 1 means the line behaved as
 # an edge.
         .code32
+        .include "interrupts.inc"
         .globl _start
         .set    VECTOR, 0x40
         .set    IOAPIC, 0xfec00000
@@ -34,12 +35,7 @@ _start:
         mov     $0xff, %al                      # both 8259s masked
         out     %al, $0x21
         out     %al, $0xa1
-        mov     $handler, %eax                  # IDT: a 32-bit interrupt gate
-        mov     %ax, idt + 8 * VECTOR
-        movw    $0x08, idt + 8 * VECTOR + 2
-        movw    $0x8e00, idt + 8 * VECTOR + 4
-        shr     $16, %eax
-        mov     %ax, idt + 8 * VECTOR + 6
+        idt_gate VECTOR, handler
         lidt    idt_desc
         movl    $0x1ff, LAPIC + 0xf0            # spurious vector register: APIC enabled
         movl    $(0x10 + 2 * GSI), IOAPIC       # redirection entry GSI, high: APIC ID 0
@@ -89,9 +85,5 @@ handler:
         pop     %eax
         iret
 
-        .balign 8
-idt:    .fill   256, 8, 0
-idt_desc:
-        .word   256 * 8 - 1
-        .long   idt
+        idt_table
 count:  .long   0

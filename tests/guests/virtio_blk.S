@@ -11,6 +11,7 @@
 # it, sets it up again and reads sector SECTOR into GOOD, printing a second line. With BOGUS
 # set, a doorbell for queue 7, which does not exist, comes first.
         .code32
+        .include "interrupts.inc"
         .globl _start
         .set    MAGIC, BASE + 0x000
         .set    VERSION, BASE + 0x004
@@ -233,31 +234,9 @@ puthex: rol     $4, %eax
         .if IRQ
 # --- the interrupt: the 8259 PIC at vectors 0x20-0x2f, only line IRQ unmasked ------------------
 setup_irq:
-        mov     $handler, %eax
-        mov     %ax, idt + 8 * VECTOR
-        movw    $0x08, idt + 8 * VECTOR + 2
-        movw    $0x8e00, idt + 8 * VECTOR + 4
-        shr     $16, %eax
-        mov     %ax, idt + 8 * VECTOR + 6
+        idt_gate VECTOR, handler
         lidt    idt_desc
-        mov     $0x11, %al                      # ICW1-ICW4
-        out     %al, $0x20
-        out     %al, $0xa0
-        mov     $0x20, %al
-        out     %al, $0x21
-        mov     $0x28, %al
-        out     %al, $0xa1
-        mov     $0x04, %al
-        out     %al, $0x21
-        mov     $0x02, %al
-        out     %al, $0xa1
-        mov     $0x01, %al
-        out     %al, $0x21
-        out     %al, $0xa1
-        mov     $(~(1 << IRQ) & 0xff), %al
-        out     %al, $0x21
-        mov     $0xff, %al
-        out     %al, $0xa1
+        pic_init (~(1<<IRQ)&0xff), 0xff
         ret
 
         # Never returns with iret (kvm_pvm's CPL0 emulator fails on it): it always interrupts
@@ -272,11 +251,7 @@ handler:
         out     %al, $0x20
         jmp     wait
 
-        .balign 8
-idt:    .fill   256, 8, 0
-idt_desc:
-        .word   256 * 8 - 1
-        .long   idt
+        idt_table
 irq_seen:
         .long   0
         .endif

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -58,12 +59,28 @@ def usable_cache() -> Path | None:
     return None
 
 
+_INCLUDE = re.compile(rb'^\s*\.include\s+"([^"]+)"', re.MULTILINE)
+
+
+def _included(path: Path, seen: frozenset[Path] = frozenset()) -> bytes:
+    """The text of every file ``path`` includes from its own directory, depth first (what
+    else the binary depends on, for the cache key); a missing one is ``as``'s to report."""
+    out = b""
+    for name in _INCLUDE.findall(path.read_bytes()):
+        child = path.parent / name.decode(errors="replace")
+        if child in seen or not child.is_file():
+            continue
+        out += child.read_bytes() + _included(child, seen | {child})
+    return out
+
+
 def assemble(source: str | os.PathLike[str], *, gpa: int, bits: int = 32,
              defines: dict[str, int] | None = None) -> bytes:
     """The flat binary of ``source`` (a path to a GNU as file) linked so its text starts at gpa.
 
     ``bits`` picks the object format: 32 (``--32``, for 16- and 32-bit code) or 64.
-    ``defines`` become ``--defsym NAME=VALUE`` symbols the source can use.
+    ``defines`` become ``--defsym NAME=VALUE`` symbols the source can use. ``.include
+    "name"`` finds files next to the source (``as -I``); the cache key covers them.
     """
     # Imported here: running a prebuilt image never assembles, and these cost start-up time.
     import hashlib
@@ -72,7 +89,7 @@ def assemble(source: str | os.PathLike[str], *, gpa: int, bits: int = 32,
     import tempfile
 
     path = Path(source)
-    text = path.read_bytes()
+    text = path.read_bytes() + _included(path)
     args_32 = bits != 64
     syms = sorted((defines or {}).items())
     key = hashlib.sha256(
@@ -90,7 +107,8 @@ def assemble(source: str | os.PathLike[str], *, gpa: int, bits: int = 32,
         obj, elf, binary = (Path(tmp) / n for n in ("guest.o", "guest.elf", "guest.bin"))
         defsyms = [a for name, value in syms for a in ("--defsym", f"{name}={value}")]
         steps = [
-            ["as", "--32" if args_32 else "--64", *defsyms, "-o", str(obj), str(path)],
+            ["as", "--32" if args_32 else "--64", "-I", str(path.parent), *defsyms, "-o",
+             str(obj), str(path)],
             ["ld", "-m", "elf_i386" if args_32 else "elf_x86_64", "-N", "--build-id=none",
              f"-Ttext={gpa:#x}", "-e", f"{gpa:#x}", "-o", str(elf), str(obj)],
             ["objcopy", "-O", "binary", str(elf), str(binary)],
