@@ -66,7 +66,8 @@ def _parse_run(args: list[str]) -> dict[str, Any] | None:
                 image = arg
     except ValueError:
         return None
-    if image is None or not os.path.isfile(image):
+    # click's Path(exists=True, dir_okay=False) also wants it readable.
+    if image is None or not os.path.isfile(image) or not os.access(image, os.R_OK):
         return None
     from .frontend.run import no_limit_when_interactive
 
