@@ -10,8 +10,9 @@ as ExtINT on LINT0 and NMI on LINT1 of every local APIC.
 With PCI functions (the pc board), a PCI bus and one interrupt entry per function's pin say
 which I/O APIC pin its INTx# reaches (spec 4.3.4 and appendix D: source bus IRQ = device << 2
 | pin - 1), level-triggered and active high as KVM's I/O APIC takes a raised line; the ISA
-entries of those IRQs are left out, so that Linux programs the pin for the PCI devices
-(SeaBIOS's mptable.c writes the same for QEMU's pc).
+entries of those IRQs are left out, so that each such pin has one description (PCI, level)
+for Linux to program. With PCI as MP bus 1 instead of 0, Linux said "can't find IRQ for PCI
+INT A; probably buggy MP table" (measured; see PCI_BUS_ID).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ LOCAL_APIC_VERSION = 0x14
 IOAPIC_VERSION = 0x11
 # Bus IDs: Linux compares a PCI device's bus number with the MP source bus ID itself
 # (arch/x86/kernel/apic/io_apic.c, IO_APIC_get_PCI_irq_vector), so PCI bus 0 is MP bus 0
-# and ISA comes after it when there is PCI (as SeaBIOS numbers them), else ISA is bus 0.
+# and ISA comes after it when there is PCI, else ISA is bus 0.
 PCI_BUS_ID = 0
 ISA_IRQS = 16
 ISA_CASCADE_IRQ = 2              # the 8259 slave's input: no device interrupt arrives there
