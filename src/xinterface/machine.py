@@ -133,25 +133,18 @@ class Machine:
         self._exit_code: int | None = None
         self._error: BaseException | None = None
         _install_kick_handler()
-        self.vm = Vm(memory, vcpus, irqchip=irqchip, strict=strict)
+        self.vm = Vm(memory, vcpus, irqchip=irqchip, strict=strict, cpuid=make_cpuid)
         self.vm.owner = self
         ring = self.vm.ring
         assert ring is not None
         self.vcpus = [VcpuLoop(self, vcpu, self.vm.grace.slot(), ring) for vcpu in self.vm.vcpus]
-        try:
-            if make_cpuid is not None:
-                from .kvm import Kvm
-
-                with Kvm() as kvm:
-                    supported = kvm.get_supported_cpuid()
-                for index, vcpu in enumerate(self.vm.vcpus):
-                    vcpu.set_cpuid2(make_cpuid(supported, index))
-            if debug_ports:
+        if debug_ports:
+            try:
                 for attach in self.default_devices:
                     attach(self)
-        except BaseException:
-            self.close()
-            raise
+            except BaseException:
+                self.close()
+                raise
 
     # --- the VM's parts, for convenience ----------------------------------------------------
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn, Protocol
 
 from .delivery.eventfd import EventLoop
@@ -22,6 +22,9 @@ from .grace import Grace, ReaderSlot
 from .iobus import IoBus
 from .kvm import Kvm, VcpuFd, VmFd, uapi
 from .memory import GuestMemory, layout_from
+
+# (KVM's supported CPUID, vCPU index) -> that vCPU's CPUID entries.
+CpuidFn = Callable[[list[uapi.kvm_cpuid_entry2], int], list[uapi.kvm_cpuid_entry2]]
 
 PIO_LIMIT = 1 << 16   # x86 port space
 MMIO_LIMIT = 1 << 64  # guest-physical address space as KVM reports it
@@ -57,10 +60,14 @@ class Vm:
 
     ``irqchip``: the in-kernel PIC, IOAPIC, local APICs and PIT (needed for irqfd).
     ``strict``: an access nobody claims is an error instead of all-ones / dropped.
+    ``cpuid(supported, index)``: the CPUID entries of vCPU ``index`` from KVM's supported set
+    (a CPU template of :mod:`xinterface.loader.cpuid`); by default the supported set with the
+    vCPU's APIC id.
     """
 
     def __init__(self, memory: int | Sequence[tuple[int, int]] = 64 << 20, vcpus: int = 1, *,
-                 irqchip: bool = False, strict: bool = False) -> None:
+                 irqchip: bool = False, strict: bool = False,
+                 cpuid: CpuidFn | None = None) -> None:
         self._closed = True  # until fully built, close() has only what exists to release
         self.irqchip = irqchip
         self.strict = strict
@@ -92,11 +99,12 @@ class Vm:
                 vmfd.create_irqchip()
                 vmfd.create_pit2(uapi.KVM_PIT_SPEAKER_DUMMY)
             self.memory = GuestMemory(vmfd, layout)
-            cpuid = kvm.get_supported_cpuid()
+            supported = kvm.get_supported_cpuid()
+            make_cpuid = cpuid or _cpuid_for
             for index in range(vcpus):
                 vcpu = vmfd.create_vcpu(index)
                 self.vcpus.append(vcpu)
-                vcpu.set_cpuid2(_cpuid_for(cpuid, index))
+                vcpu.set_cpuid2(make_cpuid(supported, index))
             # One ring per VM; every vCPU maps it, vCPU 0's mapping serves.
             self.ring = CoalescedRing(self.vcpus[0].run_mmap, self.grace,
                                       (self.pio_bus.events, self.mmio_bus.events))
