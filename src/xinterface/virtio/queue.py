@@ -80,8 +80,7 @@ class VirtQueue:
         self.lock = threading.Lock()
         self._maps: list[XVMap] = []
         self._desc: memoryview | None = None
-        self._avail = memoryview(b"")
-        self._used = memoryview(b"")
+        self._used = memoryview(b"")   # bytes: used elements are packed into it
         # 16-bit views of the two rings (see the module's note on atomicity); x86 is
         # little-endian, as the split ring is (§2.7).
         self._avail16 = memoryview(b"").cast("H")
@@ -139,7 +138,7 @@ class VirtQueue:
             raise VirtqueueError(f"queue {self.index}: used ring at {self.used_addr:#x} is "
                                  "read-only memory")
         self._intf = intf
-        self._desc, self._avail, self._used = (m.addr for m in self._maps)
+        self._desc, self._used = self._maps[0].addr, self._maps[2].addr
         self._avail16 = self._maps[1].cast("H")
         self._used16 = self._maps[2].cast("H")
 
@@ -147,7 +146,7 @@ class VirtQueue:
         maps, self._maps = self._maps, []
         self._desc = None
         self._avail16 = self._used16 = memoryview(b"").cast("H")
-        self._avail = self._used = memoryview(b"")
+        self._used = memoryview(b"")
         for m in maps:
             if not m.released:
                 m.put()
