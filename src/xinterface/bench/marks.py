@@ -6,10 +6,16 @@ console) and on QEMU (its ``isa-debugcon`` on a ``stdio`` chardev, read from a p
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# QEMU's debug console on port 0xe9 as a stdio chardev: each byte the guest writes is written
+# to QEMU's stdout as it comes, for run_marked() to time.
+QEMU_MARKS_CONSOLE = ["-chardev", "stdio,id=marks",
+                      "-device", "isa-debugcon,iobase=0xe9,chardev=marks"]
 
 
 @dataclass
@@ -51,3 +57,22 @@ def pump(fd: int, marks: Marks) -> threading.Thread:
     reader = threading.Thread(target=run, daemon=True)
     reader.start()
     return reader
+
+
+def run_marked(command: list[str], marks: Marks, timeout: float) -> tuple[int, str]:
+    """Run ``command`` (a QEMU with :data:`QEMU_MARKS_CONSOLE`), feeding ``marks`` from its
+    stdout; its exit status (negative if killed after ``timeout``) and its stderr."""
+    vm = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    assert vm.stdout is not None and vm.stderr is not None
+    reader = pump(vm.stdout.fileno(), marks)   # the only reader of stdout
+    try:
+        vm.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        vm.kill()
+        vm.wait()
+    reader.join(5)
+    stderr = vm.stderr.read()   # a few warnings at most: it cannot fill the pipe
+    vm.stdout.close()
+    vm.stderr.close()
+    return vm.returncode, stderr.decode(errors="replace")

@@ -35,7 +35,7 @@ from ..virtio.mmio import VirtioMmio
 from ..virtio.net import SocketBackend, TapBackend, VirtioNet
 from ..virtio.net.backend import NetBackend
 from ..xinterface import bind
-from .marks import Marks, pump
+from .marks import QEMU_MARKS_CONSOLE, Marks, run_marked
 from .netns import inside, netns, netns_usable, tap
 from .peer import QEMU, PeerUnavailable
 
@@ -182,28 +182,15 @@ def qemu(mode: str, count: int, ns: str, tap_name: str = "xitapq",
             "-device", "virtio-blk-device,drive=disk",
             "-netdev", f"tap,id=net,ifname={tap_name},script=no,downscript=no,vhost=off",
             "-device", f"virtio-net-device,netdev=net,mac={GUEST_MAC}",
-            "-chardev", "stdio,id=marks", "-device", "isa-debugcon,iobase=0xe9,chardev=marks",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
+            *QEMU_MARKS_CONSOLE, "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
         ]
-        vm = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
-        assert vm.stdout is not None
-
-        reader = pump(vm.stdout.fileno(), marks)
-        try:
-            vm.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            vm.kill()
-            vm.wait()
-        reader.join(5)
+        code, stderr = run_marked(command, marks, timeout)
         if proc.stdin is not None:
             proc.stdin.close()
         proc.terminate()
         far = _finish(proc)
-        stderr = vm.stderr.read().decode(errors="replace") if vm.stderr else ""
         # isa-debug-exit: status (value << 1) | 1, as our debug exit.
-        code = vm.returncode
-        if code is None or code < 0 or "E" not in marks.times:
+        if code < 0 or "E" not in marks.times:
             raise PeerUnavailable(f"{QEMU} did not run the virtio-net guest (status {code}): "
                                   f"{stderr.strip()[-300:]}")
         return _result(marks, "exit", code, count, far, {})

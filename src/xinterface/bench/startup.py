@@ -26,22 +26,18 @@ EXIT_STATUS = 1       # the guest's debug exit: (0 << 1) | 1
 
 
 @cache
-def _images(workdir: str) -> tuple[Path, Path]:
-    """The flat binary for xinterface and the 64 KiB firmware image for QEMU."""
-    flat, firmware = Path(workdir) / "startup.bin", Path(workdir) / "startup-bios.bin"
-    flat.write_bytes(assemble(GUESTS / "startup.S", gpa=0x1000, defines={"RESET": 0}))
-    firmware.write_bytes(assemble(GUESTS / "startup.S", gpa=0, defines={"RESET": 1}))
-    return flat, firmware
-
-
-@cache
-def _workdir() -> str:
+def _images() -> tuple[Path, Path]:
+    """The flat binary for xinterface and the 64 KiB firmware image for QEMU, in a directory
+    of this process's (removed at exit)."""
     import atexit
     import tempfile
 
-    path = tempfile.mkdtemp(prefix="xinterface-startup-")
-    atexit.register(shutil.rmtree, path, True)
-    return path
+    workdir = Path(tempfile.mkdtemp(prefix="xinterface-startup-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    flat, firmware = workdir / "startup.bin", workdir / "startup-bios.bin"
+    flat.write_bytes(assemble(GUESTS / "startup.S", gpa=0x1000, defines={"RESET": 0}))
+    firmware.write_bytes(assemble(GUESTS / "startup.S", gpa=0, defines={"RESET": 1}))
+    return flat, firmware
 
 
 def xinterface_command() -> list[str]:
@@ -74,7 +70,7 @@ def _median_start_us(command: list[str]) -> float:
 
 def own_start_us() -> float:
     """µs from exec to exit of ``xinterface run startup.bin``."""
-    flat, _ = _images(_workdir())
+    flat, _ = _images()
     return _median_start_us([*xinterface_command(), "run", str(flat)])
 
 
@@ -82,5 +78,5 @@ def qemu_start_us() -> float:
     """µs from exec to exit of QEMU running the same code as its firmware."""
     if shutil.which(QEMU) is None:
         raise PeerUnavailable(f"{QEMU} not found: apt-get install qemu-system-x86")
-    _, firmware = _images(_workdir())
+    _, firmware = _images()
     return _median_start_us(qemu_command(firmware))

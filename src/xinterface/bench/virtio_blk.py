@@ -12,7 +12,6 @@ guest's set-up; QEMU's console is its stdio chardev, read as it writes.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -24,7 +23,7 @@ from ..machine import Machine
 from ..virtio.blk import VirtioBlk
 from ..virtio.pci import VirtioPci
 from ..xinterface import bind
-from .marks import Marks, pump
+from .marks import QEMU_MARKS_CONSOLE, Marks, run_marked
 from .peer import BOOT_GPA, QEMU, PeerUnavailable
 
 GUESTS = Path(__file__).parent / "guests"
@@ -85,25 +84,14 @@ def _qemu_seconds(depth: int, rounds: int, disk: Path) -> float:
         QEMU, "-accel", "kvm", "-M", "pc", "-m", "32", "-nodefaults", "-display", "none",
         "-drive", f"file={disk},format=raw,if=none,id=d0",
         "-device", f"virtio-blk-pci,drive=d0,addr={SLOT},disable-modern=on",
-        "-chardev", "stdio,id=marks", "-device", "isa-debugcon,iobase=0xe9,chardev=marks",
-        "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
+        *QEMU_MARKS_CONSOLE, "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
     ]
     marks = Marks()
-    vm = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
-    assert vm.stdout is not None and vm.stderr is not None
-    reader = pump(vm.stdout.fileno(), marks)   # the only reader of stdout
-    try:
-        vm.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        vm.kill()
-        vm.wait()
-    reader.join(5)
-    stderr = vm.stderr.read()   # a few warnings at most: it cannot fill the pipe
-    if vm.returncode != GOOD_EXIT:
-        raise PeerUnavailable(f"{QEMU} did not run the virtio-blk guest (status "
-                              f"{vm.returncode}): {stderr.decode(errors='replace')[-300:]}")
-    return _span(marks, QEMU, vm.returncode)
+    status, stderr = run_marked(command, marks, 600)
+    if status != GOOD_EXIT:
+        raise PeerUnavailable(f"{QEMU} did not run the virtio-blk guest (status {status}): "
+                              f"{stderr[-300:]}")
+    return _span(marks, QEMU, status)
 
 
 def request_ns(depth: int, rounds: int, *, peer: bool = False,
