@@ -8,13 +8,12 @@ import io
 import random
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 import xinterface as xi
-from tests.conftest import Assemble, needs_kvm
+from tests.conftest import Assemble, needs_kvm, wait_for
 from xinterface.kvm import uapi
 
 pytestmark = needs_kvm
@@ -24,15 +23,6 @@ POSTED, EVENTFD = xi.Delivery.POSTED, xi.Delivery.EVENTFD
 TABLE = 0x100000
 END, PIO_W, MMIO_W = 0, 1, 2
 MMIO_BASE = 0xD0000000
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 import xinterface as xi
-from tests.conftest import Assemble, needs_kvm
+from tests.conftest import Assemble, needs_kvm, wait_for
 from tests.virtio.helpers import BUF, Echo, rig
 from xinterface import backend, vcpu_loop
 from xinterface.devices import fw_cfg
@@ -57,15 +57,6 @@ def finish(body: Callable[[], T], seconds: float) -> T:
     if err:
         raise err[0]
     return out[0]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def open_fds() -> int:
