@@ -267,7 +267,7 @@ def test_eventfd_handler_error_stops_the_next_run(
         assert isinstance(exc.__cause__, ValueError)
     else:
         with pytest.raises(xi.GuestIOError) as info:
-            wait_for(lambda: m._error is not None)
+            wait_for(lambda: m._states.error is not None)
             m.run(timeout=30)
         assert isinstance(info.value.__cause__, ValueError)
 

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("KVM ABI", ("kvm", "backend", "_fastloop")),
     ("memory and buses", ("memory", "grace", "iobus")),
     ("kernel fast paths", ("delivery",)),
-    ("the VM", ("vm",)),
+    ("the VM", ("runstate", "vm")),
     ("xinterface", ("refcount", "maps", "xioevent", "xinterface")),
     ("loaders", ("loader",)),
     ("runner", ("emulate", "trace", "vcpu_loop", "machine")),

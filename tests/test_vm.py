@@ -38,7 +38,7 @@ def test_a_vm_is_bound_and_served_without_a_runner() -> None:
 
 def test_machine_binds_to_its_vm() -> None:
     with xi.Machine(memory=1 << 20) as m:
-        assert isinstance(m.vm, xi.Vm) and m.vm.owner is m
+        assert isinstance(m.vm, xi.Vm) and m.vm.run_control is m.control
         assert xi.bind(m).vm is xi.bind(m.fd).vm is m.vm
 
 
@@ -71,13 +71,15 @@ class MiniOwner:
     def drain_posted(self, loop: VcpuLoop) -> None:
         self.vm.drain_posted(loop.slot, loop.index)
 
-    def request_stop(self, reason: str, exit_code: int | None = None) -> None:
+    def request_stop(self, reason: str, exit_code: int | None = None,
+                     error: BaseException | None = None) -> None:
         self.stops.append(reason)
+        if error is not None:
+            self.errors.append(error)
         self.stopping = True
 
-    def fail(self, exc: BaseException) -> None:
-        self.errors.append(exc)
-        self.stopping = True
+    def park(self, loop: VcpuLoop) -> bool:
+        return False  # this owner never pauses
 
     def vcpu_done(self, loop: VcpuLoop) -> None:
         self.done.set()

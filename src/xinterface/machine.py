@@ -9,9 +9,12 @@ Stopping follows the kernel's documented protocol (Documentation/virt/kvm/api.rs
 thread a signal. Whether the thread is inside ``KVM_RUN`` or about to enter it, ``KVM_RUN``
 returns ``EINTR`` and the exit loop sees the stop flag.
 
-A run begins when ``run()`` marks it running, under the machine's lock and in the same step
-as it clears the previous run's stop: a ``stop()`` or ``close()`` from then on belongs to
-this run and ends it (README, Guarantees).
+The run is a state machine (:mod:`xinterface.runstate`): idle, running, pausing, paused,
+stopping, closed. A run begins when ``run()`` moves it to running, in the same step as it
+clears the previous run's outcome: a ``stop()`` or ``close()`` from then on belongs to this
+run and ends it (README, Guarantees). Every ending (``stop()``, a device through the VM's
+:class:`~xinterface.runstate.RunControl`, a system event, a failing handler, the timeout,
+``close()``) goes through :meth:`Machine.request_stop`.
 """
 
 from __future__ import annotations
@@ -23,17 +26,16 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, ClassVar, NamedTuple, TextIO
 
 from . import loader
-from .delivery.posted import CoalescedRing
 from .errors import GuestIOError, XInterfaceError
 from .iobus import Bus, IoBus
 from .kvm import uapi
 from .memory import GuestMemory
+from .runstate import IN_RUN, RunControl, RunState, RunStates
 from .vcpu_loop import VcpuLoop
 from .vm import Vm
 
@@ -118,23 +120,13 @@ class Machine:
         self.console = console
         self.trace = trace
         self.vcpus: list[VcpuLoop] = []
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # notified when a run ends
-        self._close_lock = threading.Lock()
-        self._all_done = threading.Event()
-        self._live = 0
-        self._running = False
-        self._run_thread: int | None = None
-        self._closing = False            # close() began: no run may start
-        self._close_deferred = False     # close() from a handler: run() closes on its way out
+        self._states = RunStates(self._kick, self._unkick)
         self._kept: RunResult | None = None  # an ended run's outcome that an interrupt hid
-        self.stopping = False
-        self._reason: str | None = None
-        self._exit_code: int | None = None
-        self._error: BaseException | None = None
         _install_kick_handler()
-        self.vm = Vm(memory, vcpus, irqchip=irqchip, strict=strict, cpuid=make_cpuid)
-        self.vm.owner = self
+        # What devices end a run through: the one way, request_stop.
+        self.control = RunControl(self.request_stop)
+        self.vm = Vm(memory, vcpus, irqchip=irqchip, strict=strict, cpuid=make_cpuid,
+                     run_control=self.control)
         ring = self.vm.ring
         assert ring is not None
         self.vcpus = [VcpuLoop(self, vcpu, self.vm.grace.slot(), ring) for vcpu in self.vm.vcpus]
@@ -160,7 +152,16 @@ class Machine:
     def running(self) -> bool:
         """A run is in progress: from the moment ``run()`` began until it returns. A
         ``stop()`` or ``close()`` seen after this turned true ends that run."""
-        return self._running
+        return self._states.state in IN_RUN
+
+    @property
+    def state(self) -> RunState:
+        """Where the run is: idle, running, pausing, paused, stopping or closed."""
+        return self._states.state
+
+    def wait_for(self, state: RunState, timeout: float | None = None) -> bool:
+        """Wait until the run is in ``state``; False if ``timeout`` seconds passed first."""
+        return self._states.wait_for(state, timeout)
 
     @property
     def memory(self) -> GuestMemory | None:
@@ -175,10 +176,6 @@ class Machine:
         return self.vm.mmio_bus
 
     @property
-    def irqchip(self) -> bool:
-        return self.vm.irqchip
-
-    @property
     def strict(self) -> bool:
         """Unclaimed accesses stop the run with an error instead of all-ones / dropped."""
         return self.vm.strict
@@ -186,10 +183,6 @@ class Machine:
     @strict.setter
     def strict(self, value: bool) -> None:
         self.vm.strict = value
-
-    @property
-    def ring(self) -> CoalescedRing | None:
-        return self.vm.ring
 
     def flush(self) -> int:
         """Deliver every posted write waiting in the coalesced ring, in order; how many."""
@@ -219,13 +212,20 @@ class Machine:
     def drain_posted(self, loop: VcpuLoop) -> None:
         self.vm.drain_posted(loop.slot, loop.index)
 
+    @property
+    def stopping(self) -> bool:
+        """vCPUs must stay out of ``KVM_RUN`` (a pause, or the end of the run)."""
+        return self._states.stopping
+
+    def park(self, loop: VcpuLoop) -> bool:
+        """A vCPU out of its loop waits here while the run is paused; True on resume."""
+        return self._states.park()
+
     def vcpu_done(self, loop: VcpuLoop) -> None:
-        with self._lock:
-            # After this, stop() never signals the thread: its id may be reused.
+        def forget() -> None:
+            # After this, no kick signals the thread: its id may be reused.
             loop.thread_id = None
-            self._live -= 1
-            if self._live == 0:
-                self._all_done.set()
+        self._states.vcpu_done(forget)
 
     # --- loading --------------------------------------------------------------------------
     def load_flat(self, image: bytes, gpa: int = 0x1000, mode: str = "real") -> None:
@@ -268,55 +268,34 @@ class Machine:
         """Run every vCPU from where it is until they all halt or the run is ended.
 
         ``poll``: also drain the POSTED ring every ``poll`` seconds from a poller thread (it
-        is drained at every exit and when the run ends anyway).
+        is drained at every exit and when the run ends anyway). ``timeout`` counts paused
+        time too.
         Raises the error that stopped the run (``GuestError``, a handler's exception).
         """
         _check_seconds(timeout, "timeout", zero=True)
         _check_seconds(poll, "poll", zero=False)
         self.vm.check_open()
-        with self._lock:
-            if self._closing:
-                raise XInterfaceError(errno.EBADF, "the machine is closing", argument="machine",
-                                      value=self)
-            if self._running:
-                raise XInterfaceError(errno.EBUSY, "the machine is already running",
-                                      argument="machine", value=self)
-            # The run begins here, in one step with clearing the last run's stop: a stop()
-            # or close() from now on is this run's (issue 11: one that came between the two
-            # used to be erased).
-            self._running = True
-            self._run_thread = threading.get_ident()
-            self.stopping = False
-            self._reason = self._exit_code = None
-            self._all_done.clear()
-            self._live = len(self.vcpus)
-            for loop in self.vcpus:
-                loop.set_immediate_exit(0)
-                loop.halted = False
+        # The run begins here, in one step with clearing the last run's outcome: a stop()
+        # or close() from now on is this run's.
+        self._states.begin(len(self.vcpus))
+        for loop in self.vcpus:
+            loop.halted = False
         try:
             result = self._run(timeout, poll)
         except BaseException:
-            if self._end_run():
+            if self._states.finished():
                 # close() was called from a handler; this run's error says more than close's.
                 with contextlib.suppress(Exception):
                     self.close()
             raise
-        if self._end_run():
+        if self._states.finished():
             self.close()
         return result
 
-    def _end_run(self) -> bool:
-        """The run is over; whether a close() from a handler waits for run() to do it."""
-        with self._lock:
-            self._running = False
-            self._run_thread = None
-            self._idle.notify_all()
-            deferred, self._close_deferred = self._close_deferred, False
-            return deferred
-
     def _run(self, timeout: float | None, poll: float | None) -> RunResult:
-        if self._error is not None:  # a handler failed between runs (the EVENTFD thread)
-            error, self._error = self._error, None
+        states = self._states
+        error = states.take_error()  # a handler failed between runs (the EVENTFD thread)
+        if error is not None:
             raise error
         if self._kept is not None:  # see below: the last run ended before an interrupt
             kept, self._kept = self._kept, None
@@ -333,29 +312,29 @@ class Machine:
                 thread.start()
             if poller is not None:
                 poller.start()
-            if not self._all_done.wait(timeout):
+            if not states.wait_done(timeout):
                 self.request_stop("timeout")
         except BaseException:
             # An interrupt (KeyboardInterrupt): never leave vCPU threads running behind the
             # caller. If the guest had ended the run already (every vCPU halted, or a debug
             # exit, reset or shutdown), that outcome is kept for the next run(), which
             # returns it instead of resuming the guest past its end.
-            with self._lock:
-                ended = self._reason if self._reason in _GUEST_ENDINGS else None
+            with states.cond:
+                ended = states.reason if states.reason in _GUEST_ENDINGS else None
             self._finish(threads, poller)
             if ended is None and all(loop.halted for loop in self.vcpus):
                 ended = "hlt"
-            if ended is not None and self._error is None:
-                self._kept = RunResult(ended, self._exit_code, self._exits(before))
+            if ended is not None and states.error is None:
+                self._kept = RunResult(ended, states.exit_code, self._exits(before))
             raise
         self._finish(threads, poller)
-        if self._error is not None:
-            error, self._error = self._error, None
+        error = states.take_error()
+        if error is not None:
             raise error
-        reason = self._reason or "stopped"
+        reason = states.reason or "stopped"
         if reason == "stopped" and all(loop.halted for loop in self.vcpus):
             reason = "hlt"
-        return RunResult(reason, self._exit_code, self._exits(before))
+        return RunResult(reason, states.exit_code, self._exits(before))
 
     def _finish(self, threads: list[threading.Thread], poller: threading.Thread | None) -> None:
         """Stop and join every thread of the run, then deliver what the ring still holds."""
@@ -367,11 +346,11 @@ class Machine:
                     thread.join()
                 except BaseException as exc:  # a second Ctrl-C: still join, then raise it
                     interrupt = interrupt or exc
-        if self._error is None:
+        if self._states.error is None:
             try:
                 self.vm.flush()  # posted writes of this run reach their handlers first
             except BaseException as exc:
-                self._error = exc
+                self.request_stop("error", None, exc)
         self._flush_console()
         if interrupt is not None:
             raise interrupt
@@ -385,44 +364,62 @@ class Machine:
         return exits
 
     def _poll(self, interval: float) -> None:
-        while not self.stopping:
+        states = self._states
+        while not states.wait_stopping(0):
             try:
                 self.vm.flush()
             except BaseException as exc:
-                self.fail(exc)
+                self.request_stop("error", None, exc)
                 return
-            time.sleep(interval)
+            states.wait_stopping(interval)
 
     def stop(self) -> None:
         """End the current run from any thread; ``run()`` returns reason ``"stopped"``."""
         self.request_stop("stopped")
 
-    def request_reset(self) -> None:
-        """End the current run with reason ``"reset"`` (the guest asked for a reset)."""
-        self.request_stop("reset")
-
     def exit(self, status: int) -> None:
         """End the current run with reason ``"exit"`` and ``exit_code=status``."""
         self.request_stop("exit", status)
 
-    def request_stop(self, reason: str, exit_code: int | None = None) -> None:
-        """End the current run with ``reason`` (the first reason of a run wins)."""
-        me = threading.get_ident()
-        with self._lock:
-            if self._reason is None and self._running:
-                self._reason, self._exit_code = reason, exit_code
-            self.stopping = True
-            for loop in self.vcpus:
-                loop.set_immediate_exit(1)
-                if loop.thread_id is not None and loop.thread_id != me:
-                    signal.pthread_kill(loop.thread_id, KICK_SIGNAL)
+    def request_stop(self, reason: str, exit_code: int | None = None,
+                     error: BaseException | None = None) -> None:
+        """End the current run: the one way, whoever asks (the first reason of a run wins).
 
-    def fail(self, exc: BaseException) -> None:
-        """End the current run; ``run()`` re-raises ``exc``."""
-        with self._lock:
-            if self._error is None:
-                self._error = exc
-        self.request_stop("error")
+        ``exit_code`` goes with ``"exit"``; ``error`` is what ``run()`` raises (reason
+        ``"error"``), also when it came between runs (the next ``run()`` raises it).
+        """
+        self._states.end(reason, exit_code, error)
+
+    def pause(self) -> bool:
+        """Take every vCPU of the run out of ``KVM_RUN`` and park it, then drain the POSTED
+        ring: the guest's state holds still until :meth:`resume`. True once paused (also
+        when it was), False when no run is in progress or it ended first. A stop or
+        ``close()`` while paused ends the run. ``EDEADLK`` from a handler of this VM, which
+        a vCPU of the run may be waiting for.
+        """
+        if self.vm.grace.inside():
+            raise XInterfaceError(errno.EDEADLK, "pause() from a handler of this VM would "
+                                  "wait for the vCPU that runs it", argument="machine",
+                                  value=self)
+        return self._states.pause(self.vm.flush)
+
+    def resume(self) -> bool:
+        """Let a paused run go on from where it was; True if it did, False if it was not
+        paused."""
+        return self._states.resume()
+
+    def _kick(self) -> None:
+        """Get every vCPU out of ``KVM_RUN`` (the run state's lock is held, see
+        runstate.RunStates): ``immediate_exit``, then the kick signal."""
+        me = threading.get_ident()
+        for loop in self.vcpus:
+            loop.set_immediate_exit(1)
+            if loop.thread_id is not None and loop.thread_id != me:
+                signal.pthread_kill(loop.thread_id, KICK_SIGNAL)
+
+    def _unkick(self) -> None:
+        for loop in self.vcpus:
+            loop.set_immediate_exit(0)
 
     def _flush_console(self) -> None:
         out = self.console if self.console is not None else sys.stdout.buffer
@@ -444,38 +441,24 @@ class Machine:
         clients are torn down is raised as ``GuestIOError`` once everything is released.
         """
         vm = getattr(self, "vm", None)
-        if vm is None or (vm.closed and not self.vcpus):
+        if vm is None:
             return
-        with self._lock:
-            if vm.grace.inside() or self._run_thread == threading.get_ident():
-                # Waiting for the run here would wait for this very thread.
-                if not self._running:
-                    raise XInterfaceError(errno.EDEADLK, "close() from a handler outside a "
-                                          "run would release the machine under the handler; "
-                                          "close it after the handler returns",
-                                          argument="machine", value=self)
-                self._closing = self._close_deferred = True
-                deferred = True
-            else:
-                self._closing = True
-                deferred = False
-        self.request_stop("stopped")
-        if deferred:
+        # Deferred (False) from a handler during a run: waiting for the run here would wait
+        # for this very thread, so run() closes on its way out (runstate.begin_close).
+        if not self._states.begin_close(vm.grace.inside()):
             return
-        with self._idle:
-            while self._running:
-                self._idle.wait()
-        with self._close_lock:
-            try:
-                error = vm.close_clients()
-            except BufferError:
-                with self._lock:
-                    self._closing = False
-                raise
+        try:
+            error = vm.close_clients()
+        except BufferError:
+            self._states.end_close(False)
+            raise
+        try:
             for loop in self.vcpus:
                 loop.release()
             self.vcpus = []
             vm.close()
+        finally:
+            self._states.end_close(True)
         if error is not None:
             raise error
 

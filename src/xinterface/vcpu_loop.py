@@ -101,18 +101,20 @@ class LoopOwner(Protocol):
     """What a vCPU thread needs of whoever runs it: the whole contract, for this loop and any
     other implementation of it (a compiled loop keeps the same one).
 
-    ``stopping`` is read before every ``KVM_RUN``; ``request_stop``/``fail`` end the run of
-    every vCPU; ``vcpu_done`` is the thread's last call.
+    ``stopping`` is read before every ``KVM_RUN``; ``request_stop`` is the one way to end
+    the run of every vCPU (a reason, the exit code of a debug exit, or the error that ended
+    it); ``park`` is where a thread that left its loop for a pause waits (True: run again);
+    ``vcpu_done`` is the thread's last call.
 
     A stop reaches a thread in ``KVM_RUN`` as ``EINTR``: the owner sets ``immediate_exit``
     and signals the thread, and ``KVM_RUN`` is entered through :func:`kvm_run_ioctl` (or the
     compiled loop's own ``ioctl``), which never retries ``EINTR``. The owner sets
     ``stopping`` back to false only when it starts a run, before any loop thread of that run
-    exists, so a stop is never lost.
+    exists, or resumes a paused one, whose threads are all parked: a stop is never lost.
     """
 
-    stopping: bool
-
+    @property
+    def stopping(self) -> bool: ...
     @property
     def strict(self) -> bool: ...
     @property
@@ -121,8 +123,9 @@ class LoopOwner(Protocol):
     def write_paths(self) -> tuple[dict[int, Any], Callable[[int, bytes], bool],
                                    dict[int, Any], Callable[[int, bytes], bool]]: ...
     def drain_posted(self, loop: VcpuLoop) -> None: ...
-    def request_stop(self, reason: str, exit_code: int | None = None) -> None: ...
-    def fail(self, exc: BaseException) -> None: ...
+    def request_stop(self, reason: str, exit_code: int | None = None,
+                     error: BaseException | None = None) -> None: ...
+    def park(self, loop: VcpuLoop) -> bool: ...
     def vcpu_done(self, loop: VcpuLoop) -> None: ...
 
 
@@ -159,12 +162,17 @@ class VcpuLoop:
         self.vcpu.run_mmap[uapi.kvm_run.immediate_exit.offset] = value
 
     def run(self) -> None:
-        """The thread body. Errors go to the machine, which stops every vCPU and re-raises."""
+        """The thread body: the exit loop until this vCPU halts or the run ends, parked
+        between loops while the run is paused. Errors end the run; ``run()`` re-raises them."""
         self.thread_id = self.slot.thread_id = threading.get_ident()
         try:
-            self._loop()
+            while True:
+                self._loop()
+                # Out of KVM_RUN for a stop or a pause: the owner says which.
+                if self.halted or not self.owner.park(self):
+                    break
         except BaseException as exc:  # handed to Machine.run(), which re-raises it
-            self.owner.fail(exc)
+            self.owner.request_stop("error", None, exc)
         finally:
             self.slot.leave_if_inside()
             self.slot.thread_id = None

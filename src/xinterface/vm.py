@@ -2,9 +2,10 @@
 
 One :class:`Vm` holds the KVM VM fd and its vCPU fds, guest memory, the PIO and MMIO buses
 with their grace periods, the coalesced ring (POSTED) and the eventfd thread (EVENTFD),
-the capabilities probed once, and the registry of bound clients. It runs nothing: the runner
-(:class:`xinterface.machine.Machine`) owns the vCPU threads and registers itself as the
-:class:`VmOwner`, which is how a device ends a run without knowing the runner.
+the capabilities probed once, and the registry of bound clients. It runs nothing: whoever
+runs it (:class:`xinterface.machine.Machine`) hands it a
+:class:`~xinterface.runstate.RunControl`, which the VM hands on to devices
+(``intf.vm.run_control``): that is how a device ends a run without knowing the runner.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .grace import Grace, ReaderSlot
 from .iobus import IoBus
 from .kvm import Kvm, VcpuFd, VmFd, uapi
 from .memory import GuestMemory, layout_from
+from .runstate import RunControl
 
 # (KVM's supported CPUID, vCPU index) -> that vCPU's CPUID entries.
 CpuidFn = Callable[[list[uapi.kvm_cpuid_entry2], int], list[uapi.kvm_cpuid_entry2]]
@@ -43,13 +45,6 @@ class Client(Protocol):
     def _vm_closing(self) -> None: ...
 
 
-class VmOwner(Protocol):
-    """What the VM needs of the runner: end the current run, or end it with an error."""
-
-    def request_stop(self, reason: str, exit_code: int | None = None) -> None: ...
-    def fail(self, exc: BaseException) -> None: ...
-
-
 def vm_for_fd(fd: int) -> Vm | None:
     """The live Vm of this process whose VM fd is ``fd``."""
     return _vms.get(fd)
@@ -63,15 +58,18 @@ class Vm:
     ``cpuid(supported, index)``: the CPUID entries of vCPU ``index`` from KVM's supported set
     (a CPU template of :mod:`xinterface.loader.cpuid`); by default the supported set with the
     vCPU's APIC id.
+    ``run_control``: how devices end a run (:attr:`run_control`); by default one that does
+    nothing, for a VM nobody runs.
     """
 
     def __init__(self, memory: int | Sequence[tuple[int, int]] = 64 << 20, vcpus: int = 1, *,
                  irqchip: bool = False, strict: bool = False,
-                 cpuid: CpuidFn | None = None) -> None:
+                 cpuid: CpuidFn | None = None, run_control: RunControl | None = None) -> None:
         self._closed = True  # until fully built, close() has only what exists to release
         self.irqchip = irqchip
         self.strict = strict
-        self.owner: VmOwner | None = None
+        # What devices end a run through, handed to them at attach (intf.vm.run_control).
+        self.run_control = run_control if run_control is not None else RunControl()
         self._kvm: Kvm | None = None
         self._vmfd: VmFd | None = None
         self.memory: GuestMemory | None = None
@@ -149,27 +147,6 @@ class Vm:
             self._caps[cap] = self.vmfd.check_extension(cap)
         return self._caps[cap]
 
-    # --- ending a run, for devices ----------------------------------------------------------
-    def stop(self) -> None:
-        """End the current run (reason ``"stopped"``); nothing if nobody runs the VM."""
-        if self.owner is not None:
-            self.owner.request_stop("stopped")
-
-    def exit(self, status: int) -> None:
-        """End the current run with reason ``"exit"`` and ``exit_code=status``."""
-        if self.owner is not None:
-            self.owner.request_stop("exit", status)
-
-    def request_reset(self) -> None:
-        """End the current run with reason ``"reset"`` (the guest asked for a reset)."""
-        if self.owner is not None:
-            self.owner.request_stop("reset")
-
-    def fail(self, exc: BaseException) -> None:
-        """A handler off the vCPU threads failed: the run ends and re-raises ``exc``."""
-        if self.owner is not None:
-            self.owner.fail(exc)
-
     # --- POSTED and EVENTFD delivery ----------------------------------------------------------
     def flush(self) -> int:
         """Deliver every posted write waiting in the coalesced ring, in order; how many.
@@ -180,21 +157,7 @@ class Vm:
         ring = self.ring
         if ring is None or not ring.pending():
             return 0
-        ring.acquire()
-        slot = self._drain_slot
-        inside = slot.count & 1
-        try:
-            if not inside:
-                slot.thread_id = threading.get_ident()
-                slot.count += 1
-            return ring.drain(self._dispatch_posted, self._posted_failed)
-        finally:
-            if not inside:
-                slot.count += 1
-                # No thread owns the slot between drains: the thread that drained last must
-                # not count it as its own later (grace.Grace.acquire).
-                slot.thread_id = None
-            ring.lock.release()
+        return ring.drain(self._dispatch_posted, self._posted_failed, slot=self._drain_slot)
 
     def drain_posted(self, slot: ReaderSlot, vcpu: int) -> None:
         """Drain on a vCPU thread, inside that thread's grace ``slot``."""
@@ -234,7 +197,7 @@ class Vm:
         with self._lock:
             self.check_open()
             if self._event_loop is None:
-                self._event_loop = EventLoop(self.grace, self.fail)
+                self._event_loop = EventLoop(self.grace, self.run_control.fail)
             return self._event_loop
 
     # --- clients -------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import backend
-from ..grace import Grace
+from ..grace import Grace, ReaderSlot
 from ..kvm import uapi
 
 _HEADER = struct.Struct("<II")
@@ -85,11 +85,6 @@ class CoalescedRing:
         return (words[self._first] != words[self._last] or bool(self._pending)
                 or self.draining > 0 or bool(self._native_pending))
 
-    def acquire(self) -> None:
-        """Take the drain lock as :meth:`drain` does; release with ``ring.lock.release()``."""
-        if not self.lock.acquire(False):  # the usual case costs one C call
-            self._grace.acquire(self.lock)
-
     def _take(self) -> None:
         """Move every logged entry to ``_pending`` and give the ring's slots back at once."""
         words, mm = self._words, self._mm
@@ -106,18 +101,27 @@ class CoalescedRing:
         # Copied out: the kernel may reuse the slots now (it only reads ``first``).
         words[self._first] = last
 
-    def drain(self, dispatch: Dispatch, failed: Failed | None = None) -> int:
+    def drain(self, dispatch: Dispatch, failed: Failed | None = None, *,
+              slot: ReaderSlot | None = None) -> int:
         """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many.
 
         The compiled drain calls exact-match events' handlers itself; when one raises, it
         hands the exception to ``failed`` (which raises what ``dispatch`` would have), or
         lets it propagate when there is none.
+        ``slot``: a grace slot shared by every thread that drains off the vCPUs (``flush()``):
+        entered under the lock, this thread's only while it drains, unless the caller is
+        already inside it (a handler's deassign drains again).
         """
         done = 0
         pending = self._pending
         lock = self.lock
         if not lock.acquire(False):
             self._grace.acquire(lock)
+        enter = slot is not None and not slot.count & 1
+        if enter:
+            assert slot is not None
+            slot.thread_id = threading.get_ident()
+            slot.count += 1
         # Counted before anything leaves the ring, so pending() holds throughout.
         self.draining += 1
         try:
@@ -136,4 +140,10 @@ class CoalescedRing:
             return done
         finally:
             self.draining -= 1
+            if enter:
+                assert slot is not None
+                slot.count += 1
+                # No thread owns the slot between drains: the thread that drained last must
+                # not count it as its own later (grace.Grace.acquire).
+                slot.thread_id = None
             lock.release()

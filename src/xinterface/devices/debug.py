@@ -12,6 +12,7 @@ import sys
 from typing import Protocol
 
 from ..delivery import Delivery
+from ..runstate import RunControl
 from ..vm import Vm
 from ..xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange, bind
 from .output import Output
@@ -68,10 +69,10 @@ class DebugExit:
     def __init__(self, port: int = DEBUG_EXIT_PORT) -> None:
         self.port = port
         self._range: XIORange | None = None
-        self._intf: XInterface | None = None
+        self._control: RunControl | None = None
 
     def attach(self, intf: XInterface) -> None:
-        self._intf = intf
+        self._control = intf.vm.run_control
         self._range = intf.iorange(self.port, 1, XIOEventFlags.PIO, write=self._write,
                                    name="debug-exit")
 
@@ -81,8 +82,8 @@ class DebugExit:
             self._range = None
 
     def _write(self, offset: int, data: bytes) -> None:
-        assert self._intf is not None
-        self._intf.vm.exit((int.from_bytes(data, "little") << 1) | 1)
+        assert self._control is not None
+        self._control.exit((int.from_bytes(data, "little") << 1) | 1)
 
 
 class WithConsole(Protocol):

@@ -4,6 +4,7 @@ to port 0x64 (IBM PC/AT). Either ends the run with reason ``"reset"``."""
 
 from __future__ import annotations
 
+from ..runstate import RunControl
 from ..xinterface import XInterface, XIOEvent, XIOEventFlags
 
 RESET_CONTROL_PORT = 0xCF9
@@ -13,12 +14,14 @@ KBC_PULSE_RESET = 0xFE
 
 
 class ResetControl:
+    """Both reset requests, ending the run through the VM's run control."""
+
     def __init__(self) -> None:
         self._events: list[XIOEvent] = []
-        self._intf: XInterface | None = None
+        self._control: RunControl | None = None
 
     def attach(self, intf: XInterface) -> None:
-        self._intf = intf
+        self._control = intf.vm.run_control
         self._events = [
             intf.ioevent(RESET_CONTROL_PORT, 1, XIOEventFlags.PIO, signal=self._cf9),
             intf.ioevent(KBC_COMMAND_PORT, 1, XIOEventFlags.PIO, signal=self._kbc),
@@ -31,8 +34,12 @@ class ResetControl:
 
     def _cf9(self, ev: XIOEvent, payload: bytes) -> None:
         if payload[0] & RESET_CONTROL_RST_CPU:
-            ev.intf.vm.request_reset()
+            self._reset()
 
     def _kbc(self, ev: XIOEvent, payload: bytes) -> None:
         if payload[0] == KBC_PULSE_RESET:
-            ev.intf.vm.request_reset()
+            self._reset()
+
+    def _reset(self) -> None:
+        assert self._control is not None
+        self._control.request_reset()
