@@ -103,7 +103,7 @@ class RunStates:
                                     f"become {to.value}", argument="state", value=to)
         self._state = to
         self.stopping = to in _HOLD
-        if to in _HOLD:
+        if to is RunState.PAUSING or to is RunState.STOPPING:
             self._kick()
         elif to is RunState.RUNNING:
             self._prepare()
