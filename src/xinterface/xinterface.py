@@ -79,7 +79,7 @@ class XInterface(Counted):
     """A client's handle on one VM (``struct kvm_xinterface``). Made by :func:`bind`.
 
     ``vm`` is the :class:`~xinterface.vm.Vm` bound to: a device reads ``vm.irqchip`` there
-    and ends a run with ``vm.exit(status)`` or ``vm.request_reset()``.
+    and ends a run with ``vm.run_control.exit(status)`` or ``vm.run_control.request_reset()``.
     """
 
     _what = "the xinterface"
