@@ -16,6 +16,7 @@ try:
     from .devices.debug import attach_debug_ports
     from .errors import GuestError, GuestIOError, KvmError, XInterfaceError
     from .machine import Machine, RunResult
+    from .runstate import RunControl, RunState
     from .vm import Vm
     from .xinterface import (
         KVM_XIOEVENT_FLAG_PIO,
@@ -42,7 +43,9 @@ __all__ = [
     "GuestIOError",
     "KvmError",
     "Machine",
+    "RunControl",
     "RunResult",
+    "RunState",
     "Vm",
     "XIOEvent",
     "XIOEventFd",
