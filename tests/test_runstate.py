@@ -255,9 +255,10 @@ class Counting:
     """A machine whose vCPUs count in memory (tests/guests/count_forever.S), run on a thread,
     each vCPU's multiples of EVERY posted to PORT."""
 
-    def __init__(self, guest: Assemble, vcpus: int = 1) -> None:
+    def __init__(self, guest: Assemble, vcpus: int = 1, poll: float | None = None) -> None:
         self.m = xi.Machine(memory=1 << 20, vcpus=vcpus)
         self.vcpus = vcpus
+        self.poll = poll
         self.m.load_flat(guest("count_forever", COUNTER=COUNTER, PORT=PORT, EVERY=EVERY),
                          mode="protected")
         self.intf = xi.bind(self.m)
@@ -271,7 +272,7 @@ class Counting:
 
     def _run(self) -> None:
         try:
-            self.results.append(self.m.run(timeout=60))
+            self.results.append(self.m.run(timeout=60, poll=self.poll))
         except BaseException as exc:
             self.errors.append(exc)
 
@@ -304,10 +305,12 @@ def moving(c: Counting, seconds: float = 0.05) -> list[bool]:
 
 
 @needs_kvm
-@pytest.mark.parametrize("vcpus", [1, 2])
-def test_a_paused_guest_holds_still_and_a_resumed_one_goes_on(guest: Assemble,
-                                                              vcpus: int) -> None:
-    c = Counting(guest, vcpus).start()
+@pytest.mark.parametrize(("vcpus", "poll"), [(1, None), (2, None), (1, 0.002)],
+                         ids=["1-vcpu", "2-vcpus", "poller"])
+def test_a_paused_guest_holds_still_and_a_resumed_one_goes_on(guest: Assemble, vcpus: int,
+                                                              poll: float | None) -> None:
+    # With a poller (run(poll=...)), it goes on draining through the pause and ends with it.
+    c = Counting(guest, vcpus, poll).start()
     try:
         for _ in range(3):
             assert c.m.pause() is True
