@@ -120,7 +120,7 @@ class Machine:
         self.console = console
         self.trace = trace
         self.vcpus: list[VcpuLoop] = []
-        self._states = RunStates(self._kick, self._unkick)
+        self._states = RunStates(self._kick, self._unkick, self)
         self._kept: RunResult | None = None  # an ended run's outcome that an interrupt hid
         _install_kick_handler()
         # What devices end a run through: the one way, request_stop.

@@ -70,10 +70,13 @@ class RunStates:
     or an end); ``prepare()`` with the lock held when they may enter it again (a run starts
     or resumes). The machine sets ``immediate_exit`` and signals threads there, so a thread
     id read under this lock is never one that has already left (``vcpu_done``).
+    ``owner``: what errors name as the ``machine`` argument (the machine itself).
     """
 
-    def __init__(self, kick: Callable[[], None], prepare: Callable[[], None]) -> None:
+    def __init__(self, kick: Callable[[], None], prepare: Callable[[], None],
+                 owner: object = None) -> None:
         self.cond = threading.Condition(threading.Lock())
+        self._owner = self if owner is None else owner
         self._kick = kick
         self._prepare = prepare
         self._state = RunState.IDLE
@@ -90,6 +93,7 @@ class RunStates:
 
     @property
     def state(self) -> RunState:
+        """The state now (read without the lock: it may change right after)."""
         return self._state
 
     def _now(self) -> RunState:
@@ -127,10 +131,10 @@ class RunStates:
         with self.cond:
             if self.closing or self._state is RunState.CLOSED:
                 raise XInterfaceError(errno.EBADF, "the machine is closing",
-                                      argument="machine", value=self)
+                                      argument="machine", value=self._owner)
             if self._state is not RunState.IDLE:
                 raise XInterfaceError(errno.EBUSY, "the machine is already running",
-                                      argument="machine", value=self)
+                                      argument="machine", value=self._owner)
             self.run_thread = threading.get_ident()
             self.reason = self.exit_code = None
             self.live, self.parked = vcpus, 0
@@ -263,7 +267,7 @@ class RunStates:
                     raise XInterfaceError(errno.EDEADLK, "close() from a handler outside a "
                                           "run would release the machine under the "
                                           "handler; close it after the handler returns",
-                                          argument="machine", value=self)
+                                          argument="machine", value=self._owner)
                 self.closing = self.close_deferred = True
                 self._end("stopped", None, None)
                 return False
