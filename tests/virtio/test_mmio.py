@@ -11,7 +11,7 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import needs_kvm
-from tests.virtio.helpers import BUF, MEMORY, Echo
+from tests.virtio.helpers import BUF, MEMORY, Echo, LineLog
 from xinterface.virtio import Status, VirtioMmio, VirtioRng
 from xinterface.virtio import mmio as r
 from xinterface.virtio.driver import QueueDriver
@@ -56,10 +56,10 @@ class Bus:
 def _bus(device: Echo | VirtioRng | None = None, version: int = 2) -> Iterator[Bus]:
     with xi.Machine(memory=MEMORY) as m:
         intf = xi.bind(m)
-        raised: list[int] = []
-        mmio = VirtioMmio(device or Echo(), BASE, irq=lambda: raised.append(1), version=version)
+        line = LineLog()
+        mmio = VirtioMmio(device or Echo(), BASE, irq=line, version=version)
         mmio.attach(intf)
-        yield Bus(m, intf, mmio, raised)
+        yield Bus(m, intf, mmio, line.edges)
         mmio.detach()
 
 
@@ -89,7 +89,7 @@ def test_queue_registers(bus: Bus) -> None:
     assert bus.read(r.QUEUE_NUM_MAX) == 0             # no queue 1
     bus.write(r.QUEUE_READY, 1)
     assert bus.read(r.QUEUE_READY) == 0
-    assert bus.mmio.stats["bad_queue_sel"] == 1
+    assert bus.mmio.stats["bad_queue_select"] == 1
 
 
 def test_a_request_through_the_doorbell_and_the_interrupt(bus: Bus) -> None:
@@ -236,10 +236,11 @@ def test_bad_transport_arguments_are_refused() -> None:
 
 
 def test_level_line_follows_interrupt_status() -> None:
-    levels: list[bool] = []
+    line = LineLog()
+    levels = line.levels
     with xi.Machine(memory=MEMORY) as m:
         intf = xi.bind(m)
-        mmio = VirtioMmio(Echo(), BASE, line=levels.append)
+        mmio = VirtioMmio(Echo(), BASE, irq=line)
         mmio.attach(intf)
         bus = Bus(m, intf, mmio, [])
         q = QueueDriver(intf, 0x10000, 8)

@@ -11,6 +11,7 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import needs_kvm
+from tests.virtio.helpers import LineLog
 from xinterface.delivery import Delivery
 from xinterface.devices.pci import PciHost
 from xinterface.devices.pci.function import BAR0, COMMAND, COMMAND_IO, COMMAND_MEMORY
@@ -49,9 +50,9 @@ class Rig:
     def __init__(self, vm: xi.Vm, notify: Delivery = Delivery.SYNC) -> None:
         self.vm = vm
         self.intf = xi.bind(vm)
-        self.lines: list[bool] = []
-        self.transport = VirtioPci(VirtioRng(queue_size=8), intx=self.lines.append,
-                                   notify=notify)
+        self.irq = LineLog()
+        self.lines = self.irq.levels
+        self.transport = VirtioPci(VirtioRng(queue_size=8), irq=self.irq, notify=notify)
         self.f = self.transport.function
         self.transport.attach(self.intf)
         self.cfg(BAR0, IO_BASE)
@@ -172,7 +173,7 @@ def test_hostile_driver_gets_what_hardware_gives(vm: xi.Vm) -> None:
     assert rig.transport.device.status & Status.DEVICE_NEEDS_RESET
     rig.mmio(CC_DEVICE_STATUS, 0, 1)                          # a reset clears the error
     assert rig.transport.device.status == 0
-    cap = rig.transport._pci_cfg                              # PCI cfg window, bogus bar/len
+    cap = rig.transport.function.cfg_cap                      # PCI cfg window, bogus bar/len
     rig.cfg(cap + 4, 3, 1)
     rig.cfg(cap + 12, 3)
     assert rig.f.read(cap + 16, 4) == bytes(4)
