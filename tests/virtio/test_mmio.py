@@ -114,6 +114,23 @@ def test_a_request_through_the_doorbell_and_the_interrupt(bus: Bus) -> None:
     assert bus.mmio.device.stats["notify_ignored"] == 1
 
 
+def test_feature_selectors_past_the_last_word_reach_nothing(bus: Bus) -> None:
+    # Only 64 feature bits exist: a selector of any other word shows 0 and takes no write
+    # (the device must not build a mask 2^32 words wide from a hostile selector).
+    bus.write(r.STATUS, Status.ACKNOWLEDGE | Status.DRIVER)
+    bus.write(r.DRIVER_FEATURES_SEL, 1)
+    bus.write(r.DRIVER_FEATURES, 1)                    # VERSION_1
+    for sel in (2, 0x8000_0000, 0xFFFF_FFFF):
+        bus.write(r.DRIVER_FEATURES_SEL, sel)
+        bus.write(r.DRIVER_FEATURES, 0xFFFF_FFFF)
+        bus.write(r.DEVICE_FEATURES_SEL, sel)
+        assert bus.read(r.DEVICE_FEATURES) == 0
+    assert bus.mmio.device.driver_features == 1 << 32
+    assert bus.mmio.device.stats["feature_write_dropped"] == 3
+    bus.write(r.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK)
+    assert bus.read(r.STATUS) & Status.FEATURES_OK
+
+
 def test_live_queue_configuration_cannot_change(bus: Bus) -> None:
     q = QueueDriver(bus.intf, 0x10000, 8)
     bus.init(queues=[q])

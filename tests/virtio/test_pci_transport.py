@@ -18,6 +18,8 @@ from xinterface.devices.pci.function import BAR0, COMMAND, COMMAND_IO, COMMAND_M
 from xinterface.virtio.device import Status
 from xinterface.virtio.driver import QueueDriver
 from xinterface.virtio.pci import (
+    CC_DEVICE_FEATURE,
+    CC_DEVICE_FEATURE_SELECT,
     CC_DEVICE_STATUS,
     CC_DRIVER_FEATURE,
     CC_DRIVER_FEATURE_SELECT,
@@ -178,6 +180,36 @@ def test_hostile_driver_gets_what_hardware_gives(vm: xi.Vm) -> None:
     rig.cfg(cap + 12, 3)
     assert rig.f.read(cap + 16, 4) == bytes(4)
     rig.cfg(cap + 16, 0xFFFFFFFF)                             # dropped
+
+
+def test_legacy_block_reads_a_queue_above_16_tib_as_its_field_holds() -> None:
+    # A modern driver may put a queue anywhere in RAM; the legacy QueueAddress field holds
+    # a 32-bit page number, so a queue at 2^44 shows the bits that fit (hardware does no
+    # more), and every other legacy register still reads.
+    high = 1 << 44
+    with xi.Vm(memory=[(0, 1 << 20), (high, 1 << 20)], irqchip=True) as vm:
+        rig = Rig(vm)
+        rig.modern_up(QueueDriver(rig.intf, high + 0x10000, 8))
+        assert rig.transport.device.queues[0].ready
+        rig.pio(L_QUEUE_SELECT, 0, 2)
+        assert rig.pio_read(L_QUEUE_ADDRESS, 4) == (high + 0x10000) >> 12 & 0xFFFFFFFF
+        assert rig.pio_read(L_QUEUE_SIZE, 2) == 8
+        assert rig.pio_read(L_DEVICE_STATUS, 1) & Status.DRIVER_OK
+        assert rig.pio_read(0, 4) == rig.transport.device.device_features & 0xFFFFFFFF
+
+
+def test_modern_feature_selectors_past_the_last_word_reach_nothing(vm: xi.Vm) -> None:
+    rig = Rig(vm)
+    rig.mmio(CC_DEVICE_STATUS, Status.ACKNOWLEDGE | Status.DRIVER, 1)
+    rig.mmio(CC_DRIVER_FEATURE_SELECT, 1, 4)
+    rig.mmio(CC_DRIVER_FEATURE, 1, 4)
+    for sel in (2, 0xFFFF_FFFF):
+        rig.mmio(CC_DRIVER_FEATURE_SELECT, sel, 4)
+        rig.mmio(CC_DRIVER_FEATURE, 0xFFFF_FFFF, 4)
+        assert rig.mmio_read(CC_DRIVER_FEATURE, 4) == 0
+        rig.mmio(CC_DEVICE_FEATURE_SELECT, sel, 4)
+        assert rig.mmio_read(CC_DEVICE_FEATURE, 4) == 0
+    assert rig.transport.device.driver_features == 1 << 32
 
 
 def test_host_bridge_serves_the_function_at_its_slot(vm: xi.Vm) -> None:
