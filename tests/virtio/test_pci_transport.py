@@ -14,7 +14,13 @@ from tests.conftest import needs_kvm
 from tests.virtio.helpers import LineLog
 from xinterface.delivery import Delivery
 from xinterface.devices.pci import PciHost
-from xinterface.devices.pci.function import BAR0, COMMAND, COMMAND_IO, COMMAND_MEMORY
+from xinterface.devices.pci.function import (
+    BAR0,
+    COMMAND,
+    COMMAND_INTX_DISABLE,
+    COMMAND_IO,
+    COMMAND_MEMORY,
+)
 from xinterface.virtio.device import Status
 from xinterface.virtio.driver import QueueDriver
 from xinterface.virtio.pci import (
@@ -121,6 +127,23 @@ def test_modern_driver_gets_entropy_and_an_intx(vm: xi.Vm, notify: Delivery) -> 
     assert rig.lines == [True]
     assert rig.mmio_read(ISR_OFFSET, 1) == 1 and rig.lines == [True, False]
     assert rig.mmio_read(ISR_OFFSET, 1) == 0    # reading cleared it
+
+
+def test_interrupt_disable_holds_intx_down(vm: xi.Vm) -> None:
+    # PCI 3.0, 6.2.2: with Interrupt Disable set the function does not assert INTx; the
+    # next interrupt after it is cleared does, though the ISR was never read in between.
+    rig = Rig(vm)
+    q = QueueDriver(rig.intf, 0x10000, 8)
+    rig.modern_up(q)
+    rig.f.write(COMMAND, struct.pack("<H", COMMAND_IO | COMMAND_MEMORY | COMMAND_INTX_DISABLE))
+    q.post([(0x20000, 16, True)])
+    rig.mmio(NOTIFY_OFFSET, 0, 2)
+    assert q.used() == [(0, 16)] and rig.transport.isr == 1 and rig.lines == []
+    rig.f.write(COMMAND, struct.pack("<H", COMMAND_IO | COMMAND_MEMORY))
+    q.post([(0x20000, 16, True)])
+    rig.mmio(NOTIFY_OFFSET, 0, 2)
+    assert rig.lines == [True]
+    assert rig.mmio_read(ISR_OFFSET, 1) == 1 and rig.lines == [True, False]
 
 
 def test_legacy_driver_through_the_io_bar(vm: xi.Vm) -> None:
