@@ -11,12 +11,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import xinterface as xi
+from xinterface.devices.interrupt import InterruptLine
 from xinterface.virtio import Interrupt, VirtioDevice, VirtQueue
 from xinterface.virtio.driver import QueueDriver, bring_up
 
 RINGS = 0x10000     # the queue's rings
 BUF = 0x20000       # buffers from here on
 MEMORY = 2 << 20
+
+
+class LineLog(InterruptLine):
+    """An interrupt line that keeps what a device drove on it: each level it set, and a 1
+    for each trigger. No interrupt controller is behind it: a test reads what the device
+    asked for (the guest tests take real lines)."""
+
+    def __init__(self) -> None:
+        self.levels: list[bool] = []
+        self.edges: list[int] = []
+
+    def set_level(self, level: bool) -> None:
+        self.levels.append(level)
+
+    def trigger(self) -> None:
+        self.edges.append(1)
 
 
 class Echo(VirtioDevice):

@@ -11,7 +11,7 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import needs_kvm
-from tests.virtio.helpers import BUF, MEMORY, Echo
+from tests.virtio.helpers import BUF, MEMORY, Echo, LineLog
 from xinterface.virtio import Status, VirtioMmio, VirtioRng
 from xinterface.virtio import mmio as r
 from xinterface.virtio.driver import QueueDriver
@@ -56,10 +56,10 @@ class Bus:
 def _bus(device: Echo | VirtioRng | None = None, version: int = 2) -> Iterator[Bus]:
     with xi.Machine(memory=MEMORY) as m:
         intf = xi.bind(m)
-        raised: list[int] = []
-        mmio = VirtioMmio(device or Echo(), BASE, irq=lambda: raised.append(1), version=version)
+        line = LineLog()
+        mmio = VirtioMmio(device or Echo(), BASE, irq=line, version=version)
         mmio.attach(intf)
-        yield Bus(m, intf, mmio, raised)
+        yield Bus(m, intf, mmio, line.edges)
         mmio.detach()
 
 
@@ -89,7 +89,7 @@ def test_queue_registers(bus: Bus) -> None:
     assert bus.read(r.QUEUE_NUM_MAX) == 0             # no queue 1
     bus.write(r.QUEUE_READY, 1)
     assert bus.read(r.QUEUE_READY) == 0
-    assert bus.mmio.stats["bad_queue_sel"] == 1
+    assert bus.mmio.stats["bad_queue_select"] == 1
 
 
 def test_a_request_through_the_doorbell_and_the_interrupt(bus: Bus) -> None:
@@ -112,6 +112,23 @@ def test_a_request_through_the_doorbell_and_the_interrupt(bus: Bus) -> None:
     assert q.used() == [] and bus.mmio.stats["bad_access"] == 1
     bus.write(r.QUEUE_NOTIFY, 5)                       # no queue 5: ignored
     assert bus.mmio.device.stats["notify_ignored"] == 1
+
+
+def test_feature_selectors_past_the_last_word_reach_nothing(bus: Bus) -> None:
+    # Only 64 feature bits exist: a selector of any other word shows 0 and takes no write
+    # (the device must not build a mask 2^32 words wide from a hostile selector).
+    bus.write(r.STATUS, Status.ACKNOWLEDGE | Status.DRIVER)
+    bus.write(r.DRIVER_FEATURES_SEL, 1)
+    bus.write(r.DRIVER_FEATURES, 1)                    # VERSION_1
+    for sel in (2, 0x8000_0000, 0xFFFF_FFFF):
+        bus.write(r.DRIVER_FEATURES_SEL, sel)
+        bus.write(r.DRIVER_FEATURES, 0xFFFF_FFFF)
+        bus.write(r.DEVICE_FEATURES_SEL, sel)
+        assert bus.read(r.DEVICE_FEATURES) == 0
+    assert bus.mmio.device.driver_features == 1 << 32
+    assert bus.mmio.device.stats["feature_write_dropped"] == 3
+    bus.write(r.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK)
+    assert bus.read(r.STATUS) & Status.FEATURES_OK
 
 
 def test_live_queue_configuration_cannot_change(bus: Bus) -> None:
@@ -236,10 +253,11 @@ def test_bad_transport_arguments_are_refused() -> None:
 
 
 def test_level_line_follows_interrupt_status() -> None:
-    levels: list[bool] = []
+    line = LineLog()
+    levels = line.levels
     with xi.Machine(memory=MEMORY) as m:
         intf = xi.bind(m)
-        mmio = VirtioMmio(Echo(), BASE, line=levels.append)
+        mmio = VirtioMmio(Echo(), BASE, irq=line)
         mmio.attach(intf)
         bus = Bus(m, intf, mmio, [])
         q = QueueDriver(intf, 0x10000, 8)

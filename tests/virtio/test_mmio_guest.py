@@ -14,6 +14,7 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
+from xinterface.devices.interrupt import GsiLine, IrqfdLine
 from xinterface.virtio import VirtioBlk, VirtioMmio
 
 pytestmark = needs_kvm
@@ -55,10 +56,10 @@ def run_guest(guest: Assemble, disk: VirtioBlk, *, notify: xi.Delivery = xi.Deli
         if fill:
             intf.copy_to(data, fill)
         if level:   # a level-triggered line, asserted while InterruptStatus is not zero
-            mmio = VirtioMmio(disk, BASE, line=lambda up: intf.set_irq(irq, up), notify=notify)
+            mmio = VirtioMmio(disk, BASE, irq=GsiLine(intf, irq), notify=notify)
         else:       # an edge: one pulse through an irqfd for each interrupt
-            pulse = intf.irqfd(irq).trigger if irq else None
-            mmio = VirtioMmio(disk, BASE, irq=pulse, notify=notify)
+            mmio = VirtioMmio(disk, BASE, irq=IrqfdLine(intf, irq) if irq else None,
+                              notify=notify)
         mmio.attach(intf)
         result = m.run(timeout=30)
         mmio.detach()

@@ -11,12 +11,21 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import needs_kvm
+from tests.virtio.helpers import LineLog
 from xinterface.delivery import Delivery
 from xinterface.devices.pci import PciHost
-from xinterface.devices.pci.function import BAR0, COMMAND, COMMAND_IO, COMMAND_MEMORY
+from xinterface.devices.pci.function import (
+    BAR0,
+    COMMAND,
+    COMMAND_INTX_DISABLE,
+    COMMAND_IO,
+    COMMAND_MEMORY,
+)
 from xinterface.virtio.device import Status
 from xinterface.virtio.driver import QueueDriver
 from xinterface.virtio.pci import (
+    CC_DEVICE_FEATURE,
+    CC_DEVICE_FEATURE_SELECT,
     CC_DEVICE_STATUS,
     CC_DRIVER_FEATURE,
     CC_DRIVER_FEATURE_SELECT,
@@ -49,9 +58,9 @@ class Rig:
     def __init__(self, vm: xi.Vm, notify: Delivery = Delivery.SYNC) -> None:
         self.vm = vm
         self.intf = xi.bind(vm)
-        self.lines: list[bool] = []
-        self.transport = VirtioPci(VirtioRng(queue_size=8), intx=self.lines.append,
-                                   notify=notify)
+        self.irq = LineLog()
+        self.lines = self.irq.levels
+        self.transport = VirtioPci(VirtioRng(queue_size=8), irq=self.irq, notify=notify)
         self.f = self.transport.function
         self.transport.attach(self.intf)
         self.cfg(BAR0, IO_BASE)
@@ -120,6 +129,23 @@ def test_modern_driver_gets_entropy_and_an_intx(vm: xi.Vm, notify: Delivery) -> 
     assert rig.mmio_read(ISR_OFFSET, 1) == 0    # reading cleared it
 
 
+def test_interrupt_disable_holds_intx_down(vm: xi.Vm) -> None:
+    # PCI 3.0, 6.2.2: with Interrupt Disable set the function does not assert INTx; the
+    # next interrupt after it is cleared does, though the ISR was never read in between.
+    rig = Rig(vm)
+    q = QueueDriver(rig.intf, 0x10000, 8)
+    rig.modern_up(q)
+    rig.f.write(COMMAND, struct.pack("<H", COMMAND_IO | COMMAND_MEMORY | COMMAND_INTX_DISABLE))
+    q.post([(0x20000, 16, True)])
+    rig.mmio(NOTIFY_OFFSET, 0, 2)
+    assert q.used() == [(0, 16)] and rig.transport.isr == 1 and rig.lines == []
+    rig.f.write(COMMAND, struct.pack("<H", COMMAND_IO | COMMAND_MEMORY))
+    q.post([(0x20000, 16, True)])
+    rig.mmio(NOTIFY_OFFSET, 0, 2)
+    assert rig.lines == [True]
+    assert rig.mmio_read(ISR_OFFSET, 1) == 1 and rig.lines == [True, False]
+
+
 def test_legacy_driver_through_the_io_bar(vm: xi.Vm) -> None:
     rig = Rig(vm)
     rig.pio(L_DEVICE_STATUS, 0, 1)
@@ -172,11 +198,41 @@ def test_hostile_driver_gets_what_hardware_gives(vm: xi.Vm) -> None:
     assert rig.transport.device.status & Status.DEVICE_NEEDS_RESET
     rig.mmio(CC_DEVICE_STATUS, 0, 1)                          # a reset clears the error
     assert rig.transport.device.status == 0
-    cap = rig.transport._pci_cfg                              # PCI cfg window, bogus bar/len
+    cap = rig.transport.function.cfg_cap                      # PCI cfg window, bogus bar/len
     rig.cfg(cap + 4, 3, 1)
     rig.cfg(cap + 12, 3)
     assert rig.f.read(cap + 16, 4) == bytes(4)
     rig.cfg(cap + 16, 0xFFFFFFFF)                             # dropped
+
+
+def test_legacy_block_reads_a_queue_above_16_tib_as_its_field_holds() -> None:
+    # A modern driver may put a queue anywhere in RAM; the legacy QueueAddress field holds
+    # a 32-bit page number, so a queue at 2^44 shows the bits that fit (hardware does no
+    # more), and every other legacy register still reads.
+    high = 1 << 44
+    with xi.Vm(memory=[(0, 1 << 20), (high, 1 << 20)], irqchip=True) as vm:
+        rig = Rig(vm)
+        rig.modern_up(QueueDriver(rig.intf, high + 0x10000, 8))
+        assert rig.transport.device.queues[0].ready
+        rig.pio(L_QUEUE_SELECT, 0, 2)
+        assert rig.pio_read(L_QUEUE_ADDRESS, 4) == (high + 0x10000) >> 12 & 0xFFFFFFFF
+        assert rig.pio_read(L_QUEUE_SIZE, 2) == 8
+        assert rig.pio_read(L_DEVICE_STATUS, 1) & Status.DRIVER_OK
+        assert rig.pio_read(0, 4) == rig.transport.device.device_features & 0xFFFFFFFF
+
+
+def test_modern_feature_selectors_past_the_last_word_reach_nothing(vm: xi.Vm) -> None:
+    rig = Rig(vm)
+    rig.mmio(CC_DEVICE_STATUS, Status.ACKNOWLEDGE | Status.DRIVER, 1)
+    rig.mmio(CC_DRIVER_FEATURE_SELECT, 1, 4)
+    rig.mmio(CC_DRIVER_FEATURE, 1, 4)
+    for sel in (2, 0xFFFF_FFFF):
+        rig.mmio(CC_DRIVER_FEATURE_SELECT, sel, 4)
+        rig.mmio(CC_DRIVER_FEATURE, 0xFFFF_FFFF, 4)
+        assert rig.mmio_read(CC_DRIVER_FEATURE, 4) == 0
+        rig.mmio(CC_DEVICE_FEATURE_SELECT, sel, 4)
+        assert rig.mmio_read(CC_DEVICE_FEATURE, 4) == 0
+    assert rig.transport.device.driver_features == 1 << 32
 
 
 def test_host_bridge_serves_the_function_at_its_slot(vm: xi.Vm) -> None:

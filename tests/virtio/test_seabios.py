@@ -14,6 +14,7 @@ import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
 from xinterface.boards import attach_microvm
 from xinterface.devices import Until
+from xinterface.devices.interrupt import GsiLine
 from xinterface.virtio import VirtioBlk, VirtioMmio
 
 pytestmark = needs_kvm
@@ -40,7 +41,7 @@ def test_seabios_boots_a_virtio_blk_disk_over_virtio_mmio(guest: Assemble, tmp_p
                                   mmio_devices=[(BASE, WINDOW, GSI)])
         intf = platform.intf
         # Level-triggered, as the DSDT declares it (SeaBIOS itself polls).
-        mmio = VirtioMmio(disk, BASE, line=lambda up: intf.set_irq(GSI, up), notify=notify)
+        mmio = VirtioMmio(disk, BASE, irq=GsiLine(intf, GSI), notify=notify)
         mmio.attach(intf)
         # SeaBIOS polls the used ring without an exit: a POSTED doorbell needs the poller.
         result = m.run(timeout=120, poll=0.001 if notify is xi.Delivery.POSTED else None)

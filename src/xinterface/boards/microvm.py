@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +28,12 @@ from ..devices.fw_cfg import (
     FwCfg,
     e820_table,
 )
+from ..devices.interrupt import irqfd_line
 from ..devices.level_irq import LevelIrqfds
 from ..devices.output import Output
 from ..devices.pci import PciHost
 from ..devices.reset import ResetControl
-from ..devices.uart import COM1_BASE, Uart16550
+from ..devices.uart import COM1_BASE, COM1_IRQ, Uart16550
 from ..errors import XInterfaceError
 from ..machine import Machine
 from ..memory import HIGH_RAM_BASE, GuestMemory
@@ -139,7 +140,8 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
         raise
     platform = Platform(intf, fw, DebugConsole(debugcon, port=SEABIOS_DEBUG_PORT,
                                                posted=posted_debugcon),
-                        Uart16550(serial), Cmos(memory_registers(low, high)), ResetControl())
+                        Uart16550(serial, irq=irqfd_line(intf, COM1_IRQ)),
+                        Cmos(memory_registers(low, high)), ResetControl())
     for device in (platform.fw_cfg, platform.debugcon, platform.uart, platform.cmos,
                    platform.reset):
         device.attach(intf)
@@ -165,12 +167,7 @@ def _attach_mmio(intf: XInterface, platform: Platform,
     if lines is not None:
         intf.on_release(lines.close)
     for device, base, gsi in transports:
-        mmio = VirtioMmio(device, base, notify=notify)
-        if lines is not None:
-            mmio.irq = lines.line(gsi, _pending(mmio))
+        mmio = VirtioMmio(device, base, irq=lines.line(gsi) if lines is not None else None,
+                          notify=notify)
         mmio.attach(intf)
         platform.virtio.append(mmio)
-
-
-def _pending(mmio: VirtioMmio) -> Callable[[], bool]:
-    return lambda: mmio.interrupt_status != 0

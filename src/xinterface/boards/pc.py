@@ -55,7 +55,7 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
             rom = made.roms.get(i)
             if rom is not None:
                 rom = rom_for(rom, VIRTIO_PCI_VENDOR, pci_device_id(device.device_id))
-            transport = VirtioPci(device, intx=IntxLine(platform.intf, host, slot),
+            transport = VirtioPci(device, irq=IntxLine(platform.intf, host, slot),
                                   notify=notify, rom=rom)
             host.add(slot, transport.function)
             transport.attach(platform.intf)

@@ -2,9 +2,10 @@
 
 Register map and bits: the TI/National PC16550D datasheet, "Register Descriptions" (Table 2).
 Transmission is instant (THR is always empty again at once); received bytes queue in a FIFO
-without limit. Interrupts (received data, THR empty) go out through an irqfd when the machine
-has an in-kernel irqchip, gated by MCR.OUT2 as on the PC; the 8259 is edge-triggered, so the
-line is pulsed when it becomes active.
+without limit. Interrupts (received data, THR empty) go out on the line the board hands
+(:class:`~.interrupt.InterruptLine`; none when the machine has no in-kernel irqchip), gated by
+MCR.OUT2 as on the PC: its level follows the interrupt condition, and the 8259 being
+edge-triggered, the line gets one edge when the condition becomes active.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import sys
 import threading
 from collections import deque
 
-from ..xinterface import XInterface, XIOEventFlags, XIORange, XIrqfd
+from ..xinterface import XInterface, XIOEventFlags, XIORange
+from .interrupt import InterruptLine
 from .output import Output
 
 COM1_BASE = 0x3F8
@@ -46,10 +48,12 @@ MSR_IDLE = 0xB0       # DCD, DSR, CTS asserted: a terminal is attached
 
 
 class Uart16550:
-    """COM port model; :meth:`feed` gives it bytes to receive (from any thread)."""
+    """COM port model; :meth:`feed` gives it bytes to receive (from any thread). ``irq``:
+    its interrupt line (COM1's is ISA IRQ :data:`COM1_IRQ`), e.g.
+    ``irqfd_line(intf, COM1_IRQ)``; the line is the caller's to close."""
 
     def __init__(self, out: Output | None = None, base: int = COM1_BASE,
-                 irq: int = COM1_IRQ) -> None:
+                 irq: InterruptLine | None = None) -> None:
         self.out = out
         self.base = base
         self.irq = irq
@@ -60,19 +64,15 @@ class Uart16550:
         self._thre_pending = False
         self._line = False
         self._range: XIORange | None = None
-        self._irqfd: XIrqfd | None = None
 
     def attach(self, intf: XInterface) -> None:
         self._range = intf.iorange(self.base, 8, XIOEventFlags.PIO, read=self._read,
                                    write=self._write, name="uart16550a")
-        if intf.vm.irqchip:
-            self._irqfd = intf.irqfd(self.irq)
 
     def detach(self) -> None:
-        for entry in (self._range, self._irqfd):
-            if entry is not None:
-                entry.deassign()
-        self._range = self._irqfd = None
+        if self._range is not None:
+            self._range.deassign()
+        self._range = None
 
     def feed(self, data: bytes) -> None:
         """Bytes arriving on the line, in order."""
@@ -91,8 +91,10 @@ class Uart16550:
 
     def _update_irq(self) -> None:
         active = not self._iir() & IIR_NONE and bool(self.mcr & MCR_OUT2)
-        if active and not self._line and self._irqfd is not None:
-            self._irqfd.trigger()
+        if active != self._line and self.irq is not None:
+            self.irq.set_level(active)
+            if active:
+                self.irq.trigger()
         self._line = active
 
     def _write(self, offset: int, data: bytes) -> None:

@@ -56,11 +56,13 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
             machine.load_flat(guest.data, gpa=guest.gpa, mode=guest.mode)
             session = Session(machine, serial, stdout)
             if serial.kind != "none":
-                from ..devices.uart import Uart16550
+                from ..devices.interrupt import irqfd_line
+                from ..devices.uart import COM1_IRQ, Uart16550
                 from ..xinterface import bind
 
-                uart = Uart16550(session.serial_output())
-                uart.attach(bind(machine))
+                intf = bind(machine)
+                uart = Uart16550(session.serial_output(), irq=irqfd_line(intf, COM1_IRQ))
+                uart.attach(intf)
                 session.connect(uart.feed)
             result = session.run(timeout or None)
     except ImageError as exc:

@@ -16,12 +16,21 @@ from __future__ import annotations
 import errno
 import threading
 from collections import Counter
-from collections.abc import Callable
 
 from ..delivery import Delivery
+from ..devices.interrupt import InterruptLine
 from ..errors import XInterfaceError
 from ..xinterface import XInterface, XIOEvent, XIORange
 from .device import Interrupt, VirtioDevice
+from .transport import (
+    InterruptStatus,
+    configurable_queue,
+    feature_word,
+    place_legacy_queue,
+    register_doorbells,
+    selected_queue,
+    set_driver_feature_word,
+)
 
 MAGIC = 0x74726976  # "virt"
 MMIO_WINDOW = 0x200  # registers (0x100) and up to 0x100 bytes of configuration space
@@ -72,15 +81,14 @@ _QUEUE_ADDRS = {QUEUE_DESC_LOW: ("desc_addr", 0), QUEUE_DESC_HIGH: ("desc_addr",
 class VirtioMmio:
     """The virtio-mmio transport of ``device`` at MMIO address ``base``.
 
-    The interrupt, either way: ``irq()`` pulses an edge-triggered line (a board passes an
-    irqfd's ``trigger``), once for each interrupt, so none is missed; ``line(level)`` drives a
-    level-triggered one (``lambda level: intf.set_irq(gsi, level)``), asserted while
-    InterruptStatus is not zero, as the DSDT of microvm declares it.
+    ``irq``: the interrupt line (:class:`~xinterface.devices.interrupt.InterruptLine`). Its
+    level is "InterruptStatus is not zero" (a level-triggered line, as the DSDT of microvm
+    declares it: a resampling irqfd, or a ``GsiLine``); each interrupt is also one trigger,
+    so an edge-triggered line (an ``IrqfdLine``) misses none. None: the guest polls.
     ``notify``: the QueueNotify delivery (``Delivery.SYNC``, ``POSTED`` or ``EVENTFD``).
     """
 
-    def __init__(self, device: VirtioDevice, base: int, *, irq: Callable[[], None] | None = None,
-                 line: Callable[[bool], None] | None = None,
+    def __init__(self, device: VirtioDevice, base: int, *, irq: InterruptLine | None = None,
                  notify: Delivery = Delivery.SYNC, version: int = 2) -> None:
         if version not in (1, 2):
             raise XInterfaceError(errno.EINVAL, f"virtio-mmio version {version!r} is not 1 "
@@ -91,20 +99,22 @@ class VirtioMmio:
         self.device = device
         self.base = base
         self.irq = irq
-        self.line = line
         self.delivery = notify
         self.version = version
         self.stats: Counter[str] = Counter()
         self._lock = threading.RLock()
-        self._isr_lock = threading.Lock()
+        self._status = InterruptStatus(irq)
         self._entries: list[XIORange | XIOEvent] = []
-        self.interrupt_status = 0
         self._reset_registers()
 
+    @property
+    def interrupt_status(self) -> int:
+        """InterruptStatus (§4.2.2): the reasons the device has interrupted for, not acked."""
+        return self._status.value
+
     def _reset_registers(self) -> None:
-        """Registers back to their values after a reset (§4.2.2.1); takes the ISR lock."""
-        with self._isr_lock:
-            self._set_interrupt_status(0)
+        """Registers back to their values after a reset (§4.2.2.1)."""
+        self._status.clear()
         self.device_features_sel = 0
         self.driver_features_sel = 0
         self.queue_sel = 0
@@ -117,19 +127,12 @@ class VirtioMmio:
     def attach(self, intf: XInterface) -> None:
         """Register the window and the doorbell through ``intf``; attach the device."""
         self.device.attach(intf, self._interrupt, legacy=self.version == 1)
-        notify = self.base + QUEUE_NOTIFY
         try:
             self._entries.append(intf.iorange(self.base, MMIO_WINDOW, read=self._read,
                                               write=self._write,
                                               name=f"virtio-mmio {self.device.name}"))
-            if self.delivery is Delivery.EVENTFD:
-                for q in self.device.queues:
-                    self._entries.append(intf.ioevent(
-                        notify, 4, signal=self._notifier(q.index), delivery=Delivery.EVENTFD,
-                        datamatch=q.index))
-            else:
-                self._entries.append(intf.ioevent(notify, 4, signal=self._doorbell,
-                                                  delivery=self.delivery))
+            self._entries.extend(register_doorbells(intf, self.device, self.base + QUEUE_NOTIFY,
+                                                    4, 0, self.delivery, self.stats))
         except BaseException:
             self.detach()
             raise
@@ -148,34 +151,9 @@ class VirtioMmio:
         self.device.detach()
         self._reset_registers()
 
-    def _doorbell(self, ev: XIOEvent, payload: bytes) -> None:
-        # Without VIRTIO_F_NOTIFICATION_DATA the value written is the queue index (§4.2.2).
-        self.stats["doorbell"] += 1
-        self.device.notify(int.from_bytes(payload, "little"))
-
-    def _notifier(self, index: int) -> Callable[[XIOEvent, bytes], None]:
-        device = self.device
-        stats = self.stats
-
-        def ring(ev: XIOEvent, payload: bytes) -> None:
-            stats["doorbell"] += 1
-            device.notify(index)
-        return ring
-
     def _interrupt(self, kind: Interrupt) -> None:
-        with self._isr_lock:
-            self._set_interrupt_status(self.interrupt_status | int(kind))
         self.stats["interrupts"] += 1
-        if self.irq is not None:
-            self.irq()
-
-    def _set_interrupt_status(self, value: int) -> None:
-        """(Under the ISR lock.) The level line follows InterruptStatus; it is driven under
-        the lock so that the line's changes keep the order of the status's."""
-        old = self.interrupt_status
-        self.interrupt_status = value
-        if self.line is not None and bool(old) != bool(value):
-            self.line(bool(value))
+        self._status.raise_(kind)
 
     # --- registers --------------------------------------------------------------------------
     def _read(self, offset: int, size: int) -> bytes:
@@ -190,9 +168,8 @@ class VirtioMmio:
 
     def _register(self, offset: int) -> int:
         device = self.device
-        queues = device.queues
         sel = self.queue_sel
-        q = queues[sel] if sel < len(queues) else None
+        q = selected_queue(device, sel)
         if offset == MAGIC_VALUE:
             return MAGIC
         if offset == VERSION:
@@ -202,7 +179,7 @@ class VirtioMmio:
         if offset == VENDOR_ID:
             return device.vendor_id
         if offset == DEVICE_FEATURES:
-            return device.device_features >> (32 * self.device_features_sel)
+            return feature_word(device.device_features, self.device_features_sel)
         if offset == QUEUE_NUM_MAX:
             return device.queue_max_size(sel)
         if offset == QUEUE_READY and self.version == 2:
@@ -237,20 +214,17 @@ class VirtioMmio:
 
     def _write_register(self, offset: int, value: int) -> None:
         device = self.device
-        queues = device.queues
         sel = self.queue_sel
-        q = queues[sel] if sel < len(queues) else None
         if offset == DEVICE_FEATURES_SEL:
             self.device_features_sel = value
         elif offset == DRIVER_FEATURES_SEL:
             self.driver_features_sel = value
         elif offset == DRIVER_FEATURES:
-            device.set_driver_features(self.driver_features_sel, value)
+            set_driver_feature_word(device, self.driver_features_sel, value)
         elif offset == QUEUE_SEL:
             self.queue_sel = value
         elif offset == INTERRUPT_ACK:
-            with self._isr_lock:
-                self._set_interrupt_status(self.interrupt_status & ~value)
+            self._status.clear(value)
         elif offset == STATUS:
             device.set_status(value)
             if value == 0:
@@ -258,48 +232,31 @@ class VirtioMmio:
                 self._reset_registers()
         elif offset == GUEST_PAGE_SIZE and self.version == 1:
             self.page_size = value
-        elif q is None:
-            self.stats["bad_queue_sel"] += 1
-        elif q.ready and offset in (QUEUE_NUM, QUEUE_ALIGN, *_QUEUE_ADDRS):
+        elif offset == QUEUE_PFN and self.version == 1:
+            if place_legacy_queue(device, sel, value * self.page_size, self._align[sel]
+                                  if 0 <= sel < len(self._align) else 0, self.stats):
+                self._pfn[sel] = value
+        elif offset == QUEUE_READY and self.version == 2:
+            if selected_queue(device, sel) is None:
+                self.stats["bad_queue_select"] += 1
+            else:
+                device.set_queue_ready(sel, bool(value & 1))
+        elif offset in (QUEUE_NUM, QUEUE_ALIGN, *_QUEUE_ADDRS):
             # §4.2.3.2: a live queue's configuration does not change under the device.
-            self.stats["live_queue_write"] += 1
-        elif offset == QUEUE_NUM:
-            q.size = value
-        elif self.version == 2:
-            self._write_modern_queue(offset, value, sel)
-        else:
-            self._write_legacy_queue(offset, value, sel)
-
-    def _write_modern_queue(self, offset: int, value: int, sel: int) -> None:
-        q = self.device.queues[sel]
-        if offset == QUEUE_READY:
-            self.device.set_queue_ready(sel, bool(value & 1))
-        elif offset in _QUEUE_ADDRS:
-            name, shift = _QUEUE_ADDRS[offset]
-            old = getattr(q, name)
-            setattr(q, name, old & ~(0xFFFFFFFF << shift) | value << shift)
-
-    def _write_legacy_queue(self, offset: int, value: int, sel: int) -> None:
-        q = self.device.queues[sel]
-        if offset == QUEUE_ALIGN:
-            self._align[sel] = value
-        elif offset == QUEUE_PFN:
-            if value == 0:
-                self.device.set_queue_ready(sel, False)
-                self._pfn[sel] = 0
+            q = configurable_queue(device, sel, self.stats)
+            if q is None:
                 return
-            if q.ready:
-                self.stats["live_queue_write"] += 1
-                return
-            # §2.7.2 legacy layout: the descriptor table, the available ring right after it,
-            # the used ring at the next QueueAlign boundary.
-            align = self._align[sel] if self._align[sel] > 0 else LEGACY_PAGE_SIZE
-            q.desc_addr = value * self.page_size
-            q.avail_addr = q.desc_addr + 16 * q.size
-            used = q.avail_addr + 6 + 2 * q.size
-            q.used_addr = (used + align - 1) // align * align
-            self._pfn[sel] = value
-            self.device.set_queue_ready(sel, True)
+            if offset == QUEUE_NUM:
+                q.size = value
+            elif offset == QUEUE_ALIGN:
+                if self.version == 1:
+                    self._align[sel] = value
+            elif self.version == 2:
+                name, shift = _QUEUE_ADDRS[offset]
+                old = getattr(q, name)
+                setattr(q, name, old & ~(0xFFFFFFFF << shift) | value << shift)
+        elif selected_queue(device, sel) is None:
+            self.stats["bad_queue_select"] += 1
 
     def __repr__(self) -> str:
         return (f"VirtioMmio({self.device.name} at {self.base:#x}, v{self.version}, "

@@ -6,11 +6,13 @@ from __future__ import annotations
 import threading
 
 from ...xinterface import XInterface
+from ..interrupt import InterruptLine
 from .host import PciHost
 
 
-class IntxLine:
-    """``line(True)`` asserts INTA# (or ``pin``) of ``slot``, ``line(False)`` drops it.
+class IntxLine(InterruptLine):
+    """``set_level(True)`` asserts INTA# (or ``pin``) of ``slot``, ``set_level(False)``
+    drops it.
 
     The line stays asserted until dropped (PCI 3.0, 2.2.6: INTx is level-sensitive), which
     ``XInterface.set_irq`` gives. Without an in-kernel irqchip (firmware that polls), or
@@ -26,7 +28,10 @@ class IntxLine:
         self._lock = threading.Lock()
         self.raised = 0
 
-    def __call__(self, level: bool) -> None:
+    def trigger(self) -> None:
+        pass  # INTx is a level: set_level says it
+
+    def set_level(self, level: bool) -> None:
         if not self._intf.vm.irqchip:
             return
         with self._lock:

@@ -1,0 +1,196 @@
+"""The virtio-pci transport: a virtio device as a transitional PCI function, its BARs'
+registrations following where the guest puts them, its ISR status driving INTx."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+from ...delivery import Delivery
+from ...devices.interrupt import InterruptLine
+from ...devices.pci.function import COMMAND_INTX_DISABLE, PciFunction
+from ...errors import XInterfaceError
+from ...xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange
+from ..device import Interrupt, VirtioDevice
+from ..transport import InterruptStatus, register_doorbells
+from .cfg_window import VirtioPciFunction
+from .layout import (
+    CLASS_CODES,
+    L_QUEUE_NOTIFY,
+    LEGACY_BAR,
+    LEGACY_BAR_SIZE,
+    MODERN_BAR,
+    MODERN_BAR_SIZE,
+    NOTIFY_OFFSET,
+    TRANSITIONAL_DEVICE_IDS,
+    VIRTIO_PCI_VENDOR,
+    Registers,
+    pci_device_id,
+)
+from .legacy import LegacyRegisters
+from .modern import ModernRegisters
+from .state import PciState
+
+
+class _IntxGate(InterruptLine):
+    """The function's INTx as its command register lets it out: Interrupt Disable (PCI 3.0,
+    6.2.2) holds the pin deasserted while set; each interrupt looks at it again."""
+
+    def __init__(self, line: InterruptLine | None, function: PciFunction) -> None:
+        self._line = line
+        self._function = function
+        self._wanted = False
+        self._asserted = False
+        self._lock = threading.Lock()
+
+    def set_level(self, level: bool) -> None:
+        self._wanted = level
+        self._update()
+
+    def trigger(self) -> None:
+        self._update()
+        if self._line is not None:
+            self._line.trigger()
+
+    def _update(self) -> None:
+        with self._lock:
+            level = self._wanted and not self._function.command & COMMAND_INTX_DISABLE
+            if level == self._asserted:
+                return
+            self._asserted = level
+            if self._line is not None:
+                self._line.set_level(level)
+
+
+class VirtioPci:
+    """The virtio-pci transport of ``device``: its PCI function is :attr:`function`, which a
+    board puts on the host bridge (``PciHost.add(slot, transport.function)``).
+
+    One function serves both interfaces, as QEMU's default transitional devices do: legacy
+    (I/O BAR0, :mod:`.legacy`) for the device types that have a transitional ID, and modern
+    (64-bit memory BAR4, :mod:`.modern`), both reachable through the configuration access
+    window too (:mod:`.cfg_window`).
+
+    ``irq``: the function's INTx line (:class:`~xinterface.devices.pci.irq.IntxLine` routes
+    INTA# through the PIIX3), asserted while the ISR status is non-zero and dropped when the
+    driver reads it (§4.1.4.5). ``notify``: doorbell delivery (SYNC, EVENTFD or POSTED),
+    both interfaces. ``rom``: an expansion ROM (e.g. iPXE's driver for this device).
+    """
+
+    def __init__(self, device: VirtioDevice, *, irq: InterruptLine | None = None,
+                 notify: Delivery = Delivery.SYNC, rom: bytes | None = None) -> None:
+        self.device = device
+        self.irq = irq
+        self.delivery = notify
+        self.stats: Counter[str] = Counter()
+        kind = device.device_id
+        self.transitional = kind in TRANSITIONAL_DEVICE_IDS
+        isr = InterruptStatus(None)   # its line is the function's INTx, made below
+        self._state = PciState(device, isr, self.stats)
+        self.modern = ModernRegisters(self._state)
+        self.legacy = LegacyRegisters(self._state) if self.transitional else None
+        bars: dict[int, Registers] = {MODERN_BAR: self.modern}
+        if self.legacy is not None:
+            bars[LEGACY_BAR] = self.legacy
+        self.function = VirtioPciFunction(
+            VIRTIO_PCI_VENDOR, pci_device_id(kind), CLASS_CODES.get(kind, 0xFF0000),
+            bars=bars, config_len=max(4, len(device.config)),
+            revision=0 if self.transitional else 1, subsystem_vendor=VIRTIO_PCI_VENDOR,
+            subsystem=kind, interrupt_pin=1, rom=rom, on_rom_map=self._map_rom)
+        if self.legacy is not None:
+            self.function.add_bar(LEGACY_BAR, LEGACY_BAR_SIZE, io=True, on_map=self._map_legacy)
+        self.function.add_bar(MODERN_BAR, MODERN_BAR_SIZE, mem64=True, prefetchable=True,
+                              on_map=self._map_modern)
+        isr.line = _IntxGate(irq, self.function)
+        self._intf: XInterface | None = None
+        self._legacy: list[XIORange | XIOEvent] = []
+        self._modern: list[XIORange | XIOEvent] = []
+        self._rom: XIORange | None = None
+        self._state.reset()
+
+    @property
+    def isr(self) -> int:
+        """The ISR status (§4.1.4.5): the reasons not yet read."""
+        return self._state.isr.value
+
+    # --- attach -------------------------------------------------------------------------------
+    def attach(self, intf: XInterface) -> None:
+        """Bind the device to guest memory; registrations follow the BARs the guest sets."""
+        self._intf = intf
+        self.device.attach(intf, self._interrupt, legacy=False)
+
+    def detach(self) -> None:
+        for entries in (self._legacy, self._modern):
+            for entry in entries:
+                entry.deassign()
+            entries.clear()
+        if self._rom is not None:
+            self._rom.deassign()
+            self._rom = None
+        self.device.detach()
+        self._intf = None
+
+    def _register(self, entries: list[XIORange | XIOEvent],
+                  build: Callable[[XInterface], None], base: int | None, what: str) -> None:
+        for entry in entries:
+            entry.deassign()
+        entries.clear()
+        if base is None or self._intf is None:
+            return
+        try:
+            build(self._intf)
+        except XInterfaceError as exc:
+            # The guest put the BAR over another device's: hardware would decode garbage;
+            # we leave this BAR dark and go on.
+            for entry in entries:
+                entry.deassign()
+            entries.clear()
+            self.stats[f"{what}_map_failed"] += 1
+            self.stats[f"last_error: {exc.strerror}"] += 1
+
+    def _map_legacy(self, base: int | None) -> None:
+        legacy = self.legacy
+        assert legacy is not None
+
+        def build(intf: XInterface) -> None:
+            assert base is not None
+            pio = XIOEventFlags.PIO
+            self._legacy.append(intf.iorange(base, LEGACY_BAR_SIZE, pio, read=legacy.read,
+                                             write=legacy.write,
+                                             name=f"virtio-pci legacy {self.device.name}"))
+            self._legacy.extend(register_doorbells(intf, self.device, base + L_QUEUE_NOTIFY,
+                                                   2, pio, self.delivery, self.stats))
+        self._register(self._legacy, build, base, "legacy_bar")
+
+    def _map_modern(self, base: int | None) -> None:
+        def build(intf: XInterface) -> None:
+            assert base is not None
+            self._modern.append(intf.iorange(base, MODERN_BAR_SIZE, read=self.modern.read,
+                                             write=self.modern.write,
+                                             name=f"virtio-pci {self.device.name}"))
+            self._modern.extend(register_doorbells(intf, self.device, base + NOTIFY_OFFSET,
+                                                   2, 0, self.delivery, self.stats))
+        self._register(self._modern, build, base, "modern_bar")
+
+    def _map_rom(self, base: int | None) -> None:
+        if self._rom is not None:
+            self._rom.deassign()
+            self._rom = None
+        if base is None or self._intf is None or not self.function.rom:
+            return
+        try:
+            self._rom = self._intf.iorange(base, self.function.rom_size,
+                                           read=self.function.rom_read,
+                                           write=lambda offset, data: None,  # ROM: dropped
+                                           name=f"virtio-pci rom {self.device.name}")
+        except XInterfaceError:
+            self.stats["rom_map_failed"] += 1
+
+    # --- interrupts ---------------------------------------------------------------------------
+    def _interrupt(self, kind: Interrupt) -> None:
+        self.stats["interrupts"] += 1
+        self._state.isr.raise_(kind)
+
+    def __repr__(self) -> str:
+        return f"VirtioPci({self.device.name}, notify={self.delivery.value})"
