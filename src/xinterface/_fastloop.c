@@ -54,12 +54,38 @@ static PyObject *str_routes, *str_end, *str_write, *str_read, *str_base;
 /* --- small helpers -------------------------------------------------------------------------- */
 
 /*
+ * The data descriptor behind ``slot.count`` (ReaderSlot keeps it in __slots__), taken once so
+ * that a bump skips the attribute lookup: through the descriptor protocol, which is what
+ * getattr/setattr would call for it. NULL (no error) when the slot's type has its own
+ * attribute logic or no such descriptor: bumps then go through getattr/setattr.
+ */
+static PyObject *count_descriptor(PyObject *slot)
+{
+	PyTypeObject *type = Py_TYPE(slot);
+	if (type->tp_getattro != PyObject_GenericGetAttr ||
+	    type->tp_setattro != PyObject_GenericSetAttr)
+		return NULL;
+	PyObject *descr = PyObject_GetAttr((PyObject *)type, str_count);
+	if (descr == NULL) {
+		PyErr_Clear();
+		return NULL;
+	}
+	if (Py_TYPE(descr)->tp_descr_get == NULL || Py_TYPE(descr)->tp_descr_set == NULL) {
+		Py_DECREF(descr); /* not a data descriptor: an instance attribute could shadow it */
+		return NULL;
+	}
+	return descr;
+}
+
+/*
  * slot.count += 1, as iobus.write_in does it: the slot is written only by its own thread, so
  * the read and the write need no lock.
  */
-static int bump_count(PyObject *slot)
+static int bump_count(PyObject *slot, PyObject *descr)
 {
-	PyObject *count = PyObject_GetAttr(slot, str_count);
+	PyObject *count = descr != NULL
+		? Py_TYPE(descr)->tp_descr_get(descr, slot, (PyObject *)Py_TYPE(slot))
+		: PyObject_GetAttr(slot, str_count);
 	if (count == NULL)
 		return -1;
 	long long value = PyLong_AsLongLong(count);
@@ -69,7 +95,8 @@ static int bump_count(PyObject *slot)
 	PyObject *next = PyLong_FromLongLong(value + 1);
 	if (next == NULL)
 		return -1;
-	int r = PyObject_SetAttr(slot, str_count, next);
+	int r = descr != NULL ? Py_TYPE(descr)->tp_descr_set(descr, slot, next)
+			      : PyObject_SetAttr(slot, str_count, next);
 	Py_DECREF(next);
 	return r;
 }
@@ -143,6 +170,7 @@ typedef struct {
 	PyObject *loop;     /* the VcpuLoop, passed to drain */
 	PyObject *counts;   /* list of exit counts, indexed by reason & EXIT_MASK */
 	PyObject *slot;     /* grace.ReaderSlot: .count */
+	PyObject *count_descr; /* type(slot).count, or NULL: see count_descriptor */
 	PyObject *ring;     /* delivery.posted.CoalescedRing: .zones, .pending() */
 	PyObject *drain;    /* owner.drain_posted */
 	PyObject *pio_bus, *mmio_bus;   /* iobus.Bus: .routes, .write */
@@ -157,6 +185,7 @@ static int ExitLoop_traverse(ExitLoop *self, visitproc visit, void *arg)
 	Py_VISIT(self->loop);
 	Py_VISIT(self->counts);
 	Py_VISIT(self->slot);
+	Py_VISIT(self->count_descr);
 	Py_VISIT(self->ring);
 	Py_VISIT(self->drain);
 	Py_VISIT(self->pio_bus);
@@ -173,6 +202,7 @@ static int ExitLoop_clear(ExitLoop *self)
 	Py_CLEAR(self->loop);
 	Py_CLEAR(self->counts);
 	Py_CLEAR(self->slot);
+	Py_CLEAR(self->count_descr);
 	Py_CLEAR(self->ring);
 	Py_CLEAR(self->drain);
 	Py_CLEAR(self->pio_bus);
@@ -206,6 +236,7 @@ static int ExitLoop_init(ExitLoop *self, PyObject *args, PyObject *kwds)
 	self->fd = fd;
 	self->strict = strict;
 	self->handled = 0;
+	Py_XSETREF(self->count_descr, count_descriptor(slot));
 	PyObject *pio_read = PyObject_GetAttr(pio_bus, str_read);
 	if (pio_read == NULL)
 		return -1;
@@ -230,7 +261,7 @@ static int ExitLoop_init(ExitLoop *self, PyObject *args, PyObject *kwds)
 
 static int bump(ExitLoop *self)
 {
-	return bump_count(self->slot);
+	return bump_count(self->slot, self->count_descr);
 }
 
 /* counts[reason & EXIT_MASK] += 1 */
