@@ -17,9 +17,10 @@
  *                                     decides, nothing is retried here)
  *                     STOPPING        owner.stopping was set before a KVM_RUN
  *                     UNHANDLED       an access nobody claimed while ``strict``
- *   drain()         the coalesced ring in batches (``first`` moved once per batch), exact-match
- *                   events served here and any other entry handed to the Python dispatch, in
- *                   ring order, each entry once even when a handler re-enters the drain.
+ *   drain()         the coalesced ring in batches (``first`` moved once per batch), every entry
+ *                   dispatched by the same bus_write, in ring order, each entry once even when
+ *                   a handler re-enters the drain; one nobody claimed goes to Python's
+ *                   ``unclaimed``, a handler's exception to ``failed``.
  *
  * Nothing here retries, sleeps or holds a lock: Python keeps every policy decision.
  *
@@ -376,19 +377,53 @@ done:
 }
 
 /*
+ * The event last found by one drain, for runs of writes to one address: reused while it is
+ * live, since a live event is the one registered (removal clears live first, and a second
+ * event at the same key is refused), so this skips only the dict lookup.
+ */
+struct event_cache {
+	PyObject *event;  /* a strong reference, or NULL */
+	PyObject *events; /* the dict it was found in (compared, not owned) */
+	uint64_t key;
+};
+
+/* The live exact-match event for (addr, size), through ``cache`` when there is one. */
+static PyObject *find_event(PyObject *events, uint64_t addr, unsigned size,
+			    struct event_cache *cache)
+{
+	uint64_t key = (addr << KEY_SHIFT) | size;
+	if (cache != NULL && cache->event != NULL && cache->key == key && cache->events == events) {
+		int live = attr_true(cache->event, str_live);
+		if (live < 0)
+			return NULL;
+		if (live)
+			return Py_NewRef(cache->event);
+	}
+	PyObject *event = live_event(events, addr, size);
+	if (cache != NULL && event != NULL) {
+		Py_XSETREF(cache->event, Py_NewRef(event));
+		cache->events = events;
+		cache->key = key;
+	}
+	return event;
+}
+
+/*
  * IoBus.write's rule, the compiled twin of iobus.py's (see its module doc): the exact-match
  * event for (addr, size), which always claims; else the range device holding addr; else
  * nobody. A bus whose ``routes`` is None (a wrapper that must see every access) gets its own
- * ``write`` called instead. 1: claimed, 0: not, -1: an error (a handler raised, or ``routes``
- * is not the (events, starts, devices) triple iobus.Routes documents).
+ * ``write`` called instead, and so does an address from 2**60 up (the key would not fit).
+ * 1: claimed, 0: not, -1: an error (a handler raised, or ``routes`` is not the (events,
+ * starts, devices) triple iobus.Routes documents). ``cache``: see event_cache, or NULL.
  */
-static int bus_write(PyObject *bus, uint64_t addr, unsigned size, PyObject *payload)
+static int bus_write(PyObject *bus, uint64_t addr, unsigned size, PyObject *payload,
+		     struct event_cache *cache)
 {
 	PyObject *routes = PyObject_GetAttr(bus, str_routes);
 	if (routes == NULL)
 		return -1;
 	int claimed = -1;
-	if (routes == Py_None) {
+	if (routes == Py_None || addr >= KEY_ADDR_LIMIT) {
 		PyObject *addr_obj = PyLong_FromUnsignedLongLong(addr);
 		PyObject *r = addr_obj == NULL ? NULL : PyObject_CallMethodObjArgs(
 			bus, str_write, addr_obj, payload, NULL);
@@ -408,7 +443,7 @@ static int bus_write(PyObject *bus, uint64_t addr, unsigned size, PyObject *payl
 				"Routes triple");
 		goto done;
 	}
-	PyObject *event = live_event(PyTuple_GET_ITEM(routes, 0), addr, size);
+	PyObject *event = find_event(PyTuple_GET_ITEM(routes, 0), addr, size, cache);
 	if (event != NULL) {
 		int r = signal_event(event, payload);
 		Py_DECREF(event);
@@ -438,7 +473,7 @@ static enum served serve_write(ExitLoop *self, PyObject *bus, uint64_t addr,
 	enum served out = SERVED_ERROR;
 	if (bump(self) < 0)
 		goto done;
-	int claimed = bus_write(bus, addr, size, payload);
+	int claimed = bus_write(bus, addr, size, payload, NULL);
 	if (claimed < 0 || bump(self) < 0)
 		goto done;
 	out = (claimed || !self->strict) ? SERVED : SERVED_UNHANDLED;
@@ -700,15 +735,8 @@ static int take(struct kvm_coalesced_mmio_ring *ring, uint32_t entries, Pending 
 	return 0;
 }
 
-/* The event last found by one drain call, for runs of writes to one address. */
-struct cache {
-	PyObject *event; /* a strong reference, or NULL */
-	uint64_t key;
-	uint32_t pio;
-};
-
 /*
- * An event's handler raised: hand the exception to ``failed(pio, addr, payload, exc)``, which
+ * A handler raised: hand the exception to ``failed(pio, addr, payload, exc)``, which
  * raises what the Python dispatch would have (Vm._posted_failed: a GuestIOError naming the
  * write). Always returns -1 with an exception set.
  */
@@ -743,77 +771,48 @@ static int handler_failed(const struct kvm_coalesced_mmio *entry, PyObject *payl
 	return -1;
 }
 
-static int dispatch_entry(const struct kvm_coalesced_mmio *entry, PyObject *events,
-			  struct cache *cache, PyObject *dispatch, PyObject *failed)
+/* One entry, by the bus's rule; nobody's goes to ``unclaimed(pio, addr, payload)``. */
+static int dispatch_entry(const struct kvm_coalesced_mmio *entry, PyObject *bus,
+			  struct event_cache *cache, PyObject *unclaimed, PyObject *failed)
 {
 	unsigned size = entry->len < sizeof(entry->data) ? entry->len : sizeof(entry->data);
 	PyObject *payload = PyBytes_FromStringAndSize((const char *)entry->data, size);
 	if (payload == NULL)
 		return -1;
-	PyObject *event = NULL;
-	if (entry->phys_addr < KEY_ADDR_LIMIT) {
-		uint64_t key = (entry->phys_addr << KEY_SHIFT) | size;
-		/* Runs of writes to one address reuse the event found for the first while it is
-		 * live: a live event is the one registered (removal clears live first, and a
-		 * second event at the same key is refused), so this skips only the dict lookup. */
-		if (cache->event != NULL && cache->key == key && cache->pio == entry->pio) {
-			int live = attr_true(cache->event, str_live);
-			if (live < 0)
-				goto error;
-			if (live)
-				event = Py_NewRef(cache->event);
-		}
-		if (event == NULL) {
-			Py_CLEAR(cache->event);
-			event = live_event(events, entry->phys_addr, size);
-			if (event == NULL && PyErr_Occurred())
-				goto error;
-			if (event != NULL) {
-				cache->event = Py_NewRef(event);
-				cache->key = key;
-				cache->pio = entry->pio;
-			}
-		}
-	}
-	int r;
-	if (event != NULL) {
-		r = signal_event(event, payload);
-		Py_DECREF(event);
-		if (r < 0)
-			handler_failed(entry, payload, failed);
-	} else {
-		/* Not an event's: the bus decides (a range device, or unhandled). */
+	int r = bus_write(bus, entry->phys_addr, size, payload, cache);
+	if (r < 0) {
+		handler_failed(entry, payload, failed);
+	} else if (r == 0) {
 		PyObject *pio = PyLong_FromUnsignedLong(entry->pio);
 		PyObject *addr = PyLong_FromUnsignedLongLong(entry->phys_addr);
 		PyObject *out = NULL;
 		if (pio != NULL && addr != NULL) {
-			PyObject *dargs[3] = {pio, addr, payload};
-			out = PyObject_Vectorcall(dispatch, dargs, 3, NULL);
+			PyObject *uargs[3] = {pio, addr, payload};
+			out = PyObject_Vectorcall(unclaimed, uargs, 3, NULL);
 		}
 		Py_XDECREF(pio);
 		Py_XDECREF(addr);
 		r = out == NULL ? -1 : 0;
 		Py_XDECREF(out);
+	} else {
+		r = 0;
 	}
 	Py_DECREF(payload);
 	return r;
-error:
-	Py_DECREF(payload);
-	return -1;
 }
 
 /*
- * drain(run, offset, entries, pending, pio_events, mmio_events, dispatch, failed) -> int
+ * drain(run, offset, entries, pending, pio_bus, mmio_bus, unclaimed, failed) -> int
  *
  * CoalescedRing.drain in C; the caller holds the ring's lock. Every entry goes, in ring order,
- * to its exact-match event (served here; an exception goes to failed, or None) or to
- * dispatch(pio, addr, payload).
+ * to its bus by the bus's rule (bus_write); a handler's exception goes to failed (or, with
+ * None, propagates), an entry nobody claimed to unclaimed(pio, addr, payload).
  */
 static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
 	if (nargs != 8) {
-		PyErr_SetString(PyExc_TypeError, "drain(run, offset, entries, pending, pio_events, "
-				"mmio_events, dispatch, failed)");
+		PyErr_SetString(PyExc_TypeError, "drain(run, offset, entries, pending, pio_bus, "
+				"mmio_bus, unclaimed, failed)");
 		return NULL;
 	}
 	Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
@@ -827,12 +826,8 @@ static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py
 		return NULL;
 	}
 	Pending *pending = (Pending *)args[3];
-	PyObject *events[2] = {args[5], args[4]}; /* indexed by entry.pio */
-	if (!PyDict_Check(events[0]) || !PyDict_Check(events[1])) {
-		PyErr_SetString(PyExc_TypeError, "pio_events and mmio_events must be dicts");
-		return NULL;
-	}
-	PyObject *dispatch = args[6], *failed = args[7];
+	PyObject *buses[2] = {args[5], args[4]}; /* indexed by entry.pio */
+	PyObject *unclaimed = args[6], *failed = args[7];
 	if (entries == 0 || entries > (unsigned long)pending->capacity) {
 		PyErr_SetString(PyExc_ValueError, "pending holds fewer entries than the ring");
 		return NULL;
@@ -848,7 +843,7 @@ static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py
 		return NULL;
 	}
 	struct kvm_coalesced_mmio_ring *ring = (void *)((uint8_t *)view.buf + offset);
-	struct cache cache = {NULL, 0, 0};
+	struct event_cache cache = {NULL, NULL, 0};
 	unsigned long done = 0;
 	for (;;) {
 		if (pending->count == 0) {
@@ -860,7 +855,7 @@ static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py
 		/* Popped before dispatch: a re-entered drain starts with the next one. */
 		struct kvm_coalesced_mmio entry = pending->entries[pending->head++];
 		pending->count--;
-		if (dispatch_entry(&entry, events[entry.pio ? 1 : 0], &cache, dispatch, failed) < 0)
+		if (dispatch_entry(&entry, buses[entry.pio ? 1 : 0], &cache, unclaimed, failed) < 0)
 			goto error;
 		done++;
 	}
@@ -875,10 +870,10 @@ error:
 
 static PyMethodDef module_methods[] = {
 	{"drain", (PyCFunction)(void (*)(void))fl_drain, METH_FASTCALL,
-	 "drain(run, offset, entries, pending, pio_events, mmio_events, dispatch, failed) -> int"
+	 "drain(run, offset, entries, pending, pio_bus, mmio_bus, unclaimed, failed) -> int"
 	 "\n\n"
-	 "Hand every entry of the coalesced ring to its event, or to dispatch(pio, addr, "
-	 "payload), in ring order; how many."},
+	 "Dispatch every entry of the coalesced ring to its bus, in ring order; one nobody "
+	 "claimed goes to unclaimed(pio, addr, payload). How many."},
 	{NULL, NULL, 0, NULL},
 };
 

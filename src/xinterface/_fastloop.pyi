@@ -34,8 +34,8 @@ def drain(
     offset: int,
     entries: int,
     pending: Pending,
-    pio_events: dict[int, Any],
-    mmio_events: dict[int, Any],
-    dispatch: Callable[[int, int, bytes], None],
+    pio_bus: Any,
+    mmio_bus: Any,
+    unclaimed: Callable[[int, int, bytes], None],
     failed: Callable[[int, int, bytes, BaseException], None] | None,
 ) -> int: ...
