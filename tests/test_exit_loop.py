@@ -51,7 +51,7 @@ def test_the_compiled_loop_serves_the_exits_when_built() -> None:
         xi.bind(m).ioevent(PORT, 1, PIO, signal=lambda ev, payload: got.append(payload))
         result = m.run(timeout=60)
         native = m.vcpus[0].native_exits
-        # The debug console is a range device: served in C too (IoBus.write_ranges there).
+        # The debug console is a range device: served in C too (bus_write on IoBus.routes).
         m.load_flat(write_loop(300, 0xE9), mode="protected")
         assert m.run(timeout=60).reason == "hlt"
         native_range = m.vcpus[0].native_exits - native

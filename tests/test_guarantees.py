@@ -27,6 +27,7 @@ from tests.conftest import Assemble, needs_kvm, wait_for
 from tests.virtio.helpers import BUF, Echo, rig
 from xinterface import backend, vcpu_loop
 from xinterface.devices import fw_cfg
+from xinterface.kvm import vcpu as kvm_vcpu
 from xinterface.virtio import Status
 
 pytestmark = needs_kvm
@@ -584,7 +585,7 @@ def test_stop_works_when_the_runtime_retries_eintr(
         guest: Assemble, monkeypatch: pytest.MonkeyPatch) -> None:
     give_up = threading.Event()
     monkeypatch.setattr(fcntl, "ioctl", retrying_ioctl(give_up))
-    monkeypatch.setattr(vcpu_loop, "FCNTL_IOCTL_RETRIES_EINTR", True, raising=False)
+    monkeypatch.setattr(kvm_vcpu, "FCNTL_IOCTL_RETRIES_EINTR", True)
     with xi.Machine(memory=64 << 10) as m:
         try:
             m.load_flat(guest("spin"), mode="protected")
@@ -605,7 +606,7 @@ def test_the_simulated_retrying_ioctl_does_hang_a_loop_that_trusts_it(
     # The check of the simulation itself: a vCPU loop calling it for KVM_RUN never stops.
     give_up = threading.Event()
     monkeypatch.setattr(fcntl, "ioctl", retrying_ioctl(give_up))
-    monkeypatch.setattr(vcpu_loop, "FCNTL_IOCTL_RETRIES_EINTR", False, raising=False)
+    monkeypatch.setattr(kvm_vcpu, "FCNTL_IOCTL_RETRIES_EINTR", False)
     with xi.Machine(memory=64 << 10) as m:
         m.load_flat(guest("spin"), mode="protected")
         runner = threading.Thread(target=m.run, kwargs={"timeout": 0.2})

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -62,11 +60,6 @@ class MiniOwner:
 
     def buses(self) -> tuple[Bus, Bus]:
         return self.vm.pio_bus, self.vm.mmio_bus
-
-    def write_paths(self) -> tuple[dict[int, Any], Callable[[int, bytes], bool],
-                                   dict[int, Any], Callable[[int, bytes], bool]]:
-        pio, mmio = self.vm.pio_bus, self.vm.mmio_bus
-        return pio.events, pio.write_ranges, mmio.events, mmio.write_ranges
 
     def drain_posted(self, loop: VcpuLoop) -> None:
         self.vm.drain_posted(loop.slot, loop.index)

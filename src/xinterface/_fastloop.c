@@ -6,26 +6,31 @@
  *
  *   ExitLoop.run()  KVM_RUN with the GIL released, count the exit in the same ``counts`` list,
  *                   drain the coalesced ring first when it holds anything (through the owner's
- *                   drain_posted, in Python), then serve single PIO/MMIO accesses: a write goes
- *                   to its exact-match event (the bus's ``events`` dict, key (addr << 4) | size)
- *                   or else to the bus's range-write call; a read to the bus's read call. The
- *                   reader slot's ``count`` is odd while inside a dispatch, exactly where the
- *                   Python loop makes it odd, so deassign() never returns while a handler runs.
+ *                   drain_posted, in Python), then serve single PIO/MMIO accesses: a write by
+ *                   the bus's rule (bus_write below), a read by the bus's ``read``. The reader
+ *                   slot's ``count`` is odd while inside a dispatch, exactly where the Python
+ *                   loop's iobus.write_in/read_in make it odd, so deassign() never returns while
+ *                   a handler runs.
  *                   Returns, with the exit still described by the kvm_run page:
  *                     reason >= 0     an exit for Python (already counted and drained)
  *                     -errno          KVM_RUN failed (-EINTR, -EAGAIN included: Python
  *                                     decides, nothing is retried here)
  *                     STOPPING        owner.stopping was set before a KVM_RUN
  *                     UNHANDLED       an access nobody claimed while ``strict``
- *   drain()         the coalesced ring in batches (``first`` moved once per batch), exact-match
- *                   events served here and any other entry handed to the Python dispatch, in
- *                   ring order, each entry once even when a handler re-enters the drain.
+ *   drain()         the coalesced ring in batches (``first`` moved once per batch), every entry
+ *                   dispatched by the same bus_write, in ring order, each entry once even when
+ *                   a handler re-enters the drain; one nobody claimed goes to Python's
+ *                   ``unclaimed``, a handler's exception to ``failed``.
  *
  * Nothing here retries, sleeps or holds a lock: Python keeps every policy decision.
+ *
+ * What this module reads of Python objects is public and documented there: a bus's ``routes``
+ * (iobus.Routes: events, starts, devices), ``write``/``read``; an event's ``live``/``signal``;
+ * a range device's ``base``/``end``/``live``/``write``; a reader slot's ``count``; the owner's
+ * ``stopping``; the ring's ``zones``/``pending()``.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h> /* T_OBJECT_EX, READONLY: ReaderSlot.count's __slots__ member */
 
 #include <errno.h>
 #include <linux/kvm.h>
@@ -45,62 +50,43 @@
 enum served { SERVED_ERROR = -1, SERVED_PYTHON = 0, SERVED = 1, SERVED_UNHANDLED = 2 };
 
 static PyObject *str_stopping, *str_count, *str_live, *str_signal, *str_zones, *str_pending;
-static PyObject *str_ranges, *str_end, *str_write, *str_base;
+static PyObject *str_routes, *str_end, *str_write, *str_read, *str_base;
 
 /* --- small helpers -------------------------------------------------------------------------- */
 
 /*
- * Where ``count`` lives in a slot object that keeps it in a __slots__ member (grace.ReaderSlot
- * does): the member's offset, found once, or -1 to go through getattr/setattr each time.
+ * The data descriptor behind ``slot.count`` (ReaderSlot keeps it in __slots__), taken once so
+ * that a bump skips the attribute lookup: through the descriptor protocol, which is what
+ * getattr/setattr would call for it. NULL (no error) when the slot's type has its own
+ * attribute logic or no such descriptor: bumps then go through getattr/setattr.
  */
-static Py_ssize_t count_member(PyObject *slot)
+static PyObject *count_descriptor(PyObject *slot)
 {
-	if (Py_TYPE(slot)->tp_setattro != PyObject_GenericSetAttr ||
-	    Py_TYPE(slot)->tp_getattro != PyObject_GenericGetAttr)
-		return -1; /* its own attribute logic: respect it */
-	PyObject *descr = PyObject_GetAttr((PyObject *)Py_TYPE(slot), str_count);
+	PyTypeObject *type = Py_TYPE(slot);
+	if (type->tp_getattro != PyObject_GenericGetAttr ||
+	    type->tp_setattro != PyObject_GenericSetAttr)
+		return NULL;
+	PyObject *descr = PyObject_GetAttr((PyObject *)type, str_count);
 	if (descr == NULL) {
 		PyErr_Clear();
-		return -1;
+		return NULL;
 	}
-	Py_ssize_t offset = -1;
-	if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-		PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-		if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
-			offset = member->offset;
+	if (Py_TYPE(descr)->tp_descr_get == NULL || Py_TYPE(descr)->tp_descr_set == NULL) {
+		Py_DECREF(descr); /* not a data descriptor: an instance attribute could shadow it */
+		return NULL;
 	}
-	Py_DECREF(descr);
-	return offset;
+	return descr;
 }
 
 /*
- * slot.count += 1, as the Python loop does it. The slot is written only by its own thread,
- * and nothing here lets another thread run between the read and the write (no Python code,
- * the GIL held), so the member is updated in place as PyMember_SetOne would.
+ * slot.count += 1, as iobus.write_in does it: the slot is written only by its own thread, so
+ * the read and the write need no lock.
  */
-static int bump_member(PyObject *slot, Py_ssize_t offset)
+static int bump_count(PyObject *slot, PyObject *descr)
 {
-	PyObject **where = (PyObject **)((char *)slot + offset);
-	PyObject *count = *where;
-	if (count == NULL) {
-		PyErr_SetString(PyExc_AttributeError, "the reader slot has no count");
-		return -1;
-	}
-	long long value = PyLong_AsLongLong(count);
-	if (value == -1 && PyErr_Occurred())
-		return -1;
-	PyObject *next = PyLong_FromLongLong(value + 1);
-	if (next == NULL)
-		return -1;
-	*where = next;
-	Py_DECREF(count);
-	return 0;
-}
-
-/* slot.count += 1 through getattr/setattr, for any other slot object. */
-static int bump_attr(PyObject *slot)
-{
-	PyObject *count = PyObject_GetAttr(slot, str_count);
+	PyObject *count = descr != NULL
+		? Py_TYPE(descr)->tp_descr_get(descr, slot, (PyObject *)Py_TYPE(slot))
+		: PyObject_GetAttr(slot, str_count);
 	if (count == NULL)
 		return -1;
 	long long value = PyLong_AsLongLong(count);
@@ -110,7 +96,8 @@ static int bump_attr(PyObject *slot)
 	PyObject *next = PyLong_FromLongLong(value + 1);
 	if (next == NULL)
 		return -1;
-	int r = PyObject_SetAttr(slot, str_count, next);
+	int r = descr != NULL ? Py_TYPE(descr)->tp_descr_set(descr, slot, next)
+			      : PyObject_SetAttr(slot, str_count, next);
 	Py_DECREF(next);
 	return r;
 }
@@ -179,17 +166,16 @@ typedef struct {
 	PyObject_HEAD
 	int fd;
 	int strict;
-	Py_ssize_t count_offset; /* of slot.count, or -1: see count_member */
 	PyObject *run;      /* the vCPU's kvm_run mmap */
 	PyObject *owner;    /* vcpu_loop.LoopOwner: .stopping */
 	PyObject *loop;     /* the VcpuLoop, passed to drain */
 	PyObject *counts;   /* list of exit counts, indexed by reason & EXIT_MASK */
 	PyObject *slot;     /* grace.ReaderSlot: .count */
+	PyObject *count_descr; /* type(slot).count, or NULL: see count_descriptor */
 	PyObject *ring;     /* delivery.posted.CoalescedRing: .zones, .pending() */
 	PyObject *drain;    /* owner.drain_posted */
-	PyObject *pio_events, *pio_write, *pio_read;
-	PyObject *mmio_events, *mmio_write, *mmio_read;
-	PyObject *pio_bus, *mmio_bus; /* the IoBus behind *_write when it is the stock one, or None */
+	PyObject *pio_bus, *mmio_bus;   /* iobus.Bus: .routes, .write */
+	PyObject *pio_read, *mmio_read; /* their bound .read, taken once */
 	unsigned long long handled; /* exits served entirely here */
 } ExitLoop;
 
@@ -200,16 +186,13 @@ static int ExitLoop_traverse(ExitLoop *self, visitproc visit, void *arg)
 	Py_VISIT(self->loop);
 	Py_VISIT(self->counts);
 	Py_VISIT(self->slot);
+	Py_VISIT(self->count_descr);
 	Py_VISIT(self->ring);
 	Py_VISIT(self->drain);
-	Py_VISIT(self->pio_events);
-	Py_VISIT(self->pio_write);
-	Py_VISIT(self->pio_read);
-	Py_VISIT(self->mmio_events);
-	Py_VISIT(self->mmio_write);
-	Py_VISIT(self->mmio_read);
 	Py_VISIT(self->pio_bus);
 	Py_VISIT(self->mmio_bus);
+	Py_VISIT(self->pio_read);
+	Py_VISIT(self->mmio_read);
 	return 0;
 }
 
@@ -220,16 +203,13 @@ static int ExitLoop_clear(ExitLoop *self)
 	Py_CLEAR(self->loop);
 	Py_CLEAR(self->counts);
 	Py_CLEAR(self->slot);
+	Py_CLEAR(self->count_descr);
 	Py_CLEAR(self->ring);
 	Py_CLEAR(self->drain);
-	Py_CLEAR(self->pio_events);
-	Py_CLEAR(self->pio_write);
-	Py_CLEAR(self->pio_read);
-	Py_CLEAR(self->mmio_events);
-	Py_CLEAR(self->mmio_write);
-	Py_CLEAR(self->mmio_read);
 	Py_CLEAR(self->pio_bus);
 	Py_CLEAR(self->mmio_bus);
+	Py_CLEAR(self->pio_read);
+	Py_CLEAR(self->mmio_read);
 	return 0;
 }
 
@@ -243,17 +223,12 @@ static void ExitLoop_dealloc(ExitLoop *self)
 static int ExitLoop_init(ExitLoop *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"fd", "run", "owner", "loop", "counts", "slot", "ring", "drain",
-				 "pio_events", "pio_write", "pio_read", "mmio_events",
-				 "mmio_write", "mmio_read", "strict", "pio_bus", "mmio_bus", NULL};
+				 "pio_bus", "mmio_bus", "strict", NULL};
 	int fd, strict;
-	PyObject *run, *owner, *loop, *counts, *slot, *ring, *drain;
-	PyObject *pio_events, *pio_write, *pio_read, *mmio_events, *mmio_write, *mmio_read;
-	PyObject *pio_bus = Py_None, *mmio_bus = Py_None;
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOO!OOOO!OOO!OOp|OO:ExitLoop", kwlist,
-					 &fd, &run, &owner, &loop, &PyList_Type, &counts, &slot,
-					 &ring, &drain, &PyDict_Type, &pio_events, &pio_write,
-					 &pio_read, &PyDict_Type, &mmio_events, &mmio_write,
-					 &mmio_read, &strict, &pio_bus, &mmio_bus))
+	PyObject *run, *owner, *loop, *counts, *slot, *ring, *drain, *pio_bus, *mmio_bus;
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOO!OOOOOp:ExitLoop", kwlist, &fd, &run,
+					 &owner, &loop, &PyList_Type, &counts, &slot, &ring,
+					 &drain, &pio_bus, &mmio_bus, &strict))
 		return -1;
 	if (PyList_GET_SIZE(counts) <= EXIT_MASK) {
 		PyErr_Format(PyExc_ValueError, "counts must hold %d entries", EXIT_MASK + 1);
@@ -261,8 +236,16 @@ static int ExitLoop_init(ExitLoop *self, PyObject *args, PyObject *kwds)
 	}
 	self->fd = fd;
 	self->strict = strict;
-	self->count_offset = count_member(slot);
 	self->handled = 0;
+	Py_XSETREF(self->count_descr, count_descriptor(slot));
+	PyObject *pio_read = PyObject_GetAttr(pio_bus, str_read);
+	if (pio_read == NULL)
+		return -1;
+	Py_XSETREF(self->pio_read, pio_read);
+	PyObject *mmio_read = PyObject_GetAttr(mmio_bus, str_read);
+	if (mmio_read == NULL)
+		return -1;
+	Py_XSETREF(self->mmio_read, mmio_read);
 #define SET(field) do { Py_INCREF(field); Py_XSETREF(self->field, field); } while (0)
 	SET(run);
 	SET(owner);
@@ -271,12 +254,6 @@ static int ExitLoop_init(ExitLoop *self, PyObject *args, PyObject *kwds)
 	SET(slot);
 	SET(ring);
 	SET(drain);
-	SET(pio_events);
-	SET(pio_write);
-	SET(pio_read);
-	SET(mmio_events);
-	SET(mmio_write);
-	SET(mmio_read);
 	SET(pio_bus);
 	SET(mmio_bus);
 #undef SET
@@ -285,9 +262,7 @@ static int ExitLoop_init(ExitLoop *self, PyObject *args, PyObject *kwds)
 
 static int bump(ExitLoop *self)
 {
-	if (self->count_offset >= 0)
-		return bump_member(self->slot, self->count_offset);
-	return bump_attr(self->slot);
+	return bump_count(self->slot, self->count_descr);
 }
 
 /* counts[reason & EXIT_MASK] += 1 */
@@ -328,47 +303,30 @@ static int drain_first(ExitLoop *self)
 }
 
 /*
- * A write: the exact-match event, else the range-write call. The slot is odd from before the
- * lookup to after the call; an error from a handler leaves it odd, as the Python loop does,
- * which is how VcpuLoop tells a handler's error from its own.
+ * The range half of the rule on a Routes snapshot (IoBus.write's second step): the device
+ * whose [base, end) holds ``addr`` among ``starts``/``devices``, if it is live and writes.
+ * 1: claimed, 0: not (no device, or it declined by returning False), -1: an error.
  */
-/*
- * IoBus.write_ranges in C, for a bus whose write path is the stock one: the range device
- * holding ``addr`` in the bus's published (starts, devices) pair, which iobus.py replaces
- * whole (copy-on-write) and never changes in place. 1: claimed, 0: not, -1: an error (a
- * range device's handler raised, or the pair is not what iobus.py publishes).
- */
-static int write_range(PyObject *bus, uint64_t addr, PyObject *payload)
+static int range_write(PyObject *starts, PyObject *devices, uint64_t addr, PyObject *payload)
 {
-	PyObject *pair = PyObject_GetAttr(bus, str_ranges);
-	if (pair == NULL)
-		return -1;
-	int claimed = -1;
-	PyObject *device = NULL, *value = NULL;
-	if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-	    !PyTuple_Check(PyTuple_GET_ITEM(pair, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(pair, 1))) {
-		PyErr_SetString(PyExc_TypeError, "IoBus._ranges is not a (starts, devices) pair");
-		goto done;
-	}
-	PyObject *starts = PyTuple_GET_ITEM(pair, 0);
 	/* bisect_right(starts, addr) - 1 */
 	Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(starts);
 	while (lo < hi) {
 		Py_ssize_t mid = lo + (hi - lo) / 2;
 		unsigned long long start = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(starts, mid));
 		if (start == (unsigned long long)-1 && PyErr_Occurred())
-			goto done;
+			return -1;
 		if (addr < start)
 			hi = mid;
 		else
 			lo = mid + 1;
 	}
-	claimed = 0;
-	if (lo == 0 || lo > PyTuple_GET_SIZE(PyTuple_GET_ITEM(pair, 1)))
-		goto done;
-	device = Py_NewRef(PyTuple_GET_ITEM(PyTuple_GET_ITEM(pair, 1), lo - 1));
+	if (lo == 0 || lo > PyTuple_GET_SIZE(devices))
+		return 0;
+	int claimed = -1;
+	PyObject *value = NULL;
+	PyObject *device = Py_NewRef(PyTuple_GET_ITEM(devices, lo - 1));
 	/* if addr < device.end and device.live and device.write is not None: */
-	claimed = -1;
 	value = PyObject_GetAttr(device, str_end);
 	if (value == NULL)
 		goto done;
@@ -414,50 +372,112 @@ static int write_range(PyObject *bus, uint64_t addr, PyObject *payload)
 	claimed = r != Py_False;
 	Py_DECREF(r);
 done:
-	Py_XDECREF(device);
-	Py_DECREF(pair);
+	Py_DECREF(device);
 	return claimed;
 }
 
-static enum served serve_write(ExitLoop *self, PyObject *events, PyObject *write,
-			       PyObject *bus, uint64_t addr, const uint8_t *data, unsigned size)
+/*
+ * The event last found by one drain, for runs of writes to one address: reused while it is
+ * live, since a live event is the one registered (removal clears live first, and a second
+ * event at the same key is refused), so this skips only the dict lookup.
+ */
+struct event_cache {
+	PyObject *event;  /* a strong reference, or NULL */
+	PyObject *events; /* the dict it was found in (compared, not owned) */
+	uint64_t key;
+};
+
+/* The live exact-match event for (addr, size), through ``cache`` when there is one. */
+static PyObject *find_event(PyObject *events, uint64_t addr, unsigned size,
+			    struct event_cache *cache)
 {
-	enum served out = SERVED_ERROR;
-	PyObject *addr_obj = NULL;
-	PyObject *payload = PyBytes_FromStringAndSize((const char *)data, size);
-	if (payload == NULL)
-		return SERVED_ERROR;
-	if (bump(self) < 0)
-		goto done;
+	uint64_t key = (addr << KEY_SHIFT) | size;
+	if (cache != NULL && cache->event != NULL && cache->key == key && cache->events == events) {
+		int live = attr_true(cache->event, str_live);
+		if (live < 0)
+			return NULL;
+		if (live)
+			return Py_NewRef(cache->event);
+	}
 	PyObject *event = live_event(events, addr, size);
+	if (cache != NULL && event != NULL) {
+		Py_XSETREF(cache->event, Py_NewRef(event));
+		cache->events = events;
+		cache->key = key;
+	}
+	return event;
+}
+
+/*
+ * IoBus.write's rule, the compiled twin of iobus.py's (see its module doc): the exact-match
+ * event for (addr, size), which always claims; else the range device holding addr; else
+ * nobody. A bus whose ``routes`` is None (a wrapper that must see every access) gets its own
+ * ``write`` called instead, and so does an address from 2**60 up (the key would not fit).
+ * 1: claimed, 0: not, -1: an error (a handler raised, or ``routes`` is not the (events,
+ * starts, devices) triple iobus.Routes documents). ``cache``: see event_cache, or NULL.
+ */
+static int bus_write(PyObject *bus, uint64_t addr, unsigned size, PyObject *payload,
+		     struct event_cache *cache)
+{
+	PyObject *routes = PyObject_GetAttr(bus, str_routes);
+	if (routes == NULL)
+		return -1;
+	int claimed = -1;
+	if (routes == Py_None || addr >= KEY_ADDR_LIMIT) {
+		PyObject *addr_obj = PyLong_FromUnsignedLongLong(addr);
+		PyObject *r = addr_obj == NULL ? NULL : PyObject_CallMethodObjArgs(
+			bus, str_write, addr_obj, payload, NULL);
+		Py_XDECREF(addr_obj);
+		if (r != NULL) {
+			claimed = PyObject_IsTrue(r);
+			Py_DECREF(r);
+		}
+		Py_DECREF(routes);
+		return claimed;
+	}
+	if (!PyTuple_Check(routes) || PyTuple_GET_SIZE(routes) != 3 ||
+	    !PyDict_Check(PyTuple_GET_ITEM(routes, 0)) ||
+	    !PyTuple_Check(PyTuple_GET_ITEM(routes, 1)) ||
+	    !PyTuple_Check(PyTuple_GET_ITEM(routes, 2))) {
+		PyErr_SetString(PyExc_TypeError, "bus.routes is not an (events, starts, devices) "
+				"Routes triple");
+		goto done;
+	}
+	PyObject *event = find_event(PyTuple_GET_ITEM(routes, 0), addr, size, cache);
 	if (event != NULL) {
 		int r = signal_event(event, payload);
 		Py_DECREF(event);
-		if (r < 0 || bump(self) < 0)
-			goto done;
-		out = SERVED;
+		claimed = r < 0 ? -1 : 1; /* claimed; with no signal set, dropped as in the seed */
 		goto done;
 	}
 	if (PyErr_Occurred())
 		goto done;
-	int claimed;
-	if (bus != Py_None) {
-		claimed = write_range(bus, addr, payload);
-	} else {
-		addr_obj = PyLong_FromUnsignedLongLong(addr);
-		if (addr_obj == NULL)
-			goto done;
-		PyObject *claimed_obj = call2(write, addr_obj, payload);
-		if (claimed_obj == NULL)
-			goto done;
-		claimed = PyObject_IsTrue(claimed_obj);
-		Py_DECREF(claimed_obj);
-	}
+	claimed = range_write(PyTuple_GET_ITEM(routes, 1), PyTuple_GET_ITEM(routes, 2), addr,
+			      payload);
+done:
+	Py_DECREF(routes);
+	return claimed;
+}
+
+/*
+ * A write, inside the reader slot (iobus.write_in's twin): the slot is odd from before the
+ * lookup to after the call; an error from a handler leaves it odd, as write_in does, which is
+ * how VcpuLoop tells a handler's error from its own.
+ */
+static enum served serve_write(ExitLoop *self, PyObject *bus, uint64_t addr,
+			       const uint8_t *data, unsigned size)
+{
+	PyObject *payload = PyBytes_FromStringAndSize((const char *)data, size);
+	if (payload == NULL)
+		return SERVED_ERROR;
+	enum served out = SERVED_ERROR;
+	if (bump(self) < 0)
+		goto done;
+	int claimed = bus_write(bus, addr, size, payload, NULL);
 	if (claimed < 0 || bump(self) < 0)
 		goto done;
 	out = (claimed || !self->strict) ? SERVED : SERVED_UNHANDLED;
 done:
-	Py_XDECREF(addr_obj);
 	Py_DECREF(payload);
 	return out;
 }
@@ -520,8 +540,7 @@ static enum served serve(ExitLoop *self, struct kvm_run *run, Py_ssize_t run_siz
 			return SERVED_PYTHON; /* string I/O, or a page we do not understand */
 		uint8_t *data = (uint8_t *)run + offset;
 		if (run->io.direction == KVM_EXIT_IO_OUT)
-			return serve_write(self, self->pio_events, self->pio_write, self->pio_bus,
-					   run->io.port, data, size);
+			return serve_write(self, self->pio_bus, run->io.port, data, size);
 		return serve_read(self, self->pio_read, run->io.port, data, size);
 	}
 	if (reason == KVM_EXIT_MMIO) {
@@ -530,8 +549,7 @@ static enum served serve(ExitLoop *self, struct kvm_run *run, Py_ssize_t run_siz
 		if (size == 0 || size > sizeof(run->mmio.data) || addr >= KEY_ADDR_LIMIT)
 			return SERVED_PYTHON;
 		if (run->mmio.is_write)
-			return serve_write(self, self->mmio_events, self->mmio_write,
-					   self->mmio_bus, addr, run->mmio.data, size);
+			return serve_write(self, self->mmio_bus, addr, run->mmio.data, size);
 		return serve_read(self, self->mmio_read, addr, run->mmio.data, size);
 	}
 	return SERVED_PYTHON;
@@ -717,16 +735,8 @@ static int take(struct kvm_coalesced_mmio_ring *ring, uint32_t entries, Pending 
 	return 0;
 }
 
-/* One entry, as IoBus.write would take it: its exact-match event, else ``dispatch``. */
-/* The event last found by one drain call, for runs of writes to one address. */
-struct cache {
-	PyObject *event; /* a strong reference, or NULL */
-	uint64_t key;
-	uint32_t pio;
-};
-
 /*
- * An event's handler raised: hand the exception to ``failed(pio, addr, payload, exc)``, which
+ * A handler raised: hand the exception to ``failed(pio, addr, payload, exc)``, which
  * raises what the Python dispatch would have (Vm._posted_failed: a GuestIOError naming the
  * write). Always returns -1 with an exception set.
  */
@@ -761,77 +771,48 @@ static int handler_failed(const struct kvm_coalesced_mmio *entry, PyObject *payl
 	return -1;
 }
 
-static int dispatch_entry(const struct kvm_coalesced_mmio *entry, PyObject *events,
-			  struct cache *cache, PyObject *dispatch, PyObject *failed)
+/* One entry, by the bus's rule; nobody's goes to ``unclaimed(pio, addr, payload)``. */
+static int dispatch_entry(const struct kvm_coalesced_mmio *entry, PyObject *bus,
+			  struct event_cache *cache, PyObject *unclaimed, PyObject *failed)
 {
 	unsigned size = entry->len < sizeof(entry->data) ? entry->len : sizeof(entry->data);
 	PyObject *payload = PyBytes_FromStringAndSize((const char *)entry->data, size);
 	if (payload == NULL)
 		return -1;
-	PyObject *event = NULL;
-	if (entry->phys_addr < KEY_ADDR_LIMIT) {
-		uint64_t key = (entry->phys_addr << KEY_SHIFT) | size;
-		/* Runs of writes to one address reuse the event found for the first while it is
-		 * live: a live event is the one registered (removal clears live first, and a
-		 * second event at the same key is refused), so this skips only the dict lookup. */
-		if (cache->event != NULL && cache->key == key && cache->pio == entry->pio) {
-			int live = attr_true(cache->event, str_live);
-			if (live < 0)
-				goto error;
-			if (live)
-				event = Py_NewRef(cache->event);
-		}
-		if (event == NULL) {
-			Py_CLEAR(cache->event);
-			event = live_event(events, entry->phys_addr, size);
-			if (event == NULL && PyErr_Occurred())
-				goto error;
-			if (event != NULL) {
-				cache->event = Py_NewRef(event);
-				cache->key = key;
-				cache->pio = entry->pio;
-			}
-		}
-	}
-	int r;
-	if (event != NULL) {
-		r = signal_event(event, payload);
-		Py_DECREF(event);
-		if (r < 0)
-			handler_failed(entry, payload, failed);
-	} else {
-		/* Not an event's: the bus decides (a range device, or unhandled). */
+	int r = bus_write(bus, entry->phys_addr, size, payload, cache);
+	if (r < 0) {
+		handler_failed(entry, payload, failed);
+	} else if (r == 0) {
 		PyObject *pio = PyLong_FromUnsignedLong(entry->pio);
 		PyObject *addr = PyLong_FromUnsignedLongLong(entry->phys_addr);
 		PyObject *out = NULL;
 		if (pio != NULL && addr != NULL) {
-			PyObject *dargs[3] = {pio, addr, payload};
-			out = PyObject_Vectorcall(dispatch, dargs, 3, NULL);
+			PyObject *uargs[3] = {pio, addr, payload};
+			out = PyObject_Vectorcall(unclaimed, uargs, 3, NULL);
 		}
 		Py_XDECREF(pio);
 		Py_XDECREF(addr);
 		r = out == NULL ? -1 : 0;
 		Py_XDECREF(out);
+	} else {
+		r = 0;
 	}
 	Py_DECREF(payload);
 	return r;
-error:
-	Py_DECREF(payload);
-	return -1;
 }
 
 /*
- * drain(run, offset, entries, pending, pio_events, mmio_events, dispatch, failed) -> int
+ * drain(run, offset, entries, pending, pio_bus, mmio_bus, unclaimed, failed) -> int
  *
  * CoalescedRing.drain in C; the caller holds the ring's lock. Every entry goes, in ring order,
- * to its exact-match event (served here; an exception goes to failed, or None) or to
- * dispatch(pio, addr, payload).
+ * to its bus by the bus's rule (bus_write); a handler's exception goes to failed (or, with
+ * None, propagates), an entry nobody claimed to unclaimed(pio, addr, payload).
  */
 static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
 	if (nargs != 8) {
-		PyErr_SetString(PyExc_TypeError, "drain(run, offset, entries, pending, pio_events, "
-				"mmio_events, dispatch, failed)");
+		PyErr_SetString(PyExc_TypeError, "drain(run, offset, entries, pending, pio_bus, "
+				"mmio_bus, unclaimed, failed)");
 		return NULL;
 	}
 	Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
@@ -845,12 +826,8 @@ static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py
 		return NULL;
 	}
 	Pending *pending = (Pending *)args[3];
-	PyObject *events[2] = {args[5], args[4]}; /* indexed by entry.pio */
-	if (!PyDict_Check(events[0]) || !PyDict_Check(events[1])) {
-		PyErr_SetString(PyExc_TypeError, "pio_events and mmio_events must be dicts");
-		return NULL;
-	}
-	PyObject *dispatch = args[6], *failed = args[7];
+	PyObject *buses[2] = {args[5], args[4]}; /* indexed by entry.pio */
+	PyObject *unclaimed = args[6], *failed = args[7];
 	if (entries == 0 || entries > (unsigned long)pending->capacity) {
 		PyErr_SetString(PyExc_ValueError, "pending holds fewer entries than the ring");
 		return NULL;
@@ -866,7 +843,7 @@ static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py
 		return NULL;
 	}
 	struct kvm_coalesced_mmio_ring *ring = (void *)((uint8_t *)view.buf + offset);
-	struct cache cache = {NULL, 0, 0};
+	struct event_cache cache = {NULL, NULL, 0};
 	unsigned long done = 0;
 	for (;;) {
 		if (pending->count == 0) {
@@ -878,7 +855,7 @@ static PyObject *fl_drain(PyObject *Py_UNUSED(module), PyObject *const *args, Py
 		/* Popped before dispatch: a re-entered drain starts with the next one. */
 		struct kvm_coalesced_mmio entry = pending->entries[pending->head++];
 		pending->count--;
-		if (dispatch_entry(&entry, events[entry.pio ? 1 : 0], &cache, dispatch, failed) < 0)
+		if (dispatch_entry(&entry, buses[entry.pio ? 1 : 0], &cache, unclaimed, failed) < 0)
 			goto error;
 		done++;
 	}
@@ -893,10 +870,10 @@ error:
 
 static PyMethodDef module_methods[] = {
 	{"drain", (PyCFunction)(void (*)(void))fl_drain, METH_FASTCALL,
-	 "drain(run, offset, entries, pending, pio_events, mmio_events, dispatch, failed) -> int"
+	 "drain(run, offset, entries, pending, pio_bus, mmio_bus, unclaimed, failed) -> int"
 	 "\n\n"
-	 "Hand every entry of the coalesced ring to its event, or to dispatch(pio, addr, "
-	 "payload), in ring order; how many."},
+	 "Dispatch every entry of the coalesced ring to its bus, in ring order; one nobody "
+	 "claimed goes to unclaimed(pio, addr, payload). How many."},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -920,7 +897,8 @@ PyMODINIT_FUNC PyInit__fastloop(void)
 	INTERN(str_signal, "signal");
 	INTERN(str_zones, "zones");
 	INTERN(str_pending, "pending");
-	INTERN(str_ranges, "_ranges");
+	INTERN(str_routes, "routes");
+	INTERN(str_read, "read");
 	INTERN(str_end, "end");
 	INTERN(str_write, "write");
 	INTERN(str_base, "base");

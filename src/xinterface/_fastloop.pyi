@@ -17,15 +17,9 @@ class ExitLoop:
         slot: Any,
         ring: Any,
         drain: Callable[[Any], None],
-        pio_events: dict[int, Any],
-        pio_write: Callable[[int, bytes], bool],
-        pio_read: Callable[[int, int], bytes | None],
-        mmio_events: dict[int, Any],
-        mmio_write: Callable[[int, bytes], bool],
-        mmio_read: Callable[[int, int], bytes | None],
+        pio_bus: Any,
+        mmio_bus: Any,
         strict: bool,
-        pio_bus: object = None,
-        mmio_bus: object = None,
     ) -> None: ...
     def run(self) -> int: ...
     @property
@@ -40,8 +34,8 @@ def drain(
     offset: int,
     entries: int,
     pending: Pending,
-    pio_events: dict[int, Any],
-    mmio_events: dict[int, Any],
-    dispatch: Callable[[int, int, bytes], None],
+    pio_bus: Any,
+    mmio_bus: Any,
+    unclaimed: Callable[[int, int, bytes], None],
     failed: Callable[[int, int, bytes, BaseException], None] | None,
 ) -> int: ...

@@ -39,6 +39,21 @@ class KvmError(OSError):
         return str(self.strerror)
 
 
+class KvmInterruptedError(KvmError, InterruptedError):
+    """A KVM ioctl returned ``EINTR``: a signal, or ``immediate_exit`` for ``KVM_RUN``."""
+
+
+class KvmAgainError(KvmError, BlockingIOError):
+    """A KVM ioctl returned ``EAGAIN`` (``KVM_RUN``: an AP left wait-for-SIPI; run it again)."""
+
+
+def kvm_error(ioctl: str, code: int, detail: str = "") -> KvmError:
+    """The :class:`KvmError` for ``code``, of the ``OSError`` subclass Python gives that errno
+    (``InterruptedError`` for ``EINTR``, ``BlockingIOError`` for ``EAGAIN``)."""
+    cls = {_errno.EINTR: KvmInterruptedError, _errno.EAGAIN: KvmAgainError}.get(code, KvmError)
+    return cls(ioctl, code, detail)
+
+
 class GuestError(Exception):
     """The guest stopped badly: triple fault, failed entry, internal error, unknown exit.
 

@@ -33,7 +33,11 @@ class Lock(Protocol):
 
 
 class ReaderSlot:
-    """One dispatching thread's position: ``count`` odd while inside a dispatch."""
+    """One dispatching thread's position: ``count`` odd while inside a dispatch.
+
+    ``count`` is bumped by :func:`xinterface.iobus.write_in`/``read_in`` and by the compiled
+    loop (through the attribute's descriptor, as ``setattr`` would): a ``__slots__`` member.
+    """
 
     __slots__ = ("count", "syncing", "thread_id")
 

@@ -1,17 +1,30 @@
 """The PIO and MMIO buses: exact-match events and range devices, dispatched without a lock.
 
-A write goes first to the exact-match event registered for ``(addr, len)``, if any (events
-always claim: the seed's ``ioevent_write`` returned ``-EOPNOTSUPP`` only when addr or len
-differed, and those never reach it here); then to the range device whose range holds
-``addr``, which may decline by returning ``False``; otherwise it is unhandled. Reads go to the
-range device, else they are unhandled (the exit loop returns all-ones).
+The bus owns the dispatch rule. A write goes first to the exact-match event registered for
+``(addr, len)``, if any (events always claim: the seed's ``ioevent_write`` returned
+``-EOPNOTSUPP`` only when addr or len differed, and those never reach it here); then to the
+range device whose range holds ``addr``, which may decline by returning ``False``; otherwise
+it is unhandled. Reads go to the range device, else they are unhandled (the exit loop returns
+all-ones).
+
+The rule is written once per language. :meth:`IoBus.write` and :meth:`IoBus.read` are the
+Python one, used by the Python exit loop, the POSTED drain and any wrapper (tracing). The
+compiled loop (``_fastloop.c``, ``bus_write``) applies the same rule to :attr:`IoBus.routes`,
+a :class:`Routes` snapshot that is the bus's documented interface to C: a write then costs no
+Python frame, which is most of what the compiled loop saves. A snapshot rather than a compiled
+bus type, because the Python bus must keep working when the extension is not built, and a
+plain tuple is the one shape both languages read without a copy. A bus whose ``routes`` is
+None (a wrapper that must see every access) gets ``write``/``read`` called instead.
+:func:`write_in`/:func:`read_in` (and their C twins) are where a dispatching thread's grace
+slot is odd: entered before the handler is looked up, left after it returned.
 
 Concurrency: updates take ``_update``; vCPU threads take nothing. Events live in one dict,
 changed in place under ``_update``: a single ``dict.get`` is atomic under the GIL, and
 copying a 100,000-entry dict on every registration would make registration O(n).
-Range devices are a sorted, immutable ``(starts, devices)`` pair replaced whole
-(copy-on-write), since a reader must see both tuples of the same version. Removal clears the
-entry's ``live`` flag, unpublishes it, then waits a grace period (:mod:`.grace`).
+Range devices are the sorted, immutable ``starts``/``devices`` of :attr:`IoBus.routes`,
+replaced whole (copy-on-write), since a reader must see both tuples of the same version.
+Removal clears the entry's ``live`` flag, unpublishes it, then waits a grace period
+(:mod:`.grace`).
 """
 
 from __future__ import annotations
@@ -20,10 +33,11 @@ import bisect
 import errno
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .errors import XInterfaceError
-from .grace import Grace
+from .grace import Grace, ReaderSlot
+from .kvm.exits import Space
 
 # (offset into the device, payload) -> False to decline; anything else claims.
 RangeWrite = Callable[[int, bytes], "bool | None"]
@@ -34,8 +48,16 @@ MAX_EVENTS = 1 << 20  # per bus; ENOSPC beyond. The kernel's io bus allowed 1000
 
 
 class Bus(Protocol):
-    """What the exit loop needs of an I/O bus: claim a write, serve a read."""
+    """What the exit loop needs of an I/O bus: claim a write, serve a read.
 
+    ``routes``: the table the compiled loop may serve from itself (see the module doc), or
+    None to have every access go through ``write``/``read``.
+    """
+
+    @property
+    def space(self) -> Space: ...
+    @property
+    def routes(self) -> Routes | None: ...
     def write(self, addr: int, data: bytes) -> bool: ...
     def read(self, addr: int, size: int) -> bytes | None: ...
 
@@ -70,40 +92,52 @@ class RangeDevice:
 
 def event_key(addr: int, length: int) -> int:
     # One int instead of a tuple: no allocation per lookup for the common small addresses.
+    # _fastloop.c (KEY_SHIFT) builds the same key.
     return (addr << 4) | length
 
 
-class IoBus:
-    """One address space (``"pio"``: 16-bit ports, ``"mmio"``: 64-bit addresses)."""
+class Routes(NamedTuple):
+    """A bus's dispatch table, as the compiled exit loop reads it (``_fastloop.c``).
 
-    def __init__(self, space: str, limit: int, grace: Grace) -> None:
-        self.space = space
+    ``events`` maps :func:`event_key` to a live-or-not :class:`EventEntry`; it is the bus's
+    own dict, changed in place under the bus's lock (one lookup is atomic). ``starts`` and
+    ``devices`` are the range devices sorted by base; a new :class:`Routes` replaces the old
+    one whenever they change, so a reader holding one sees both tuples of one version.
+    """
+
+    events: dict[int, EventEntry]
+    starts: tuple[int, ...]
+    devices: tuple[RangeDevice, ...]
+
+
+class IoBus:
+    """One address space (:attr:`Space.PIO`: 16-bit ports, :attr:`Space.MMIO`: 64-bit)."""
+
+    def __init__(self, space: Space | str, limit: int, grace: Grace) -> None:
+        self.space = Space(space)
         self.limit = limit
         self._grace = grace
         self._update = threading.Lock()
         self._events: dict[int, EventEntry] = {}
-        # Read without a lock by write_ranges, and by the compiled exit loop (_fastloop.c,
-        # write_range), which relies on this shape: replaced whole, never changed in place.
-        self._ranges: tuple[tuple[int, ...], tuple[RangeDevice, ...]] = ((), ())
+        self.routes = Routes(self._events, (), ())
+        """Read without a lock by :meth:`write`/:meth:`read` and by the compiled loop;
+        replaced whole under the update lock, never changed in place (but ``events``)."""
 
     # --- the hot path ------------------------------------------------------------------------
     @property
     def events(self) -> dict[int, EventEntry]:
-        """The live event table, keyed by :func:`event_key`, for the exit loop's fast path."""
+        """The live event table, keyed by :func:`event_key` (the POSTED drain serves it)."""
         return self._events
 
     def write(self, addr: int, data: bytes) -> bool:
+        """Dispatch a guest write; whether anybody claimed it (the rule: the module doc)."""
         event = self._events.get((addr << 4) | len(data))
         if event is not None and event.live:
             signal = event.signal
             if signal is not None:
                 signal(event, data)
             return True  # claimed; with no signal set, dropped as in the seed
-        return self.write_ranges(addr, data)
-
-    def write_ranges(self, addr: int, data: bytes) -> bool:
-        """The second half of :meth:`write`: the range device holding ``addr``, if any."""
-        starts, devices = self._ranges
+        _, starts, devices = self.routes
         i = bisect.bisect_right(starts, addr) - 1
         if i >= 0:
             device = devices[i]
@@ -112,7 +146,8 @@ class IoBus:
         return False
 
     def read(self, addr: int, size: int) -> bytes | None:
-        starts, devices = self._ranges
+        """Dispatch a guest read: exactly ``size`` bytes, or None when nobody serves it."""
+        _, starts, devices = self.routes
         i = bisect.bisect_right(starts, addr) - 1
         if i >= 0:
             device = devices[i]
@@ -126,7 +161,7 @@ class IoBus:
 
     # --- updates ---------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._events) + len(self._ranges[1])
+        return len(self._events) + len(self.routes.devices)
 
     def add_event(self, entry: EventEntry) -> None:
         """Publish a fully built event; ``EEXIST`` if ``(addr, length)`` is taken."""
@@ -153,7 +188,7 @@ class IoBus:
     def add_range(self, device: RangeDevice) -> None:
         """Publish a range device; ``EEXIST`` if it overlaps another."""
         with self._update:
-            starts, devices = self._ranges
+            _, starts, devices = self.routes
             i = bisect.bisect_right(starts, device.base)
             before = devices[i - 1] if i else None
             after = devices[i] if i < len(devices) else None
@@ -162,14 +197,36 @@ class IoBus:
                     raise XInterfaceError(
                         errno.EEXIST, f"{self.space} range {device.base:#x}+{device.size:#x} "
                         f"overlaps {other!r}", argument="base", value=device.base)
-            self._ranges = ((*starts[:i], device.base, *starts[i:]),
-                            (*devices[:i], device, *devices[i:]))
+            self.routes = Routes(self._events, (*starts[:i], device.base, *starts[i:]),
+                                 (*devices[:i], device, *devices[i:]))
 
     def remove_range(self, device: RangeDevice) -> None:
+        """Unpublish ``device``; on return no vCPU is inside or can enter its handlers."""
         with self._update:
             device.live = False
-            starts, devices = self._ranges
+            _, starts, devices = self.routes
             if device in devices:
                 i = devices.index(device)
-                self._ranges = (starts[:i] + starts[i + 1 :], devices[:i] + devices[i + 1 :])
+                self.routes = Routes(self._events, starts[:i] + starts[i + 1 :],
+                                     devices[:i] + devices[i + 1 :])
         self._grace.synchronize()
+
+
+# The grace-slot bookkeeping of one dispatch (grace.py: an odd count means "inside"), for
+# every Python caller; _fastloop.c's serve_write/serve_read are the compiled loop's. A
+# handler's exception leaves the slot odd on purpose: that is how the exit loop tells a
+# handler's error from its own (and ReaderSlot.leave_if_inside then leaves).
+def write_in(slot: ReaderSlot, bus: Bus, addr: int, data: bytes) -> bool:
+    """``bus.write(addr, data)`` with ``slot`` inside a dispatch for its whole length."""
+    slot.count += 1
+    claimed = bus.write(addr, data)
+    slot.count += 1
+    return claimed
+
+
+def read_in(slot: ReaderSlot, bus: Bus, addr: int, size: int) -> bytes | None:
+    """``bus.read(addr, size)`` with ``slot`` inside a dispatch for its whole length."""
+    slot.count += 1
+    value = bus.read(addr, size)
+    slot.count += 1
+    return value

@@ -28,7 +28,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO, ClassVar, NamedTuple, TextIO
+from typing import BinaryIO, ClassVar, NamedTuple, TextIO
 
 from . import loader
 from .errors import GuestIOError, XInterfaceError
@@ -197,17 +197,6 @@ class Machine:
 
         return (TracingBus(self.vm.pio_bus, "pio", self.trace),
                 TracingBus(self.vm.mmio_bus, "mmio", self.trace))
-
-    def write_paths(self) -> tuple[dict[int, Any], Callable[[int, bytes], bool],
-                                   dict[int, Any], Callable[[int, bytes], bool]]:
-        """For the exit loop's write fast path: each bus's event table and the call for
-        whatever no event takes. When tracing, empty tables send everything through the
-        tracing bus."""
-        pio, mmio = self.buses()
-        if self.trace is not None:
-            return {}, pio.write, {}, mmio.write
-        return (self.vm.pio_bus.events, self.vm.pio_bus.write_ranges,
-                self.vm.mmio_bus.events, self.vm.mmio_bus.write_ranges)
 
     def drain_posted(self, loop: VcpuLoop) -> None:
         self.vm.drain_posted(loop.slot, loop.index)

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from .iobus import Bus
+from .iobus import Bus, Routes
+from .kvm.exits import Space
 
 
 class TracingBus:
     """Forwards to ``bus`` and prints one line per access to ``out``."""
 
-    def __init__(self, bus: Bus, space: str, out: TextIO) -> None:
+    def __init__(self, bus: Bus, space: Space | str, out: TextIO) -> None:
         self._bus = bus
-        self._space = space
+        self._space = Space(space)
         self._out = out
-        self._width = 4 if space == "pio" else 8
+        self._width = 4 if self._space is Space.PIO else 8
+
+    @property
+    def space(self) -> Space:
+        return self._space
+
+    @property
+    def routes(self) -> Routes | None:
+        """None: the compiled loop must call :meth:`write`/:meth:`read`, to print each access."""
+        return None
 
     def _line(self, kind: str, addr: int, size: int, data: bytes | None, fate: str) -> None:
         payload = data.hex() if data is not None else "-"

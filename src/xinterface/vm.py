@@ -105,7 +105,7 @@ class Vm:
                 vcpu.set_cpuid2(make_cpuid(supported, index))
             # One ring per VM; every vCPU maps it, vCPU 0's mapping serves.
             self.ring = CoalescedRing(self.vcpus[0].run_mmap, self.grace,
-                                      (self.pio_bus.events, self.mmio_bus.events))
+                                      (self.pio_bus, self.mmio_bus))
         except BaseException:
             self.close()
             raise
@@ -157,7 +157,7 @@ class Vm:
         ring = self.ring
         if ring is None or not ring.pending():
             return 0
-        return ring.drain(self._dispatch_posted, self._posted_failed, slot=self._drain_slot)
+        return ring.drain(self._posted_unclaimed, self._posted_failed, slot=self._drain_slot)
 
     def drain_posted(self, slot: ReaderSlot, vcpu: int) -> None:
         """Drain on a vCPU thread, inside that thread's grace ``slot``."""
@@ -166,25 +166,22 @@ class Vm:
         if not inside:
             slot.count += 1
         try:
-            self.ring.drain(self._dispatch_posted, self._posted_failed)
+            self.ring.drain(self._posted_unclaimed, self._posted_failed)
         finally:
             if not inside:
                 slot.count += 1
 
-    def _dispatch_posted(self, pio: int, addr: int, data: bytes) -> None:
-        bus = self.pio_bus if pio else self.mmio_bus
-        try:
-            claimed = bus.write(addr, data)
-        except BaseException as exc:
-            self._posted_failed(pio, addr, data, exc)
-        if not claimed and self.strict:
+    def _posted_unclaimed(self, pio: int, addr: int, data: bytes) -> None:
+        """A posted write nobody claimed: dropped, or a stop when the machine is strict."""
+        if self.strict:
+            bus = self.pio_bus if pio else self.mmio_bus
             raise GuestIOError(f"unhandled posted {len(data)}-byte write to "
                                f"{_where(pio, addr)} (strict mode)", vcpu=-1, space=bus.space,
                                addr=addr, length=len(data))
 
     def _posted_failed(self, pio: int, addr: int, data: bytes, exc: BaseException) -> NoReturn:
         """A posted write's handler raised ``exc``: raise it as a ``GuestIOError`` naming the
-        write (also called by the compiled drain, which calls events' handlers itself)."""
+        write (the ring's drain calls it, Python's and the compiled one)."""
         if isinstance(exc, GuestError) or not isinstance(exc, Exception):
             raise exc
         bus = self.pio_bus if pio else self.mmio_bus

@@ -5,9 +5,10 @@ ring shared by every vCPU (one page of the vCPU mmap, ``KVM_COALESCED_MMIO_PAGE_
 ``first`` is ours to advance, ``last`` the kernel's). When the ring is full KVM exits
 normally instead, so nothing is lost. virt/kvm/coalesced_mmio.c accepts any write that lies
 entirely inside a zone, whatever its length: a 1-byte write into a 4-byte zone is logged too.
-Draining hands every entry to the bus as an ordinary write, so such a write reaches whatever
-would have received it (a range device, or the unhandled policy) and an exact
-``(addr, length)`` match reaches its event.
+Draining hands every entry to its bus as an ordinary write (``Bus.write``, or the same rule
+on the bus's ``routes`` in the compiled drain), so such a write reaches whatever would have
+received it (a range device, or the unhandled policy) and an exact ``(addr, length)`` match
+reaches its event.
 
 Ordering: the machine drains before handling any other exit on any vCPU, so a later
 synchronous access never overtakes an earlier posted write. "Drains" includes waiting for a
@@ -27,10 +28,10 @@ import mmap
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from .. import backend
 from ..grace import Grace, ReaderSlot
+from ..iobus import Bus
 from ..kvm import uapi
 
 _HEADER = struct.Struct("<II")
@@ -39,24 +40,23 @@ _RING_OFFSET = uapi.KVM_COALESCED_MMIO_PAGE_OFFSET * uapi.PAGE_SIZE
 _ENTRIES_OFFSET = _RING_OFFSET + _HEADER.size
 _MAX = uapi.COALESCED_RING_MAX
 
-# (pio, addr, payload) -> None; raises to stop the machine.
-Dispatch = Callable[[int, int, bytes], None]
-# (pio, addr, payload, the exception an event's handler raised) -> raises what to propagate.
+# (pio, addr, payload) of an entry no handler claimed -> None; raises to stop the machine.
+Unclaimed = Callable[[int, int, bytes], None]
+# (pio, addr, payload, the exception a handler raised) -> raises what to propagate.
 Failed = Callable[[int, int, bytes, BaseException], None]
 
 
 class CoalescedRing:
     """The VM's ring, read through vCPU 0's mapping, and the lock that serialises draining.
 
-    ``events``: the PIO and MMIO buses' event tables, for the compiled drain, which serves
-    exact-match events itself and hands every other entry to ``dispatch``.
+    ``buses``: the PIO and MMIO buses the entries go to (``kvm_coalesced_mmio.pio`` says which).
     """
 
-    def __init__(self, run_mmap: mmap.mmap, grace: Grace,
-                 events: tuple[dict[int, Any], dict[int, Any]] = ({}, {})) -> None:
+    def __init__(self, run_mmap: mmap.mmap, grace: Grace, buses: tuple[Bus, Bus]) -> None:
         self._mm = run_mmap
         self._grace = grace
-        self._events = events
+        self._buses = buses
+        self._by_pio = (buses[1], buses[0])  # indexed by an entry's pio flag
         self._words = memoryview(run_mmap).cast("I")
         self._first = _RING_OFFSET // 4
         self._last = self._first + 1
@@ -101,13 +101,13 @@ class CoalescedRing:
         # Copied out: the kernel may reuse the slots now (it only reads ``first``).
         words[self._first] = last
 
-    def drain(self, dispatch: Dispatch, failed: Failed | None = None, *,
+    def drain(self, unclaimed: Unclaimed, failed: Failed | None = None, *,
               slot: ReaderSlot | None = None) -> int:
-        """Hand every entry to ``dispatch(pio, addr, payload)`` in ring order; how many.
+        """Write every entry to its bus in ring order; how many.
 
-        The compiled drain calls exact-match events' handlers itself; when one raises, it
-        hands the exception to ``failed`` (which raises what ``dispatch`` would have), or
-        lets it propagate when there is none.
+        An entry no handler claimed goes to ``unclaimed(pio, addr, payload)`` (the unhandled
+        policy); a handler's exception to ``failed(pio, addr, payload, exc)``, which raises
+        what to propagate, or, when there is none, propagates as it is.
         ``slot``: a grace slot shared by every thread that drains off the vCPUs (``flush()``):
         entered under the lock, this thread's only while it drains, unless the caller is
         already inside it (a handler's deassign drains again).
@@ -129,11 +129,21 @@ class CoalescedRing:
             if fast is not None:
                 # The same algorithm in C, its pending entries in _native_pending.
                 return int(fast.drain(self._mm, _RING_OFFSET, _MAX, self._native_pending,
-                                      *self._events, dispatch, failed))
+                                      *self._buses, unclaimed, failed))
             self._take()
+            by_pio = self._by_pio
             while pending:
                 addr, length, pio, data = pending.popleft()
-                dispatch(pio, addr, data[:length] if length < 8 else data)
+                payload = data[:length] if length < 8 else data
+                try:
+                    claimed = by_pio[1 if pio else 0].write(addr, payload)
+                except BaseException as exc:
+                    if failed is None:
+                        raise
+                    failed(pio, addr, payload, exc)
+                    raise  # failed() returned: the handler's own exception goes on
+                if not claimed:
+                    unclaimed(pio, addr, payload)
                 done += 1
                 if not pending:
                     self._take()

@@ -11,7 +11,7 @@ import ctypes
 import errno
 from typing import Any
 
-from ..errors import KvmError
+from ..errors import kvm_error
 from .uapi import IOCTL_NAMES
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -28,5 +28,5 @@ def ioctl(fd: int, request: int, arg: Any = 0, detail: str = "") -> int:
         if code == 0:  # never seen, but an error without errno must still say which ioctl
             code = errno.EIO
         name = IOCTL_NAMES.get(request, f"ioctl {request:#x}")
-        raise KvmError(name, code, detail)
+        raise kvm_error(name, code, detail)
     return ret

@@ -2,9 +2,10 @@
 
 A tiny guest (``guests/cpuid_probe.S``) executes CPUID for leaves 1, 7, 0x80000001 and
 0x80000008 and reports the registers through an I/O port, in a throw-away VM whose vCPU was
-given a masked CPUID (the ``baseline`` template); a few lines of KVM_RUN serve it, so the
-probe needs no Machine (which sits above the loaders). A feature bit the guest sees although
-the VMM cleared it has *leaked*: the host does not apply the VMM's CPUID to the ``cpuid``
+given a masked CPUID (the ``baseline`` template); a few lines of KVM_RUN serve it, its exits
+decoded by the shared :func:`xinterface.kvm.exits.decode`, so the probe needs no Machine
+(which sits above the loaders). A feature bit the guest sees although the VMM cleared it has
+*leaked*: the host does not apply the VMM's CPUID to the ``cpuid``
 instruction. That is the case on ``kvm_pvm`` (see the note on Linux on kvm_pvm), where
 guests see the host's XSAVE, POPCNT, SMAP and FSGSBASE whatever CPUID is set; a kernel must
 then be told not to use them on its command line (``linux_cmdline_workarounds``).
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import XInterfaceError
-from ..kvm import Kvm, VcpuFd, uapi
+from ..kvm import Kvm, VcpuFd, exits, uapi
 from ..vm import Vm
 from . import cpuid
 from .asm import assemble
@@ -30,7 +31,6 @@ PROBE_SOURCE = Path(__file__).parent / "guests" / "cpuid_probe.S"
 PROBE_GPA = 0x1000
 PROBE_PORT = 0x00E0          # unclaimed on our boards
 PROBE_MAX_EXITS = 64         # the guest makes 4 OUTs per leaf and one HLT
-_IO = struct.Struct("<BBHIQ")  # struct kvm_run's io member: direction, size, port, count, offset
 PROBED_LEAVES = ((0x1, 0), (0x7, 0), (0x40000001, 0), (0x80000001, 0), (0x80000008, 0))
 REGS = ("eax", "ebx", "ecx", "edx")
 # Bits that reflect guest state rather than a static feature (SDM Vol. 2A, CPUID): OSXSAVE
@@ -105,18 +105,17 @@ def compare(given: Mapping[tuple[int, int], Registers],
 def _serve(vcpu: VcpuFd) -> list[int]:
     """Run the probe to its HLT; the 4-byte OUTs to PROBE_PORT, in order."""
     mm = vcpu.run_mmap
-    reason_at, union_at = uapi.kvm_run.exit_reason.offset, uapi.kvm_run.u.offset
     words: list[int] = []
     for _ in range(PROBE_MAX_EXITS):
         vcpu.run()
-        reason = struct.unpack_from("<I", mm, reason_at)[0]
-        if reason == uapi.KVM_EXIT_HLT:
+        exit = exits.decode(mm)
+        if isinstance(exit, exits.Halt):
             return words
-        if reason != uapi.KVM_EXIT_IO:
+        if not (isinstance(exit, exits.Access) and exit.space is exits.Space.PIO):
             break
-        direction, size, port, count, offset = _IO.unpack_from(mm, union_at)
-        if direction == uapi.KVM_EXIT_IO_OUT and port == PROBE_PORT and size == 4:
-            words += struct.unpack_from(f"<{count}I", mm, offset)
+        if exit.is_write and exit.addr == PROBE_PORT and exit.size == 4:
+            words += struct.unpack_from(f"<{exit.count}I", mm, exit.data_offset)
+    reason = exits.reason(mm)
     raise XInterfaceError(errno.EIO, f"the CPUID probe guest did not halt (exit reason "
                           f"{uapi.EXIT_REASON_NAMES.get(reason, reason)} after {len(words)} "
                           "words)", argument="probe", value=reason)
