@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import XInterfaceError
 from ..virtio.device import VirtioDevice
-from .channel import Channel
+from .channel import MESSAGE_TIMEOUT, Channel
 from .session import Report, Session
 
 
@@ -69,11 +69,14 @@ def adopt(fd: int) -> socket.socket:
 
 class Server:
     """Serve ``device`` on ``sock`` (see :func:`listen`, :func:`adopt`) until :meth:`stop`.
-    ``report(line)``: one line per refused request or dropped frontend."""
+    ``report(line)``: one line per refused request or dropped frontend;
+    ``message_timeout``: how long a frontend may stop in the middle of a message."""
 
     def __init__(self, device: VirtioDevice, sock: socket.socket, *,
-                 report: Report = stderr_report) -> None:
+                 report: Report = stderr_report,
+                 message_timeout: float = MESSAGE_TIMEOUT) -> None:
         self.device = device
+        self.message_timeout = message_timeout
         self.sock = sock
         self.report = report
         self.sessions = 0
@@ -107,7 +110,7 @@ class Server:
             os.close(self._wake_w)
 
     def _serve(self, conn: socket.socket) -> None:
-        channel = Channel(conn)
+        channel = Channel(conn, timeout=self.message_timeout)
         with self._lock:
             if self._stopping:
                 channel.close()
