@@ -166,6 +166,7 @@ def test_a_frontend_that_goes_leaves_the_device_reset_for_the_next(tmp_path: Pat
                 assert fe.start_ring(0, q) == 0
                 # Left in flight: the frontend goes without waiting for it.
                 fe.submit(0, q, [(DATA, 16, True)])
-            assert wait_for(lambda r=round: backend.server.sessions == r + 1 and rng.status == 0)
+            served = round + 1
+            assert wait_for(lambda: backend.server.sessions == served and rng.status == 0)
         assert backend.lines == []
     assert wait_for(lambda: len(os.listdir("/proc/self/fd")) == fds)
