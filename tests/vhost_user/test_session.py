@@ -4,6 +4,7 @@ were, and a frontend that goes leaves the device reset for the next one."""
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from pathlib import Path
@@ -154,6 +155,10 @@ def test_console_output_reaches_the_device(tmp_path: Path) -> None:
         assert Sink.data == b"hello from the guest"
 
 
+def _settled(backend: Backend, device: VirtioRng, sessions: int) -> bool:
+    return backend.server.sessions == sessions and device.status == 0
+
+
 def test_a_frontend_that_goes_leaves_the_device_reset_for_the_next(tmp_path: Path) -> None:
     rng = VirtioRng()
     fds = len(os.listdir("/proc/self/fd"))
@@ -166,7 +171,6 @@ def test_a_frontend_that_goes_leaves_the_device_reset_for_the_next(tmp_path: Pat
                 assert fe.start_ring(0, q) == 0
                 # Left in flight: the frontend goes without waiting for it.
                 fe.submit(0, q, [(DATA, 16, True)])
-            served = round + 1
-            assert wait_for(lambda: backend.server.sessions == served and rng.status == 0)
+            assert wait_for(functools.partial(_settled, backend, rng, round + 1))
         assert backend.lines == []
     assert wait_for(lambda: len(os.listdir("/proc/self/fd")) == fds)
