@@ -177,6 +177,10 @@ class Session:
         except (ProtocolError, OSError) as exc:   # XInterfaceError is an OSError
             if isinstance(exc, ProtocolError) and exc.fatal:
                 raise
+            if request in _REPLIES:
+                # The frontend waits for this reply: it cannot have one, so it must not wait.
+                raise ProtocolError(f"{message.name} cannot be answered: {exc}",
+                                    fatal=True) from None
             ok = False
             self.report(f"vhost-user: {message.name} refused: {exc}")
         except Exception as exc:  # a defect of ours: this frontend goes, the next is served
@@ -190,9 +194,6 @@ class Session:
         elif (message.header.need_reply and request not in _REPLIES
               and self.protocol_features >> ProtocolFeature.REPLY_ACK & 1):
             self.channel.send(encode(request, U64.pack(0 if ok else 1), reply=True))
-        elif not ok and request in _REPLIES:
-            # The frontend waits for this reply: it cannot have one, so it must not wait.
-            raise ProtocolError(f"{message.name} cannot be answered", fatal=True)
         return True
 
     def close(self) -> None:
