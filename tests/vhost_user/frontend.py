@@ -180,7 +180,7 @@ class Frontend:
         for fd in [*self.kicks.values(), *self.calls.values()]:
             os.close(fd)
         self.kicks, self.calls = {}, {}
-        self.intf.release()
+        self.intf.put()
         assert self.host.memory is not None
         self.host.memory.close()
         os.close(self.memfd)

@@ -33,7 +33,7 @@ def intf() -> Iterator[SessionInterface]:
                                Region(1 << 20, PAGE, USER + 0x20000, 0)], [a, os.dup(a), b])
     intf = SessionInterface(host)
     yield intf
-    intf.release()
+    intf.put()
     host.memory.close()
 
 
@@ -91,4 +91,4 @@ def test_no_memory_table_yet_is_efault() -> None:
     with pytest.raises(XInterfaceError) as exc:
         intf.copy_from(0, 1)
     assert exc.value.errno == errno.EFAULT
-    intf.release()
+    intf.put()

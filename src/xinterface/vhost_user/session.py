@@ -212,7 +212,7 @@ class Session:
                 self.report(f"vhost-user: {exc}")
         self._retired = []
         if not self.intf.released:
-            self.intf.release()
+            self.intf.put()   # the session's reference: the queues dropped theirs in detach
         self.channel.close()
 
     def _loop_error(self, exc: BaseException) -> None:
