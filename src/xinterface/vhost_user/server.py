@@ -119,6 +119,9 @@ class Server:
         self.sessions += 1
         try:
             Session(self.device, channel, self.report).run()
+        except Exception as exc:   # a defect of ours: reported, and the next frontend served
+            self.report(f"vhost-user: session failed: {type(exc).__name__}: {exc}")
+            channel.close()
         finally:
             with self._lock:
                 self._channel = None
