@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runner", ("emulate", "trace", "vcpu_loop", "machine")),
     ("devices", ("devices",)),
     ("virtio", ("virtio",)),
+    ("vhost-user backend", ("vhost_user",)),
     ("boards", ("boards",)),
     ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "")),
 ]

@@ -15,6 +15,7 @@ from .frontend.options import AddressType, SecondsType, SizeType, TargetType
 from .frontend.outputs import Stdout, Target
 from .frontend.report import EXIT_TIMEOUT, fail, guest_error
 from .frontend.run import MODES, guarded, no_limit_when_interactive, run_image
+from .frontend.serve import serve
 
 SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x quits, "
                "Ctrl-A h lists the keys) or none.")
@@ -268,3 +269,6 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     if until is not None:
         fail(f"{what} stopped ({result.reason}) before {until!r} appeared")
     sys.exit(0 if result.reason in ("hlt", "reset", "shutdown") else 1)
+
+
+main.add_command(serve)

@@ -1,0 +1,94 @@
+"""The frontend's memory table as an xinterface: translation, and the bound checks of
+copy_to/copy_from/vmap/sgmap, run by the same code as on a local VM."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from xinterface.errors import XInterfaceError
+from xinterface.vhost_user.interface import MemoryHost, SessionInterface
+from xinterface.vhost_user.memory import MemoryTable
+from xinterface.vhost_user.protocol import Region
+from xinterface.xioevent import XIOEventFlags
+
+USER = 0x7F12_3400_0000
+PAGE = 4096
+
+
+@pytest.fixture
+def intf() -> Iterator[SessionInterface]:
+    """Guest memory [0, 8 KiB) and [8 KiB, 12 KiB) from one memfd, and [1 MiB, +4 KiB) from
+    another; a hole between."""
+    a = os.memfd_create("a", os.MFD_CLOEXEC)
+    b = os.memfd_create("b", os.MFD_CLOEXEC)
+    os.ftruncate(a, 4 * PAGE)
+    os.ftruncate(b, PAGE)
+    host = MemoryHost()
+    host.memory = MemoryTable([Region(0, 2 * PAGE, USER, 0),
+                               Region(2 * PAGE, PAGE, USER + 0x10000, 3 * PAGE),
+                               Region(1 << 20, PAGE, USER + 0x20000, 0)], [a, os.dup(a), b])
+    intf = SessionInterface(host)
+    yield intf
+    intf.put()
+    host.memory.close()
+
+
+def test_frontend_addresses_translate_through_user_addr(intf: SessionInterface) -> None:
+    table = intf.host.memory
+    assert isinstance(table, MemoryTable)
+    assert table.gpa_of(USER + 0x10, 16) == 0x10
+    assert table.gpa_of(USER + 0x10000 + 8, 8) == 2 * PAGE + 8
+    assert table.gpa_of(USER + 0x20000, PAGE) == 1 << 20
+    for addr, length in [(USER + 2 * PAGE - 8, 16), (USER - 1, 1), (USER + 0x30000, 1)]:
+        with pytest.raises(XInterfaceError) as exc:
+            table.gpa_of(addr, length)
+        assert exc.value.errno == errno.EFAULT
+
+
+def test_regions_map_their_file_at_the_mmap_offset(intf: SessionInterface) -> None:
+    intf.copy_to(0, b"start")
+    intf.copy_to(2 * PAGE, b"third page of a")   # offset 3 pages in the first memfd
+    assert intf.copy_from(2 * PAGE, 15) == b"third page of a"
+    # Adjacent regions are crossed by a copy, as in a VM's RAM.
+    intf.copy_to(2 * PAGE - 2, b"abcd")
+    assert intf.copy_from(2 * PAGE - 2, 4) == b"abcd"
+
+
+def test_accesses_outside_every_region_are_efault_and_all_or_nothing(
+        intf: SessionInterface) -> None:
+    intf.copy_to(3 * PAGE - 4, b"keep")
+    for call in (lambda: intf.copy_to(3 * PAGE - 4, b"overflows!"),
+                 lambda: intf.copy_from(3 * PAGE - 4, 8),
+                 lambda: intf.vmap(3 * PAGE - 4, 8),
+                 lambda: intf.vmap(2 * PAGE - 4, 8),          # two regions: one view maps one
+                 lambda: intf.sgmap([(0, 16), (1 << 20, PAGE + 1)]),
+                 lambda: intf.copy_from((1 << 64) - 1, 2)):
+        with pytest.raises(XInterfaceError) as exc:
+            call()
+        assert exc.value.errno == errno.EFAULT
+    assert intf.copy_from(3 * PAGE - 4, 4) == b"keep"
+    with intf.vmap(1 << 20, PAGE) as m:
+        m.addr[:4] = b"view"
+    assert intf.copy_from(1 << 20, 4) == b"view"
+
+
+def test_the_buses_are_the_frontends(intf: SessionInterface) -> None:
+    for call in (lambda: intf.ioevent(0x10, 2, XIOEventFlags.PIO),
+                 lambda: intf.iorange(0x1000, 16),
+                 lambda: intf.irqfd(5),
+                 lambda: intf.set_irq(5, True)):
+        with pytest.raises(XInterfaceError) as exc:
+            call()
+        assert exc.value.errno == errno.EOPNOTSUPP
+
+
+def test_no_memory_table_yet_is_efault() -> None:
+    intf = SessionInterface(MemoryHost())
+    with pytest.raises(XInterfaceError) as exc:
+        intf.copy_from(0, 1)
+    assert exc.value.errno == errno.EFAULT
+    intf.put()
