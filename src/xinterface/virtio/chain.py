@@ -125,7 +125,7 @@ def map_buffers(intf: XInterface, buffers: Sequence[Descriptor]
         views = []
         try:
             for gpa, length in items:
-                views.append(_map_split(intf, gpa, length, maps))
+                views.append(map_range(intf, gpa, length, maps))
         except BaseException:
             for m in maps:
                 m.put()
@@ -147,8 +147,9 @@ def map_buffers(intf: XInterface, buffers: Sequence[Descriptor]
     return maps, readable, writable
 
 
-def _map_split(intf: XInterface, gpa: int, length: int, maps: list[GuestMap]) -> list[memoryview]:
-    """``[gpa, gpa+length)`` as views of consecutive regions, or VirtqueueError."""
+def map_range(intf: XInterface, gpa: int, length: int, maps: list[GuestMap]) -> list[memoryview]:
+    """``[gpa, gpa+length)`` as views of consecutive regions (one view when it lies in one),
+    their maps appended to ``maps``; VirtqueueError for a byte that is not guest RAM."""
     parts: list[memoryview] = []
     try:
         whole = intf.vmap(gpa, length)
