@@ -75,7 +75,7 @@ def walk(read: ReadDesc, head: int, size: int, *, indirect: bool,
                 raise VirtqueueError(f"indirect table of {length} bytes at {addr:#x}: it must "
                                      f"hold 1 to {size} descriptors of {DESC_SIZE} bytes")
             data = read_table(addr, length)
-            table = _table_reader(data)
+            table = table_reader(data)
             entries = budget = length // DESC_SIZE
             in_indirect = True
             i = 0
@@ -95,7 +95,8 @@ def walk(read: ReadDesc, head: int, size: int, *, indirect: bool,
         i = nxt
 
 
-def _table_reader(data: bytes) -> ReadDesc:
+def table_reader(data: bytes | memoryview) -> ReadDesc:
+    """Descriptor ``i`` of the table held in ``data``."""
     def read(i: int) -> tuple[int, int, int, int]:
         addr, length, flags, nxt = DESC.unpack_from(data, i * DESC_SIZE)
         return addr, length, flags, nxt

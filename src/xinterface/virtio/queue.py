@@ -35,7 +35,16 @@ from collections.abc import Iterator
 from ..errors import XInterfaceError
 from ..maps import GuestMap, XVMap
 from ..xinterface import XInterface
-from .chain import DESC, DESC_SIZE, DescriptorChain, VirtqueueError, map_buffers, map_range, walk
+from .chain import (
+    DESC,
+    DESC_SIZE,
+    DescriptorChain,
+    VirtqueueError,
+    map_buffers,
+    map_range,
+    table_reader,
+    walk,
+)
 
 # §2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
 MAX_QUEUE_SIZE = 32768
@@ -112,6 +121,11 @@ class Spliced:
             view[at:at + n] = data[done:done + n]
             done += n
             k += 1
+
+    def descriptor(self, i: int) -> tuple[int, int, int, int]:
+        """Entry ``i`` of a descriptor table (§2.7.5)."""
+        addr, length, flags, nxt = DESC.unpack(self.read(i * DESC_SIZE, DESC_SIZE))
+        return addr, length, flags, nxt
 
     def __getitem__(self, i: int) -> int:
         k = bisect.bisect_right(self._starts, 2 * i) - 1
@@ -264,13 +278,7 @@ class VirtQueue:
         if head >= size:
             raise VirtqueueError(f"queue {self.index}: available head {head} is outside the "
                                  f"descriptor table ({size} entries)")
-
-        def read(i: int) -> tuple[int, int, int, int]:
-            if isinstance(desc, Spliced):
-                addr, length, flags, nxt = DESC.unpack(desc.read(i * DESC_SIZE, DESC_SIZE))
-            else:
-                addr, length, flags, nxt = DESC.unpack_from(desc, i * DESC_SIZE)
-            return addr, length, flags, nxt
+        read = desc.descriptor if isinstance(desc, Spliced) else table_reader(desc)
 
         def read_table(gpa: int, length: int) -> bytes:
             try:
