@@ -333,8 +333,10 @@ class XInterface(Counted):
 
     def on_release(self, hook: Callable[[], object]) -> None:
         """Call ``hook()`` when this interface is released (its last ``put``, or the VM
-        closing): where a device closes what it holds outside the VM (an image file, a TAP).
-        Hooks run in reverse order of registration."""
+        closing): where a device closes what it holds outside the VM (an image file, a TAP)
+        and stops its threads. Hooks run in reverse order of registration; when the VM
+        closes they run before its entries are deassigned and its maps released, so a
+        thread a hook stops still has valid views and irqfds until it is stopped."""
         self._check()
         if not callable(hook):
             raise XInterfaceError(errno.EINVAL, f"hook {hook!r} is not callable",

@@ -106,6 +106,7 @@ def test_a_gone_backend_takes_the_link_down_and_a_working_send_brings_it_back() 
         assert Interrupt.CONFIG in r.interrupts          # the driver is told it is back
         holder["b"].inject(frame(62, 4))
         assert received(r, frame(62, 4))                   # and receiving resumed
+        assert (r.net.stats["link_down"], r.net.stats["link_up"]) == (1, 1)
 
 
 def test_a_device_reset_brings_the_link_back() -> None:

@@ -32,7 +32,7 @@ configuration change notification, when the backend is gone: a receive fails
 :data:`~.backend.GONE_ERRNOS`; the device then stops reading the backend. A send that works
 again, or a device reset, brings the link back up and the reading back (if the backend is
 still gone, the next failure takes it down again). Any other send error drops that frame
-only.
+only. ``link_down`` and ``link_up`` count the transitions.
 """
 
 from __future__ import annotations
@@ -389,6 +389,7 @@ class VirtioNet(VirtioDevice):
             if self._backend_ok == ok:
                 return
             self._backend_ok = ok
+        self.stats["link_up" if ok else "link_down"] += 1
         log.warning("%s: %s; link %s", self.name, why, "up" if ok else "down")
         self._show_link()
         self._kick()
