@@ -334,3 +334,40 @@ def test_guest_reads_what_copy_to_wrote(guest: Assemble) -> None:
             intf.copy_to(0x10000 - 3, b"across slots\0")
         assert m.run(timeout=10).reason == "hlt"
     assert out.getvalue() == b"across slots"
+
+
+def test_release_hooks_run_while_maps_and_irqfds_are_still_valid() -> None:
+    """Closing the machine runs the interface's release hooks first (they stop device
+    threads), then deassigns its entries and releases its maps."""
+    m = xi.Machine(memory=2 << 20, irqchip=True)
+    intf = xi.bind(m)
+    view = intf.vmap(0x1000, 16)
+    irqfd = intf.irqfd(5)
+    seen: list[str] = []
+
+    def hook() -> None:
+        view.addr[0:4] = b"hook"          # raises ValueError on a released view
+        irqfd.trigger()                    # EBADF on a deassigned irqfd
+        seen.append(bytes(view.addr[0:4]).decode())
+
+    intf.on_release(hook)
+    m.close()
+    assert seen == ["hook"]
+    assert view.released and irqfd.fd < 0 and intf.released
+
+
+def test_a_release_hook_that_raises_does_not_skip_the_teardown() -> None:
+    m = xi.Machine(memory=2 << 20)
+    intf = xi.bind(m)
+    view = intf.vmap(0x1000, 16)
+    ran: list[int] = []
+    intf.on_release(lambda: ran.append(1))
+
+    def broken() -> None:
+        raise RuntimeError("a hook's bug")
+
+    intf.on_release(broken)
+    with pytest.raises(RuntimeError, match="a hook's bug"):
+        m.close()
+    assert ran == [1]                      # the older hook still ran
+    assert view.released and intf.released and m.closed

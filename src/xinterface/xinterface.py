@@ -315,14 +315,28 @@ class XInterface(Counted):
         """``ops->release``: runs once, on the last ``put`` (or when the machine closes)."""
         with self._release_lock:
             self.vm.detach(self)
+        self._run_release_hooks()
+
+    def _run_release_hooks(self) -> None:
+        """Each hook once, newest first; one that raises does not skip the others, and the
+        first error is raised after them."""
+        with self._release_lock:
             hooks, self._on_release = self._on_release, []
+        first: Exception | None = None
         for hook in reversed(hooks):
-            hook()
+            try:
+                hook()
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def on_release(self, hook: Callable[[], object]) -> None:
         """Call ``hook()`` when this interface is released (its last ``put``, or the VM
-        closing): where a device closes what it holds outside the VM (an image file, a TAP).
-        Hooks run in reverse order of registration."""
+        closing): where a device closes what it holds outside the VM (an image file, a TAP)
+        and stops its threads. Hooks run in reverse order of registration; when the VM
+        closes they run before its entries are deassigned and its maps released, so a
+        thread a hook stops still has valid views and irqfds until it is stopped."""
         self._check()
         if not callable(hook):
             raise XInterfaceError(errno.EINVAL, f"hook {hook!r} is not callable",
@@ -337,14 +351,22 @@ class XInterface(Counted):
         self._maps.discard(m)
 
     def _vm_closing(self) -> None:
-        """Tear down for closing the VM: deassign every entry, release every map, then the
-        interface itself.
+        """Tear down for closing the VM: run the release hooks, deassign every entry, release
+        every map, then the interface itself.
 
-        A map whose view is still exported (e.g. to a NumPy array) raises BufferError and
-        stays, and so does the interface, so close() can be retried once it is dropped. A
+        The hooks come first because they stop what uses the maps and entries from threads
+        of its own (a device's iothread, a receive thread): each stops while its views,
+        doorbells and irqfds are still valid, so no thread ever meets a released view or a
+        closed irqfd, and none needs to survive one. A map whose view is still exported
+        (e.g. to a NumPy array) raises BufferError and stays, and so does the interface, so
+        close() can be retried once it is dropped (the hooks have run: they run once). A
         handler error raised while deassigning is raised after the whole teardown.
         """
         errors: list[Exception] = []
+        try:
+            self._run_release_hooks()
+        except Exception as exc:
+            errors.append(exc)
         for entry in list(self._io):
             try:
                 entry.deassign()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +17,13 @@ from tests.conftest import needs_kvm
 from tests.virtio.helpers import BUF, Rig, rig
 from xinterface.virtio import Status, VirtioBlk
 from xinterface.virtio import blk as b
+from xinterface.virtio.chain import DESC, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT
+from xinterface.virtio.chain import VIRTQ_DESC_F_WRITE as W
+from xinterface.virtio.driver import QueueDriver, bring_up
 
 pytestmark = needs_kvm
 HDR, STATUS, DATA = BUF, BUF + 0x100, BUF + 0x1000
+N, I = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_INDIRECT  # noqa: E741
 SIZE = 64 << 10
 
 
@@ -220,3 +225,39 @@ def test_missing_image_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(xi.XInterfaceError) as exc:
         VirtioBlk(tmp_path / "nope.img")
     assert exc.value.errno == errno.ENOENT and "nope.img" in str(exc.value)
+
+
+@pytest.mark.parametrize("kind", [b.VIRTIO_BLK_T_DISCARD, b.VIRTIO_BLK_T_WRITE_ZEROES])
+def test_segments_from_one_buffer_repeated_to_gigabytes_are_refused_uncopied(
+        image: Path, kind: int) -> None:
+    """A 16 MiB guest whose request names one 15 MiB buffer 254 times (3.7 GiB of
+    "segments", through an indirect table): IOERR, having copied no more than the device
+    accepts (max_discard_seg segments), and the image untouched."""
+    size, big = 256, 15 << 20
+    rings, table, data = 0x10000, 0x30000, 1 << 20
+    before = image.read_bytes()
+    with VirtioBlk(image) as dev, xi.Machine(memory=16 << 20) as m:
+        intf = xi.bind(m)
+        q = QueueDriver(intf, rings, size)
+        assert bring_up(dev, intf, [q]) & Status.DRIVER_OK
+        intf.copy_to(HDR, struct.pack("<IIQ", kind, 0, 0))
+        intf.copy_to(STATUS, b"\xee")
+        intf.copy_to(data, struct.pack("<QII", 0, 1, 0) * 16)
+        entries = [(HDR, 16, 0)] + [(data, big, 0)] * (size - 2) + [(STATUS, 1, W)]
+        intf.copy_to(table, b"".join(
+            DESC.pack(gpa, n, flags | (N if k + 1 < size else 0), k + 1)
+            for k, (gpa, n, flags) in enumerate(entries)))
+        q.write_desc(0, table, 16 * size, I)
+        q.make_available(0)
+        tracemalloc.start()
+        try:
+            dev.notify(0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert q.used() == [(0, 1)]
+        assert intf.copy_from(STATUS, 1)[0] == b.VIRTIO_BLK_S_IOERR
+        assert peak < 1 << 20
+        assert not dev.status & Status.DEVICE_NEEDS_RESET
+        dev.detach()
+    assert image.read_bytes() == before

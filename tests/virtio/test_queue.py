@@ -23,6 +23,7 @@ from xinterface.virtio import (
 )
 from xinterface.virtio.chain import DESC, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT
 from xinterface.virtio.chain import VIRTQ_DESC_F_WRITE as W
+from xinterface.virtio.driver import QueueDriver, bring_up
 from xinterface.virtio.queue import VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY
 from xinterface.virtio.rng import VirtioRng
 
@@ -317,4 +318,37 @@ def test_unusable_queue_configuration_is_refused(size: int, desc: int, message: 
         assert not q.ready
         assert dev.status & Status.DEVICE_NEEDS_RESET
         assert dev.error is not None and message in dev.error
+        dev.detach()
+
+
+# --- rings across two adjacent memory regions (any gpa is the driver's choice, §2.7) -------
+BOUNDARY = 1 << 20
+
+
+@pytest.mark.parametrize(("ring", "base"), [
+    ("descriptor table", BOUNDARY - 64),     # 128 bytes: half in each region
+    ("available ring", BOUNDARY - 144),      # at BOUNDARY - 16, 22 bytes long
+    ("used ring", BOUNDARY - 176),           # at BOUNDARY - 24: element 2 straddles
+])
+def test_a_ring_across_two_adjacent_regions_is_served(ring: str, base: int) -> None:
+    with xi.Machine(memory=[(0, BOUNDARY), (BOUNDARY, BOUNDARY)]) as m:
+        intf = xi.bind(m)
+        dev = Echo(8)
+        q = QueueDriver(intf, base, 8)
+        spans = {"descriptor table": (q.desc_addr, q.avail_addr),
+                 "available ring": (q.avail_addr, q.avail_addr + 22),
+                 "used ring": (q.used_addr, q.end)}[ring]
+        assert spans[0] < BOUNDARY < spans[1]
+        with pytest.raises(xi.XInterfaceError):
+            intf.vmap(spans[0], spans[1] - spans[0])   # one view cannot map it
+        assert bring_up(dev, intf, [q]) & Status.DRIVER_OK, dev.error
+        for k in range(20):   # more than the queue size: every slot, and wrapping
+            data = bytes([k]) * (k + 1)
+            intf.copy_to(BUF, data)
+            head = q.post([(BUF, len(data), False), (BUF + 0x100, 64, True)])
+            dev.notify(0)
+            assert q.used() == [(head, len(data))], (k, dev.error)
+            assert intf.copy_from(BUF + 0x100, len(data)) == data
+            assert q.avail_event == q.avail_idx     # EVENT_IDX: written across the split
+        assert not dev.status & Status.DEVICE_NEEDS_RESET
         dev.detach()

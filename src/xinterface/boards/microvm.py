@@ -145,9 +145,15 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     for device in (platform.fw_cfg, platform.debugcon, platform.uart, platform.cmos,
                    platform.reset):
         device.attach(intf)
-    intf.on_release(made.close)
     if transports:
-        _attach_mmio(intf, platform, transports, notify)
+        try:
+            _attach_mmio(intf, platform, transports, notify)
+        except BaseException:
+            made.close()
+            raise
+    # Registered after the interrupt lines' hook, so it runs before it (hooks run newest
+    # first): the devices stop while the lines they raise are still bound.
+    intf.on_release(made.close)
     platform.console = made.console
     return platform
 

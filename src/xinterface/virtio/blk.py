@@ -174,7 +174,9 @@ class VirtioBlk(VirtioDevice):
         if kind == VIRTIO_BLK_T_GET_ID:
             return VIRTIO_BLK_S_OK, scatter(into, self.serial)
         if kind in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
-            if self.readonly or into:
+            if self.readonly or into or total(out) > MAX_SEGMENTS * SEGMENT.size:
+                # More segments than the configuration allows are refused before a byte is
+                # copied: the driver's buffers may add up to 4 GiB (one buffer repeated).
                 return VIRTIO_BLK_S_IOERR, 0
             return self._ranges(kind, gather(out)), 0
         return VIRTIO_BLK_S_UNSUPP, 0

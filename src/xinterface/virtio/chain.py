@@ -75,7 +75,7 @@ def walk(read: ReadDesc, head: int, size: int, *, indirect: bool,
                 raise VirtqueueError(f"indirect table of {length} bytes at {addr:#x}: it must "
                                      f"hold 1 to {size} descriptors of {DESC_SIZE} bytes")
             data = read_table(addr, length)
-            table = _table_reader(data)
+            table = table_reader(data)
             entries = budget = length // DESC_SIZE
             in_indirect = True
             i = 0
@@ -95,7 +95,8 @@ def walk(read: ReadDesc, head: int, size: int, *, indirect: bool,
         i = nxt
 
 
-def _table_reader(data: bytes) -> ReadDesc:
+def table_reader(data: bytes | memoryview) -> ReadDesc:
+    """Descriptor ``i`` of the table held in ``data``."""
     def read(i: int) -> tuple[int, int, int, int]:
         addr, length, flags, nxt = DESC.unpack_from(data, i * DESC_SIZE)
         return addr, length, flags, nxt
@@ -125,7 +126,7 @@ def map_buffers(intf: XInterface, buffers: Sequence[Descriptor]
         views = []
         try:
             for gpa, length in items:
-                views.append(_map_split(intf, gpa, length, maps))
+                views.append(map_range(intf, gpa, length, maps))
         except BaseException:
             for m in maps:
                 m.put()
@@ -147,8 +148,9 @@ def map_buffers(intf: XInterface, buffers: Sequence[Descriptor]
     return maps, readable, writable
 
 
-def _map_split(intf: XInterface, gpa: int, length: int, maps: list[GuestMap]) -> list[memoryview]:
-    """``[gpa, gpa+length)`` as views of consecutive regions, or VirtqueueError."""
+def map_range(intf: XInterface, gpa: int, length: int, maps: list[GuestMap]) -> list[memoryview]:
+    """``[gpa, gpa+length)`` as views of consecutive regions (one view when it lies in one),
+    their maps appended to ``maps``; VirtqueueError for a byte that is not guest RAM."""
     parts: list[memoryview] = []
     try:
         whole = intf.vmap(gpa, length)

@@ -146,7 +146,14 @@ class VirtioDevice:
         self.stats["needs_reset"] += 1
         log.warning("%s: device needs reset: %s", self.name, reason)
         if running:
-            self.interrupt(Interrupt.CONFIG)
+            try:
+                self.interrupt(Interrupt.CONFIG)
+            except OSError as exc:
+                # The transport's line is gone (the machine closing, say). The device is
+                # already stopped and this is how it reports its own failure: there is
+                # nobody left to raise to, so the caller (a worker's error path) goes on.
+                self.stats["interrupt_failed"] += 1
+                log.warning("%s: could not notify the driver: %s", self.name, str(exc))
 
     @property
     def running(self) -> bool:
@@ -160,6 +167,7 @@ class VirtioDevice:
         with queue.lock:
             if not (queue.ready and self.running):
                 return
+            queue.owner = threading.get_ident()
             used = queue.next_used
             try:
                 while True:
@@ -174,6 +182,8 @@ class VirtioDevice:
                     self.interrupt(Interrupt.USED)
             except VirtqueueError as exc:
                 self.fail(str(exc))
+            finally:
+                queue.owner = None
 
     # --- the transport's side ---------------------------------------------------------------
     def attach(self, intf: XInterface, interrupt: InterruptFn, *, legacy: bool = False) -> None:
@@ -255,12 +265,20 @@ class VirtioDevice:
 
     def reset(self) -> None:
         """Device reset (§2.4): waits for processing in flight, then every queue, the status,
-        the features and the error state are back to their initial values."""
+        the features and the error state are back to their initial values.
+
+        From :meth:`handle` itself (a callback of the device closing it, on the thread
+        serving a queue) the reset does not wait for that queue, which this thread is
+        serving: the queue is reset under the handler, whose next ``pop`` finds nothing and
+        whose ``add_used`` gives nothing back (a reset returns every buffer to the driver).
+        """
         with self._lock:
             worker, self._worker = self._worker, None
             if worker is not None:
                 worker.stop()
-            for q in self.queues:
+            me = threading.get_ident()
+            others = [q for q in self.queues if q.owner != me]
+            for q in others:
                 q.lock.acquire()
             try:
                 for q in self.queues:
@@ -271,7 +289,7 @@ class VirtioDevice:
                     self.error = None
                 self.on_reset()
             finally:
-                for q in self.queues:
+                for q in others:
                     q.lock.release()
 
     def _queue_features(self, queue: VirtQueue) -> None:

@@ -5,7 +5,9 @@ The transport writes the queue's configuration (``size``, the three ring address
 ``ready``); the device takes available chains with :meth:`VirtQueue.pop` (or iterates the
 queue), gives them back with :meth:`VirtQueue.add_used`, and asks :meth:`needs_interrupt`
 whether the driver wants a used buffer notification. The rings are mapped once, as zero-copy
-views, when the queue is first used.
+views, when the queue is first used. A ring may cross from one memory region into the next
+(any guest-physical address is the driver's to choose, §2.7): it is then mapped as one view
+per region, joined by :class:`Spliced`.
 
 Atomicity: the driver reads ``used.idx`` while we write it, and writes ``avail.idx`` while we
 read it. ``struct``'s little-endian ``pack_into``/``unpack_from`` move one byte at a time, so a
@@ -24,15 +26,25 @@ reading ``used_event``), :func:`fence` issues a full barrier.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import struct
 import threading
 from collections.abc import Iterator
 
 from ..errors import XInterfaceError
-from ..maps import XVMap
+from ..maps import GuestMap, XVMap
 from ..xinterface import XInterface
-from .chain import DESC, DESC_SIZE, DescriptorChain, VirtqueueError, map_buffers, walk
+from .chain import (
+    DESC,
+    DESC_SIZE,
+    DescriptorChain,
+    VirtqueueError,
+    map_buffers,
+    map_range,
+    table_reader,
+    walk,
+)
 
 # §2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
 MAX_QUEUE_SIZE = 32768
@@ -67,6 +79,63 @@ def need_event(event: int, new: int, old: int) -> bool:
     return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
 
 
+class Spliced:
+    """A ring mapped as consecutive views, one per memory region it crosses.
+
+    ``read``/``write`` move bytes at any offset, across views; ``ring[i]`` is 16-bit item
+    ``i``, read or written with one 2-byte load or store as a ``cast("H")`` view's is: the
+    rings are 2-aligned and regions page-aligned, so no 16-bit field straddles two views.
+    """
+
+    __slots__ = ("_h", "_starts", "_views")
+
+    def __init__(self, maps: list[XVMap]) -> None:
+        self._views = [m.addr for m in maps]
+        self._h = [m.cast("H") for m in maps]
+        self._starts: list[int] = []
+        at = 0
+        for view in self._views:
+            self._starts.append(at)
+            at += view.nbytes
+
+    @property
+    def readonly(self) -> bool:
+        return any(v.readonly for v in self._views)
+
+    def read(self, offset: int, n: int) -> bytes:
+        out = bytearray()
+        k = bisect.bisect_right(self._starts, offset) - 1
+        while len(out) < n:
+            at = offset + len(out) - self._starts[k]
+            out += self._views[k][at:at + n - len(out)]
+            k += 1
+        return bytes(out)
+
+    def write(self, offset: int, data: bytes) -> None:
+        done = 0
+        k = bisect.bisect_right(self._starts, offset) - 1
+        while done < len(data):
+            view = self._views[k]
+            at = offset + done - self._starts[k]
+            n = min(view.nbytes - at, len(data) - done)
+            view[at:at + n] = data[done:done + n]
+            done += n
+            k += 1
+
+    def descriptor(self, i: int) -> tuple[int, int, int, int]:
+        """Entry ``i`` of a descriptor table (§2.7.5)."""
+        addr, length, flags, nxt = DESC.unpack(self.read(i * DESC_SIZE, DESC_SIZE))
+        return addr, length, flags, nxt
+
+    def __getitem__(self, i: int) -> int:
+        k = bisect.bisect_right(self._starts, 2 * i) - 1
+        return int(self._h[k][i - self._starts[k] // 2])
+
+    def __setitem__(self, i: int, value: int) -> None:
+        k = bisect.bisect_right(self._starts, 2 * i) - 1
+        self._h[k][i - self._starts[k] // 2] = value
+
+
 class VirtQueue:
     """One split virtqueue. ``lock`` is held by whoever processes it (see VirtioDevice)."""
 
@@ -78,13 +147,17 @@ class VirtQueue:
         self.index = index
         self.max_size = max_size
         self.lock = threading.Lock()
-        self._maps: list[XVMap] = []
-        self._desc: memoryview | None = None
-        self._used = memoryview(b"")   # bytes: used elements are packed into it
+        # The thread serving the queue under ``lock`` (VirtioDevice.process), so a reset
+        # from that very thread knows not to wait for the lock.
+        self.owner: int | None = None
+        self._maps: list[GuestMap] = []
+        # Each ring is one view, or a Spliced one when it crosses regions.
+        self._desc: memoryview | Spliced | None = None
+        self._used: memoryview | Spliced = memoryview(b"")   # bytes: used elements
         # 16-bit views of the two rings (see the module's note on atomicity); x86 is
         # little-endian, as the split ring is (§2.7).
-        self._avail16 = memoryview(b"").cast("H")
-        self._used16 = memoryview(b"").cast("H")
+        self._avail16: memoryview | Spliced = memoryview(b"").cast("H")
+        self._used16: memoryview | Spliced = memoryview(b"").cast("H")
         self.size = max_size
         self.ready = False
         self.desc_addr = self.avail_addr = self.used_addr = 0
@@ -127,20 +200,43 @@ class VirtQueue:
             raise VirtqueueError(reason)
         desc_len, avail_len, used_len = ring_sizes(self.size)
         try:
-            for addr, length in ((self.desc_addr, desc_len), (self.avail_addr, avail_len),
-                                 (self.used_addr, used_len)):
-                self._maps.append(intf.vmap(addr, length))
-        except XInterfaceError as exc:
+            desc, _ = self._map_ring(intf, self.desc_addr, desc_len)
+            _, avail16 = self._map_ring(intf, self.avail_addr, avail_len)
+            used, used16 = self._map_ring(intf, self.used_addr, used_len)
+        except VirtqueueError as exc:
             self.unmap()
             raise VirtqueueError(f"queue {self.index}: ring not in guest RAM: {exc}") from None
-        if self._maps[2].addr.readonly:  # the firmware ROM: the device could not write it
+        if used.readonly:  # the firmware ROM: the device could not write it
             self.unmap()
             raise VirtqueueError(f"queue {self.index}: used ring at {self.used_addr:#x} is "
                                  "read-only memory")
         self._intf = intf
-        self._desc, self._used = self._maps[0].addr, self._maps[2].addr
-        self._avail16 = self._maps[1].cast("H")
-        self._used16 = self._maps[2].cast("H")
+        self._desc, self._used = desc, used
+        self._avail16, self._used16 = avail16, used16
+
+    def _map_ring(self, intf: XInterface, gpa: int, length: int
+                  ) -> tuple[memoryview | Spliced, memoryview | Spliced]:
+        """One ring as (bytes, 16-bit items): plain views when it lies in one region."""
+        try:
+            m = intf.vmap(gpa, length)
+        except XInterfaceError as exc:
+            if exc.errno != errno.EFAULT:
+                raise VirtqueueError(str(exc)) from None
+        else:
+            self._maps.append(m)
+            return m.addr, m.cast("H")
+        parts: list[GuestMap] = []
+        try:
+            map_range(intf, gpa, length, parts)
+        finally:
+            self._maps.extend(parts)
+        pieces = [p for p in parts if isinstance(p, XVMap)]
+        if any(p.gpa % 2 or p.len % 2 for p in pieces):
+            # Regions are page-aligned (KVM memory slots), so this needs an odd region.
+            raise VirtqueueError(f"ring at {gpa:#x} is split by a region boundary at an odd "
+                                 "address")
+        ring = Spliced(pieces)
+        return ring, ring
 
     def unmap(self) -> None:
         maps, self._maps = self._maps, []
@@ -172,8 +268,8 @@ class VirtQueue:
     def pop(self) -> DescriptorChain | None:
         """The next available chain, mapped; None when there is none. VirtqueueError when the
         driver broke a rule (the queue is then unusable until the device is reset)."""
-        if not self.pending():
-            return None
+        if self._desc is None or not self.pending():
+            return None   # not mapped: reset under the handler serving it (see VirtioDevice)
         intf = self._intf
         desc = self._desc
         assert intf is not None and desc is not None
@@ -182,10 +278,7 @@ class VirtQueue:
         if head >= size:
             raise VirtqueueError(f"queue {self.index}: available head {head} is outside the "
                                  f"descriptor table ({size} entries)")
-
-        def read(i: int) -> tuple[int, int, int, int]:
-            addr, length, flags, nxt = DESC.unpack_from(desc, i * DESC_SIZE)
-            return addr, length, flags, nxt
+        read = desc.descriptor if isinstance(desc, Spliced) else table_reader(desc)
 
         def read_table(gpa: int, length: int) -> bytes:
             try:
@@ -223,15 +316,22 @@ class VirtQueue:
         else:
             head = chain
             length = max(0, min(length, 0xFFFFFFFF))
+        if self._desc is None:
+            return   # reset meanwhile: the driver has every buffer back (§2.4)
         slot = self.next_used % self.size
-        USED_ELEM.pack_into(self._used, RING_HEADER + 8 * slot, head, length)
+        used = self._used
+        if isinstance(used, Spliced):
+            used.write(RING_HEADER + 8 * slot, USED_ELEM.pack(head, length))
+        else:
+            USED_ELEM.pack_into(used, RING_HEADER + 8 * slot, head, length)
         self.next_used = (self.next_used + 1) & 0xFFFF
         if publish:
             self._used16[1] = self.next_used
 
     def publish_used(self) -> None:
         """Make every element added with ``add_used(..., publish=False)`` visible."""
-        self._used16[1] = self.next_used
+        if self._desc is not None:
+            self._used16[1] = self.next_used
 
     def unpop(self, chains: list[DescriptorChain]) -> None:
         """Put back the last ``len(chains)`` chains taken with :meth:`pop` and not used: they

@@ -21,6 +21,7 @@ Two backends need no privileges, for tests and for users without root:
 from __future__ import annotations
 
 import errno
+import select
 import socket
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -29,6 +30,15 @@ from ...errors import XInterfaceError
 
 # A unix socket's send buffer bounds the frames in flight to the reader (unix(7)).
 WIRE_BUFFER = 4 << 20
+# The most pieces ``NetBackend.send`` is given for one frame: sendmsg(2) and writev(2)
+# refuse more than IOV_MAX (1024 on Linux) iovecs.
+IOV_MAX = 1024
+# Errors of a send that mean the backend is gone, not that this one frame failed: the peer
+# closed its end, the descriptor is closed, the TAP interface was deleted (EBADFD). Any
+# other error (EIO from a TAP that is down, ENOBUFS, EMSGSIZE) drops that frame only.
+GONE_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED,
+                         errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
+_HUNG_UP = select.POLLHUP | select.POLLRDHUP
 
 
 class NetBackend(Protocol):
@@ -44,8 +54,9 @@ class NetBackend(Protocol):
         ...
 
     def send(self, frame: Sequence[memoryview]) -> None:
-        """Send one frame given as a scatter list. ``OSError`` if it cannot (counted and
-        dropped by the device)."""
+        """Send one frame given as a scatter list of at most :data:`IOV_MAX` pieces.
+        ``OSError`` if it cannot: the device drops and counts the frame, and takes the link
+        down only for an error in :data:`GONE_ERRNOS`."""
         ...
 
     def close(self) -> None: ...
@@ -85,10 +96,16 @@ class SocketBackend:
             n = self.sock.recv_into(buffer)
         except BlockingIOError:
             return None
-        if n == 0 and self._seqpacket:
-            # A SOCK_SEQPACKET read of 0 is the peer's close (unix(7)).
+        if n == 0 and self._seqpacket and self._hung_up():
+            # A SOCK_SEQPACKET read of 0 is the peer's close (unix(7)), or an empty datagram
+            # the peer sent: only the close also hangs the socket up (POLLHUP/POLLRDHUP).
             raise ConnectionResetError(errno.ECONNRESET, "the peer closed the socket")
         return n
+
+    def _hung_up(self) -> bool:
+        poller = select.poll()
+        poller.register(self.sock, _HUNG_UP)
+        return any(events & _HUNG_UP for _, events in poller.poll(0))
 
     def send(self, frame: Sequence[memoryview]) -> None:
         self.sock.sendmsg(frame)

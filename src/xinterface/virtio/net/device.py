@@ -20,10 +20,19 @@ driver offers is dropped and counted; the buffer stays the driver's, as QEMU doe
 
 Nothing the guest or the host network does stops the VMM. What is dropped is counted in
 ``stats``: ``rx_too_small`` (receive buffers too small for a frame; with mergeable buffers,
-a frame larger than the whole queue), ``tx_oversize`` (a transmit chain longer than any
-frame), ``tx_runt`` (shorter than an Ethernet header), ``tx_backend`` (the backend refused
-the frame: a TAP gone, a peer not reading), ``rx_backend`` (the backend failed: the link goes
-down, with a configuration change notification, and the device stops reading it).
+a frame larger than the whole queue), ``rx_runt`` (shorter than an Ethernet header, an empty
+datagram included), ``tx_oversize`` (a transmit chain longer than any frame), ``tx_runt``
+(shorter than an Ethernet header), ``tx_backend`` (the backend refused the frame: a TAP
+down or gone, a peer not reading). ``tx_coalesced`` counts frames in more pieces than a
+backend takes (:data:`~.backend.IOV_MAX`), copied into one before they are sent.
+
+**The link** (VIRTIO_NET_S_LINK_UP) is up while the backend is usable. It goes down, with a
+configuration change notification, when the backend is gone: a receive fails
+(``rx_backend``: the peer closed, the TAP was deleted) or a send fails with an error of
+:data:`~.backend.GONE_ERRNOS`; the device then stops reading the backend. A send that works
+again, or a device reset, brings the link back up and the reading back (if the backend is
+still gone, the next failure takes it down again). Any other send error drops that frame
+only. ``link_down`` and ``link_up`` count the transitions.
 """
 
 from __future__ import annotations
@@ -38,10 +47,10 @@ import threading
 
 from ...errors import XInterfaceError
 from ...xinterface import XInterface
-from ..chain import DescriptorChain, VirtqueueError, split, total
-from ..device import Interrupt, InterruptFn, VirtioDevice
+from ..chain import DescriptorChain, VirtqueueError, gather, split, total
+from ..device import Interrupt, InterruptFn, Status, VirtioDevice
 from ..queue import VirtQueue
-from .backend import NetBackend
+from .backend import GONE_ERRNOS, IOV_MAX, NetBackend
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +126,8 @@ class VirtioNet(VirtioDevice):
                          iothread=iothread)
         self._frame = bytearray(MAX_FRAME + 1)   # one more: a longer frame shows as such
         self._held: memoryview | None = None     # a frame read, waiting for buffers
-        self._backend_ok = True
+        self._backend_ok = True                  # the link state: see the module's note
+        self._link_lock = threading.Lock()
         self._wake: int = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._rx_thread: threading.Thread | None = None
         self._stopping = False
@@ -182,6 +192,8 @@ class VirtioNet(VirtioDevice):
         if self._held is not None:
             self._held = None
             self.stats["rx_dropped_reset"] += 1
+        # A reset tries the backend again: the link is up, and read, until it fails anew.
+        self._set_backend_ok(True, "the device was reset")
 
     def notify(self, index: int) -> None:
         if index == RX_QUEUE and self.queues[RX_QUEUE].ready and self.running:
@@ -202,6 +214,7 @@ class VirtioNet(VirtioDevice):
         hdr_len = self.hdr_len
         stats = self.stats
         send = self.backend.send
+        link_ok = self._backend_ok
         for chain in queue:
             readable = chain.readable
             if readable and readable[0].nbytes == hdr_len:
@@ -216,14 +229,24 @@ class VirtioNet(VirtioDevice):
             elif size < ETH_HLEN:
                 stats["tx_runt"] += 1
             else:
+                if len(frame) > IOV_MAX:
+                    # A frame the driver may legally send in more pieces than sendmsg(2) or
+                    # writev(2) take (INDIRECT tables of up to Queue Size descriptors).
+                    frame = [memoryview(gather(frame))]
+                    stats["tx_coalesced"] += 1
                 try:
                     send(frame)
                 except OSError as exc:
                     stats["tx_backend"] += 1
-                    self._backend_failed("send", exc)
+                    if exc.errno in GONE_ERRNOS:
+                        link_ok = False
+                        self._backend_failed("send", exc)
                 else:
                     stats["tx_packets"] += 1
                     stats["tx_bytes"] += size
+                    if not link_ok:
+                        link_ok = True
+                        self._set_backend_ok(True, "a frame was sent")
             queue.add_used(chain, 0)
 
     # --- receive ----------------------------------------------------------------------------
@@ -355,16 +378,33 @@ class VirtioNet(VirtioDevice):
         return True
 
     def _backend_failed(self, what: str, exc: OSError) -> None:
-        if isinstance(exc, BlockingIOError):
-            return   # a peer not keeping up: that frame is dropped, the link is fine
-        if self._backend_ok:
-            self._backend_ok = False
-            # The message, not the exception: a logging handler that keeps records (pytest's)
-            # would keep its traceback, and through it views of guest memory, alive.
-            log.warning("%s: backend %r failed to %s: %s; link down", self.name, self.backend,
-                        what, str(exc))
-            self.set_link(False)
-            self._kick()
+        # The message, not the exception: a logging handler that keeps records (pytest's)
+        # would keep its traceback, and through it views of guest memory, alive.
+        self._set_backend_ok(False, f"backend {self.backend!r} failed to {what}: {exc}")
+
+    def _set_backend_ok(self, ok: bool, why: str) -> None:
+        """Move the link state; the configuration space shows it, and the receive thread
+        starts (or stops) reading the backend."""
+        with self._link_lock:
+            if self._backend_ok == ok:
+                return
+            self._backend_ok = ok
+        self.stats["link_up" if ok else "link_down"] += 1
+        log.warning("%s: %s; link %s", self.name, why, "up" if ok else "down")
+        self._show_link()
+        self._kick()
+
+    def _show_link(self) -> None:
+        """The configuration's link bit from the link state, read and written under the
+        status lock, so racing transitions leave the last state shown."""
+        with self._status_lock:
+            status = VIRTIO_NET_S_LINK_UP if self._backend_ok else 0
+            if CONFIG.unpack_from(self.config)[1] == status:
+                return
+            struct.pack_into("<H", self.config, CONFIG_STATUS, status)
+            self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
+        if self.status & Status.DRIVER_OK:
+            self.interrupt(Interrupt.CONFIG)
 
     def __repr__(self) -> str:
         return f"VirtioNet({format_mac(self.mac)}, backend={self.backend!r})"
