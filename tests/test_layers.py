@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runner", ("emulate", "trace", "vcpu_loop", "machine")),
     ("devices", ("devices",)),
     ("virtio", ("virtio",)),
-    ("boards", ("boards",)),
+    ("boards", ("boards", "spec", "build")),
     ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "")),
 ]
 
