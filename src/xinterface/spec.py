@@ -227,9 +227,9 @@ def _check_types(spec: MachineSpec) -> None:
 
 def _record(data: object, prefix: str, record: type[Any]) -> dict[str, Any]:
     """``data`` as keyword arguments of ``record``: a JSON object of its fields only."""
-    where = prefix[:-1] if prefix else "the description"
+    where = prefix[:-1] if prefix else "spec"
     if not isinstance(data, dict):
-        _bad(where or "spec", data, f"{where} is a JSON object")
+        _bad(where, data, f"{where} is a JSON object")
     fields: tuple[str, ...] = record._fields
     unknown = sorted(set(data) - set(fields))
     if unknown:
