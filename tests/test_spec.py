@@ -128,6 +128,8 @@ def test_the_firmware_memory_rule_says_what_is_needed() -> None:
     ({"boot": {"firmware": "b"}, "nets": ["tap0"]}, "nets[0]"),
     ({"boot": {"firmware": "b"}, "nets": [{"tap": "tap0", "mac": "zz"}]}, "nets[0].mac"),
     ({"boot": {"firmware": "b"}, "vcpus": "2"}, "vcpus"),
+    ({"boot": {"firmware": "b"}, "disks": [{"readonly": True}]}, "disks[0].path"),
+    ({"boot": {"firmware": "b"}, "nets": [{"mac": "52:54:00:12:34:56"}]}, "nets[0].tap"),
 ])
 def test_from_json_refuses_what_to_json_never_gives(data: Any, field: str) -> None:
     with pytest.raises(XInterfaceError) as info:

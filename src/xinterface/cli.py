@@ -16,7 +16,7 @@ from .frontend.outputs import Stdout, Target
 from .frontend.report import EXIT_TIMEOUT, fail, guest_error
 from .frontend.run import guarded, no_limit_when_interactive, run_image
 from .frontend.run_options import RUN_OPTIONS, SERIAL_HELP, arguments
-from .spec import BOARD_NAMES, MachineSpec
+from .spec import BOARD_NAMES, Boot, Consoles, MachineSpec
 
 
 class _Main(click.Group):
@@ -205,7 +205,6 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     xinterface clients."""
     from .errors import GuestError, KvmError, XInterfaceError
     from .frontend.devices import parse_disk, parse_net
-    from .spec import Boot, Consoles, MachineSpec
 
     spec = MachineSpec(
         memory=memory, vcpus=vcpus, cpu=cpu if kernel is not None else None, board=board,

@@ -234,6 +234,9 @@ def _record(data: object, prefix: str, record: type[Any]) -> dict[str, Any]:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         _bad(f"{prefix}{unknown[0]}", data[unknown[0]], f"{prefix}{unknown[0]}: no such field")
+    missing = [f for f in fields if f not in data and f not in record._field_defaults]
+    if missing:
+        _bad(f"{prefix}{missing[0]}", None, f"{prefix}{missing[0]} is missing")
     return dict(data)
 
 
