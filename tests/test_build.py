@@ -83,3 +83,10 @@ def test_an_invalid_description_builds_nothing() -> None:
         assert info.value.argument == "board"
         # Checked before anything was attached: the board's ports are still free.
         assert build(spec, machine, serial=io.BytesIO()).platform is not None
+
+
+def test_every_board_the_description_names_is_built() -> None:
+    from xinterface.boards import BOARDS
+    from xinterface.spec import BOARD_NAMES
+
+    assert tuple(BOARDS) == BOARD_NAMES
