@@ -24,12 +24,12 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 
 import build  # noqa: E402
 
-import xinterface as xi  # noqa: E402
-from xinterface.boards.microvm import attach_microvm  # noqa: E402
+from xinterface.build import build as build_vm  # noqa: E402
+from xinterface.build import build_machine  # noqa: E402
 from xinterface.devices.output import Until  # noqa: E402
 from xinterface.loader import cpuid  # noqa: E402
 from xinterface.loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workarounds  # noqa: E402
-from xinterface.loader.linux import load_linux  # noqa: E402
+from xinterface.spec import Boot, MachineSpec  # noqa: E402
 
 MARKER = b"XINTERFACE-INIT-OK"
 BASE_CMDLINE = "console=ttyS0 reboot=p panic=-1 noreplace-smp rodata=off"
@@ -75,17 +75,16 @@ def main() -> int:
               f"'{' '.join(extra)}' to the command line", file=sys.stderr)
     cmdline = " ".join([BASE_CMDLINE, *([] if args.verbose else ["quiet"]), *extra,
                         args.append]).strip()
-    kernel = Path(paths["bzImage" if args.bzimage else "vmlinux"]).read_bytes()
-    initrd = Path(paths["initramfs"]).read_bytes()
+    spec = MachineSpec(memory=args.memory << 20, vcpus=args.vcpus, cpu=args.cpu,
+                       board="microvm",
+                       boot=Boot(kernel=str(paths["bzImage" if args.bzimage else "vmlinux"]),
+                                 initrd=str(paths["initramfs"]), cmdline=cmdline))
     seen: list[float] = []
     tee = Tee()
-    with xi.Machine(memory=args.memory << 20, vcpus=args.vcpus, irqchip=True,
-                    cpu=args.cpu) as m:
-        attach_microvm(m, serial=Until(tee, MARKER, lambda: seen.append(process_age())),
-                       debugcon=io.BytesIO())
-        assert m.memory is not None
-        loaded = load_linux(m.memory, [loop.vcpu for loop in m.vcpus], kernel, initrd=initrd,
-                            cmdline=cmdline)
+    with build_machine(spec) as m:
+        loaded = build_vm(spec, m, serial=Until(tee, MARKER, lambda: seen.append(process_age())),
+                       debugcon=io.BytesIO()).kernel
+        assert loaded is not None
         print(f"boot.py: {loaded.protocol} entry {loaded.entry:#x}, command line: {cmdline}",
               file=sys.stderr)
         result = m.run(timeout=args.timeout)

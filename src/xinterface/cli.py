@@ -4,21 +4,20 @@ below, imported by the command that needs it."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .backend import LOOP
-from .frontend import run as run_defaults
-from .frontend.options import AddressType, SecondsType, SizeType, TargetType
+from .frontend.options import SecondsType, SizeType, TargetType, run_option
 from .frontend.outputs import Stdout, Target
 from .frontend.report import EXIT_TIMEOUT, fail, guest_error
-from .frontend.run import MODES, guarded, no_limit_when_interactive, run_image
+from .frontend.run import guarded, no_limit_when_interactive, run_image
+from .frontend.run_options import RUN_OPTIONS, SERIAL_HELP, arguments
 from .frontend.serve import serve
-
-SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x quits, "
-               "Ctrl-A h lists the keys) or none.")
+from .spec import BOARD_NAMES, Boot, Consoles, MachineSpec
 
 
 class _Main(click.Group):
@@ -38,45 +37,56 @@ def _no_limit_when_interactive(ctx: click.Context, serial: Target, timeout: floa
     return no_limit_when_interactive(serial, timeout, given)
 
 
+# The command line's words for the description's fields whose rules name options.
+_FIELD_OPTIONS = {"memory": "--memory", "vcpus": "--vcpus", "cpu": "--cpu", "board": "--board",
+                  "boot.firmware": "--bios", "boot.kernel": "--kernel",
+                  "boot.initrd": "--initrd", "boot.cmdline": "--append"}
+
+
+def _check_spec(spec: MachineSpec) -> None:
+    """The description's rules, their failures as click's usage errors naming the option."""
+    from .errors import XInterfaceError
+
+    try:
+        spec.validate()
+    except XInterfaceError as exc:
+        if exc.argument == "boot":
+            raise click.UsageError("give exactly one of --bios FILE (firmware) and --kernel "
+                                   "FILE (Linux, booted directly)") from None
+        if exc.argument == "boot.initrd":
+            raise click.BadParameter("--initrd needs --kernel", param_hint="'--initrd'") from None
+        option = _FIELD_OPTIONS.get(exc.argument or "")
+        message = str(exc.strerror).removesuffix(" (EINVAL)")
+        raise click.BadParameter(message, param_hint=f"'{option}'" if option else None) from None
+
+
+def _run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``run``'s options, one per row of the table the fast path reads too."""
+    for option in reversed(RUN_OPTIONS):
+        command = run_option(option)(command)
+    return command
+
+
+def run_arguments(ctx: click.Context) -> dict[str, Any]:
+    """``run_image``'s keyword arguments from ``run``'s parsed context, as the fast path
+    (``launch``) makes them."""
+    given = {o.name for o in RUN_OPTIONS
+             if ctx.get_parameter_source(o.name) is not click.core.ParameterSource.DEFAULT}
+    return arguments(ctx.params, given)
+
+
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--gpa", type=AddressType(), default=run_defaults.GPA, show_default=True,
-              help="Guest-physical address a source or flat binary is loaded and started at "
-                   "(an ELF loads at its own addresses).")
-@click.option("--mode", type=click.Choice(MODES), default=None,
-              help="CPU mode every vCPU starts in. Default: what the image says (a source's "
-                   "first .code16/.code32/.code64, an ELF's class), real for a flat binary; "
-                   "a --mode the image contradicts is refused.")
-@click.option("--memory", type=SizeType(), default=run_defaults.MEMORY, show_default=True,
-              help="Guest RAM: 64M, 1G, 512K (a bare number is MiB, as QEMU's -m).")
-@click.option("--vcpus", type=click.IntRange(min=1), default=run_defaults.VCPUS,
-              show_default=True,
-              help="vCPUs, all starting at the image; each finds its index in CPUID leaf 1.")
-@click.option("--serial", type=TargetType(interactive=True), default=run_defaults.SERIAL,
-              show_default=True, help="Add a 16550A UART at COM1 (0x3f8, polled) and send it "
-                                      "to " + SERIAL_HELP)
-@click.option("--trace", is_flag=True, help="Print every guest I/O access to stderr.")
-@click.option("--timeout", type=SecondsType(), default=run_defaults.TIMEOUT, show_default=True,
-              help="Seconds before the run is ended with status 124 (0: no limit; no limit "
-                   "by default with --serial stdio).")
-@click.option("--strict", is_flag=True, help="Stop on any access no device claims.")
-@click.option("--debug", is_flag=True, help="Show tracebacks and registers on errors.")
+@_run_options
 @click.pass_context
-def run(ctx: click.Context, image: Path, gpa: int, mode: str | None, memory: int,
-        vcpus: int, serial: Target, trace: bool, timeout: float, strict: bool,
-        debug: bool) -> None:
+def run(ctx: click.Context, /, image: Path, **options: Any) -> None:
     """Run IMAGE: a GNU as source (.S or .s, assembled at --gpa), an ELF executable, or a
     flat binary.
 
     Port 0xe9 output goes to stdout. The exit status is the debug-exit status (a write of v
     to port 0xf4 gives (v << 1) | 1), or 0 once every vCPU has halted.
     """
-    given = ctx.get_parameter_source("gpa") is not click.core.ParameterSource.DEFAULT
-    timeout_given = ctx.get_parameter_source("timeout") is not click.core.ParameterSource.DEFAULT
-    run_image(image, gpa=gpa if given else None, mode=mode, memory=memory, vcpus=vcpus,
-              serial=serial, trace=trace,
-              timeout=no_limit_when_interactive(serial, timeout, timeout_given),
-              strict=strict, debug=debug)
+    run_image(image, **run_arguments(ctx))
 
 
 @main.command()
@@ -169,7 +179,7 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
 @click.option("--timeout", type=SecondsType(), default=60.0, show_default=True,
               help="Seconds before the run is ended with status 124 (0: no limit; no limit "
                    "by default with --serial stdio).")
-@click.option("--board", type=click.Choice(["microvm", "pc"]), default="microvm",
+@click.option("--board", type=click.Choice(BOARD_NAMES), default="microvm",
               show_default=True,
               help="pc adds the i440FX/PIIX3 PCI configuration space (SeaBIOS's bios.bin).")
 @click.option("--posted-debugcon", is_flag=True,
@@ -194,40 +204,41 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     """Boot firmware from the reset vector (--bios), or a Linux kernel directly (--kernel), on
     the standard devices (fw_cfg, COM1, CMOS/RTC, debug console at 0x402, virtio), all of them
     xinterface clients."""
-    from .frontend.firmware import MIN_FIRMWARE_RAM
-
-    if (bios is None) == (kernel is None):
-        raise click.UsageError("give exactly one of --bios FILE (firmware) and --kernel FILE "
-                               "(Linux, booted directly)")
-    if initrd is not None and kernel is None:
-        raise click.BadParameter("--initrd needs --kernel", param_hint="'--initrd'")
-    if bios is not None and memory < MIN_FIRMWARE_RAM:
-        raise click.BadParameter(f"{memory >> 10} KiB is too little for the firmware: SeaBIOS "
-                                 f"needs {MIN_FIRMWARE_RAM >> 10}K or more",
-                                 param_hint="'--memory'")
-
-    from .boards import BOARDS
-    from .boards.virtio import Disk, Net
-    from .devices import Until
     from .errors import GuestError, KvmError, XInterfaceError
-    from .frontend.kernel import PANIC, boot_kernel, kernel_cmdline
-    from .frontend.outputs import stream_for
-    from .frontend.session import Session
-    from .machine import Machine
+    from .frontend.devices import parse_disk, parse_net
 
-    panic: Until | None = None
+    spec = MachineSpec(
+        memory=memory, vcpus=vcpus, cpu=cpu if kernel is not None else None, board=board,
+        boot=Boot(firmware=None if bios is None else str(bios),
+                  kernel=None if kernel is None else str(kernel),
+                  initrd=None if initrd is None else str(initrd)),
+        rng=rng, consoles=Consoles(posted_debugcon=posted_debugcon,
+                                   virtio_console=virtio_console))
+    _check_spec(spec)
     try:
-        disk_list, net_list = [Disk.parse(d) for d in disks], [Net.parse(n) for n in nets]
+        devices = tuple(map(parse_disk, disks)), tuple(map(parse_net, nets))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    # With a NIC, COM1 is the BIOS screen: what iPXE prints reaches --serial.
+    spec = spec._replace(disks=devices[0], nets=devices[1],
+                         consoles=spec.consoles._replace(sercon=bool(devices[1])))
+    _check_spec(spec)
+
+    from .build import build, build_machine
+    from .devices import Until
+    from .frontend.kernel import PANIC, kernel_cmdline
+    from .frontend.outputs import stream_for
+    from .frontend.session import Session
+
+    panic: Until | None = None
     timeout = _no_limit_when_interactive(ctx, serial, timeout)
     stdout = Stdout()
     watchers: list[Until] = []
     try:
-        with Machine(memory=memory, vcpus=vcpus, irqchip=True,
-                     cpu=cpu if kernel is not None else None) as machine:
-            if bios is not None:
-                machine.load_firmware(bios)
+        if kernel is not None:
+            spec = spec._replace(boot=spec.boot._replace(
+                cmdline=kernel_cmdline(append, cpu, cpu_workarounds)))
+        with build_machine(spec) as machine:
             session = Session(machine, serial, stdout)
             outputs = [stream_for(debugcon, stdout), session.serial_output()]
             if until is not None:
@@ -236,15 +247,9 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
             if kernel is not None:
                 panic = Until(outputs[1] or stdout, PANIC, lambda: machine.exit(0xFF))
                 outputs[1] = panic
-            platform = BOARDS[board](machine, debugcon=outputs[0], serial=outputs[1],
-                                     posted_debugcon=posted_debugcon, disks=disk_list,
-                                     nets=net_list, rng=rng, virtio_console=virtio_console,
-                                     sercon=bool(net_list))
-            if kernel is not None:
-                boot_kernel(machine, platform, kernel, initrd,
-                            kernel_cmdline(append, cpu, cpu_workarounds))
-            session.connect(platform.console.feed if platform.console is not None
-                            else platform.uart.feed)
+            built = build(spec, machine, debugcon=outputs[0], serial=outputs[1])
+            assert built.feed is not None   # every board has COM1
+            session.connect(built.feed)
             result = session.run(timeout or None)
     except GuestError as exc:
         stdout.finish_line()

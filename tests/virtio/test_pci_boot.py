@@ -16,6 +16,8 @@ from tests.conftest import Assemble, needs_kvm
 from xinterface.boards.pc import Disk, attach_pc
 from xinterface.delivery import Delivery
 from xinterface.devices import Until
+from xinterface.virtio.blk import VirtioBlk
+from xinterface.virtio.pci import VirtioPci
 
 from .grub_disk import MARKER, grub_disk
 
@@ -50,6 +52,7 @@ def test_seabios_boots_a_boot_sector_from_our_virtio_blk(tmp_path: Path, guest: 
         assert console.getvalue() == f"sum={expected:04x}\n".encode()
         assert "virtio" in text.lower()
         transport = platform.virtio[0]
+        assert isinstance(transport, VirtioPci) and isinstance(transport.device, VirtioBlk)
         fd = transport.device.fileno()
     with pytest.raises(OSError):
         os.fstat(fd)  # the image was closed with the machine

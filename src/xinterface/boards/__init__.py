@@ -6,9 +6,10 @@ from typing import Protocol
 from ..delivery import Delivery
 from ..devices.output import Output
 from ..machine import Machine
-from .microvm import Platform, attach_microvm, ram_layout
+from ..spec import Disk, Net
+from .microvm import attach_microvm, ram_layout
 from .pc import attach_pc
-from .virtio import Disk, Net
+from .platform import Platform, Transport
 
 
 class Board(Protocol):
@@ -21,7 +22,8 @@ class Board(Protocol):
                  sercon: bool = ...) -> Platform: ...
 
 
+# The boards by the names a machine description gives them (xinterface.spec.BOARD_NAMES).
 BOARDS: dict[str, Board] = {"microvm": attach_microvm, "pc": attach_pc}
 
-__all__ = ["BOARDS", "Board", "Disk", "Net", "Platform", "attach_microvm", "attach_pc",
+__all__ = ["BOARDS", "Board", "Disk", "Net", "Platform", "Transport", "attach_microvm", "attach_pc",
            "ram_layout"]

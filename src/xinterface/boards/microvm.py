@@ -12,8 +12,6 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from ..delivery import Delivery
 from ..devices.acpi import Override, acpi_files
@@ -31,36 +29,23 @@ from ..devices.fw_cfg import (
 from ..devices.interrupt import irqfd_line
 from ..devices.level_irq import LevelIrqfds
 from ..devices.output import Output
-from ..devices.pci import PciHost
 from ..devices.reset import ResetControl
 from ..devices.uart import COM1_BASE, COM1_IRQ, Uart16550
 from ..errors import XInterfaceError
 from ..machine import Machine
 from ..memory import HIGH_RAM_BASE, GuestMemory
-from ..virtio.console import VirtioConsole
+from ..spec import Disk, Net
 from ..virtio.device import VirtioDevice
 from ..virtio.mmio import MMIO_WINDOW, VirtioMmio
 from ..xinterface import XInterface, bind
-from .virtio import Disk, Net, make_devices
+from .platform import Platform
+from .virtio import make_devices
 
 VIRTIO_MMIO_BASE = 0xFEB00000  # QEMU's microvm (hw/i386/microvm.c): transports from here,
 VIRTIO_MMIO_GSI = 16           # 512 bytes apart, on IOAPIC pins 16 and up
 VIRTIO_MMIO_SLOTS = 8          # pins 16-23: KVM's in-kernel IOAPIC has 24 (KVM_IOAPIC_NUM_PINS)
 SEABIOS_DEBUG_PORT = 0x402  # SeaBIOS's CONFIG_DEBUG_IO port, as QEMU's isa-debugcon
 BOOT_FAIL_WAIT_SECONDS = 0  # no retry delay after "No bootable device": reset at once
-
-
-@dataclass
-class Platform:
-    intf: XInterface
-    fw_cfg: FwCfg
-    debugcon: DebugConsole
-    uart: Uart16550
-    cmos: Cmos
-    reset: ResetControl
-    pci: PciHost | None = None
-    virtio: list[Any] = field(default_factory=list)  # transports, in slot order
-    console: VirtioConsole | None = None             # the virtio-console, if any
 
 
 def ram_layout(memory: GuestMemory) -> tuple[int, int]:

@@ -13,10 +13,12 @@ from ..devices.pci import PciHost
 from ..devices.pci.irq import IntxLine
 from ..devices.pci.rom import rom_for
 from ..machine import Machine
+from ..spec import Disk, Net
 from ..virtio.blk import VirtioBlk
 from ..virtio.pci import VIRTIO_PCI_VENDOR, VirtioPci, pci_device_id
-from .microvm import Platform, attach_microvm
-from .virtio import Disk, Net, make_devices
+from .microvm import attach_microvm
+from .platform import Platform
+from .virtio import make_devices
 
 FIRST_VIRTIO_SLOT = 3  # 00:00.0 host bridge, 00:01.0 ISA bridge, 00:02.0 left for a display
 

@@ -1,7 +1,6 @@
-"""The virtio devices a board carries, as the command line names them: disks
-(``--disk FILE[,readonly]``), network interfaces (``--net tap=NAME[,mac=..][,rom=FILE]``),
-the entropy device (``--rng``) and the console (``--virtio-console``). The boards put them
-behind their transport: virtio-mmio on microvm, virtio-pci on pc."""
+"""The virtio devices a board carries, made from the machine description's records
+(:mod:`xinterface.spec`): disks, network interfaces, the entropy device and the console. The
+boards put them behind their transport: virtio-mmio on microvm, virtio-pci on pc."""
 
 from __future__ import annotations
 
@@ -11,63 +10,16 @@ from dataclasses import dataclass, field
 
 from ..devices.output import Output
 from ..errors import XInterfaceError
+from ..spec import IPXE_VIRTIO_ROM, Disk, Net
 from ..virtio.blk import VirtioBlk
 from ..virtio.console import VirtioConsole
 from ..virtio.device import VirtioDevice
-from ..virtio.net import TapBackend, VirtioNet, parse_mac
+from ..virtio.net import TapBackend, VirtioNet
 from ..virtio.rng import VirtioRng
 
-# Where Debian's ipxe-qemu puts iPXE's virtio-net option ROM (``rom=ipxe``).
-IPXE_VIRTIO_ROM = "/usr/lib/ipxe/qemu/pxe-virtio.rom"
 FIRST_MAC = bytes.fromhex("525400123456")  # QEMU's first NIC; the next ones count up
 
-
-@dataclass(frozen=True)
-class Disk:
-    """A raw image for a virtio-blk disk: ``FILE[,readonly]`` on the command line."""
-
-    path: str
-    readonly: bool = False
-
-    @classmethod
-    def parse(cls, spec: str) -> Disk:
-        path, _, options = spec.partition(",")
-        flags = {o.strip() for o in options.split(",") if o.strip()}
-        unknown = flags - {"readonly", "ro"}
-        if unknown or not path:
-            raise ValueError(f"--disk {spec!r}: expected FILE or FILE,readonly")
-        return cls(path, bool(flags))
-
-
-@dataclass(frozen=True)
-class Net:
-    """A virtio-net interface on a TAP: ``tap=NAME[,mac=52:54:00:12:34:56][,rom=FILE|ipxe]``
-    on the command line. ``rom`` is an option ROM for the pc board's PCI function (``ipxe``:
-    Debian's iPXE, :data:`IPXE_VIRTIO_ROM`)."""
-
-    tap: str
-    mac: str | None = None
-    rom: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> Net:
-        options: dict[str, str] = {}
-        for part in spec.split(","):
-            key, sep, value = part.partition("=")
-            if not sep or not value or key.strip() in options:
-                raise ValueError(f"--net {spec!r}: expected tap=NAME[,mac=MAC][,rom=FILE]")
-            options[key.strip()] = value.strip()
-        unknown = set(options) - {"tap", "mac", "rom"}
-        if unknown or "tap" not in options:
-            raise ValueError(f"--net {spec!r}: expected tap=NAME[,mac=MAC][,rom=FILE]"
-                             + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""))
-        if "mac" in options:
-            try:
-                parse_mac(options["mac"])
-            except XInterfaceError as exc:
-                raise ValueError(f"--net {spec!r}: {exc.strerror}") from None
-        rom = options.get("rom")
-        return cls(options["tap"], options.get("mac"), IPXE_VIRTIO_ROM if rom == "ipxe" else rom)
+__all__ = ["FIRST_MAC", "IPXE_VIRTIO_ROM", "Disk", "Net", "VirtioSet", "make_devices"]
 
 
 @dataclass

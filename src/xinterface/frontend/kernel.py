@@ -1,15 +1,12 @@
 """``xinterface boot --kernel``: a Linux kernel booted directly (no firmware), as QEMU's
-``-kernel`` and Firecracker do, with the CPU template and this host's quirk handled."""
+``-kernel`` and Firecracker do, with the CPU template and this host's quirk handled (the
+builder, :mod:`xinterface.build`, loads it)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from ..boards.microvm import Platform
 from ..loader.cpuid_probe import host_cpuid_probe, linux_cmdline_workarounds
-from ..loader.linux import LoadedKernel, load_linux
-from ..machine import Machine
 
 # A kernel panic ends the run with an error carrying this line (the kernel's own words).
 PANIC = b"Kernel panic - not syncing"
@@ -31,15 +28,3 @@ def kernel_cmdline(append: str, cpu: str, workarounds: bool) -> str:
                   file=sys.stderr)
             words += extra
     return " ".join(words)
-
-
-def boot_kernel(machine: Machine, platform: Platform, kernel: Path, initrd: Path | None,
-                cmdline: str) -> LoadedKernel:
-    """Load the kernel; on a board with PCI, first do what firmware would have done for its
-    interrupts (route the PIRQ links, write each function's Interrupt Line) and list them in
-    the MP table, since the kernel has no ACPI and no BIOS to ask."""
-    assert machine.memory is not None
-    pci_interrupts = platform.pci.route_intx() if platform.pci is not None else []
-    return load_linux(machine.memory, [loop.vcpu for loop in machine.vcpus],
-                      kernel.read_bytes(), initrd=initrd.read_bytes() if initrd else None,
-                      cmdline=cmdline, pci_interrupts=pci_interrupts)

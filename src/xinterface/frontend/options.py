@@ -5,15 +5,18 @@ error naming the option."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import click
 
+from .run_options import ADDRESS, COUNT, FLAG, MODE, MODES, SECONDS, SERIAL, SIZE, Option
 from .values import Target, open_target, parse_size, to_address, to_seconds, to_size, to_target
 
-__all__ = ["AddressType", "SecondsType", "SizeType", "TargetType", "parse_size"]
+__all__ = ["AddressType", "SecondsType", "SizeType", "TargetType", "click_type", "parse_size",
+           "run_option"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Newer click makes ParamType generic; subscript it only for the type checker.
 if TYPE_CHECKING:
@@ -80,3 +83,21 @@ class TargetType(_Param[Target]):
         if ctx is not None and target.stream is not None:
             ctx.call_on_close(target.stream.close)
         return target
+
+
+def click_type(kind: str) -> _Param[Any]:
+    """click's type for an option kind of ``run_options``, over the same parser."""
+    types: dict[str, Callable[[], _Param[Any]]] = {
+        ADDRESS: AddressType, MODE: lambda: click.Choice(MODES), SIZE: SizeType,
+        COUNT: lambda: click.IntRange(min=1), SERIAL: lambda: TargetType(interactive=True),
+        SECONDS: SecondsType}
+    return types[kind]()
+
+
+def run_option(option: Option) -> Callable[[F], F]:
+    """The click option of one row of ``run_options.RUN_OPTIONS``."""
+    if option.kind == FLAG:
+        return click.option(f"--{option.name}", is_flag=True, help=option.help)
+    return click.option(f"--{option.name}", type=click_type(option.kind),
+                        default=option.default, show_default=option.show_default,
+                        help=option.help)

@@ -1,6 +1,6 @@
 """``xinterface run IMAGE``: load an image, run it on the default devices, exit with its
 status. Called by the click command (``cli``) and by the fast path (``launch``), which parse
-the same options into the same arguments."""
+the same options (``run_options``) into the same arguments."""
 
 from __future__ import annotations
 
@@ -10,11 +10,7 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from .report import EXIT_SIGNAL_BASE, EXIT_TIMEOUT, SIGINT_STATUS, fail, guest_error
-from .values import STDIO, Target
-
-MODES = ("real", "protected", "long")
-# The defaults of ``run``'s options, as typed on the command line (click shows them).
-GPA, MEMORY, VCPUS, SERIAL, TIMEOUT = "0x1000", "64M", 1, "none", 10.0
+from .values import NONE, STDIO, Target
 
 T = TypeVar("T")
 
@@ -42,28 +38,26 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
               strict: bool, debug: bool) -> NoReturn:
     """Run ``image`` (``gpa`` None: where the image says, else 0x1000) until it exits, halts,
     or ``timeout`` seconds pass (0: no limit); exit with the guest's status."""
+    from ..build import build, build_machine
     from ..errors import GuestError, KvmError, XInterfaceError
-    from ..machine import Machine
+    from ..spec import Consoles, MachineSpec
     from .image import ImageError, load_image
     from .outputs import Stdout
     from .session import Session
 
     stdout = Stdout()
+    # No board: the machine's debug ports, and COM1 when --serial says where it writes.
+    spec = MachineSpec(memory=memory, vcpus=vcpus, board=None, irqchip=False, strict=strict,
+                       consoles=Consoles(uart=serial.kind != NONE))
     try:
         guest = load_image(image, gpa=gpa, mode=mode, memory=memory)
-        with Machine(memory=memory, vcpus=vcpus, strict=strict, console=stdout,  # type: ignore[arg-type]
-                     trace=sys.stderr if trace else None) as machine:
+        with build_machine(spec, console=stdout,  # type: ignore[arg-type]
+                           trace=sys.stderr if trace else None) as machine:
             machine.load_flat(guest.data, gpa=guest.gpa, mode=guest.mode)
             session = Session(machine, serial, stdout)
-            if serial.kind != "none":
-                from ..devices.interrupt import irqfd_line
-                from ..devices.uart import COM1_IRQ, Uart16550
-                from ..xinterface import bind
-
-                intf = bind(machine)
-                uart = Uart16550(session.serial_output(), irq=irqfd_line(intf, COM1_IRQ))
-                uart.attach(intf)
-                session.connect(uart.feed)
+            built = build(spec, machine, serial=session.serial_output())
+            if built.feed is not None:
+                session.connect(built.feed)
             result = session.run(timeout or None)
     except ImageError as exc:
         fail(str(exc), exc=exc, debug=debug)

@@ -1,0 +1,50 @@
+"""The command line's grammar for virtio devices: ``--disk FILE[,readonly]`` and
+``--net tap=NAME[,mac=MAC][,rom=FILE|ipxe]``, parsed into the machine description's records
+(:mod:`xinterface.spec`). Each function returns the record or raises ``ValueError`` with the
+message a user sees; the record's own rules are the description's (``check_disk``,
+``check_net``)."""
+
+from __future__ import annotations
+
+from ..errors import XInterfaceError
+from ..spec import IPXE_VIRTIO_ROM, Disk, Net, check_disk, check_net
+
+DISK_FLAGS = ("readonly", "ro")
+NET_KEYS = ("tap", "mac", "rom")
+
+
+def parse_disk(text: str) -> Disk:
+    """``FILE`` or ``FILE,readonly`` (``ro`` too)."""
+    path, _, options = text.partition(",")
+    flags = {o.strip() for o in options.split(",") if o.strip()}
+    if flags - set(DISK_FLAGS) or not path:
+        raise ValueError(f"--disk {text!r}: expected FILE or FILE,readonly")
+    disk = Disk(path, bool(flags))
+    try:
+        check_disk(disk)
+    except XInterfaceError as exc:
+        raise ValueError(f"--disk {text!r}: {exc.strerror}") from None
+    return disk
+
+
+def parse_net(text: str) -> Net:
+    """``tap=NAME[,mac=52:54:00:12:34:56][,rom=FILE|ipxe]``; ``rom=ipxe`` is Debian's iPXE
+    (:data:`~xinterface.spec.IPXE_VIRTIO_ROM`)."""
+    usage = f"--net {text!r}: expected tap=NAME[,mac=MAC][,rom=FILE]"
+    options: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not value or key.strip() in options:
+            raise ValueError(usage)
+        options[key.strip()] = value.strip()
+    unknown = set(options) - set(NET_KEYS)
+    if unknown or "tap" not in options:
+        raise ValueError(usage + (f" (unknown: {', '.join(sorted(unknown))})" if unknown
+                                  else ""))
+    rom = options.get("rom")
+    net = Net(options["tap"], options.get("mac"), IPXE_VIRTIO_ROM if rom == "ipxe" else rom)
+    try:
+        check_net(net)
+    except XInterfaceError as exc:
+        raise ValueError(f"--net {text!r}: {exc.strerror}") from None
+    return net

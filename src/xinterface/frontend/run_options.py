@@ -1,0 +1,151 @@
+"""``xinterface run``'s options, declared once: the click command (``cli``) and the fast path
+that starts without click (``launch``) are both made from :data:`RUN_OPTIONS`.
+
+Each option has a kind; :data:`PARSERS` parses a kind without click (``values``'s functions,
+which raise ``ValueError``), and ``options.click_type`` gives click's type for it, over the
+same function. :func:`arguments` turns what either path parsed into ``run_image``'s keyword
+arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NamedTuple
+
+from .values import FILE, Target, to_address, to_seconds, to_size, to_target
+
+MODES = ("real", "protected", "long")
+SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x quits, "
+               "Ctrl-A h lists the keys) or none.")
+
+# The kinds of option value.
+FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS = (
+    "flag", "address", "mode", "size", "count", "serial", "seconds")
+
+
+class Option(NamedTuple):
+    """``--NAME``: ``run_image``'s keyword NAME. ``default`` is as typed on the command line
+    (click shows it); ``image_default``: the value is None unless given, so that the image
+    decides (the default is what it falls back to)."""
+
+    name: str
+    kind: str
+    default: str | int | float | bool | None
+    help: str
+    show_default: bool = True
+    image_default: bool = False
+
+
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("gpa", ADDRESS, "0x1000", "Guest-physical address a source or flat binary is "
+           "loaded and started at (an ELF loads at its own addresses).", image_default=True),
+    Option("mode", MODE, None, "CPU mode every vCPU starts in. Default: what the image says "
+           "(a source's first .code16/.code32/.code64, an ELF's class), real for a flat "
+           "binary; a --mode the image contradicts is refused.", show_default=False),
+    Option("memory", SIZE, "64M", "Guest RAM: 64M, 1G, 512K (a bare number is MiB, as "
+           "QEMU's -m)."),
+    Option("vcpus", COUNT, 1, "vCPUs, all starting at the image; each finds its index in "
+           "CPUID leaf 1."),
+    Option("serial", SERIAL, "none", "Add a 16550A UART at COM1 (0x3f8, polled) and send it "
+           "to " + SERIAL_HELP),
+    Option("trace", FLAG, False, "Print every guest I/O access to stderr.", show_default=False),
+    Option("timeout", SECONDS, 10.0, "Seconds before the run is ended with status 124 (0: no "
+           "limit; no limit by default with --serial stdio)."),
+    Option("strict", FLAG, False, "Stop on any access no device claims.", show_default=False),
+    Option("debug", FLAG, False, "Show tracebacks and registers on errors.",
+           show_default=False),
+)
+
+
+def to_count(text: str) -> int:
+    """1 or more, as click's ``IntRange(min=1)`` reads it."""
+    count = int(text)
+    if count < 1:
+        raise ValueError(f"{count} is not in the range x>=1.")
+    return count
+
+
+def to_mode(text: str) -> str:
+    if text not in MODES:
+        raise ValueError(f"{text!r} is not one of {', '.join(map(repr, MODES))}.")
+    return text
+
+
+def to_serial(text: str) -> Target:
+    """``--serial``'s target, unopened (click's type opens a FILE)."""
+    return to_target(text, interactive=True)
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    ADDRESS: to_address, MODE: to_mode, SIZE: to_size, COUNT: to_count, SERIAL: to_serial,
+    SECONDS: to_seconds}
+
+
+def arguments(parsed: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
+    """``run_image``'s keyword arguments from the options' values (``parsed``, every option
+    present, defaults converted) and the names of those given on the command line."""
+    from .run import no_limit_when_interactive
+
+    options: dict[str, Any] = {
+        o.name: None if o.image_default and o.name not in given else parsed[o.name]
+        for o in RUN_OPTIONS}
+    options["timeout"] = no_limit_when_interactive(options["serial"], options["timeout"],
+                                                   "timeout" in given)
+    return options
+
+
+def parse_fast(args: list[str]) -> dict[str, Any] | None:
+    """``run``'s arguments as ``run_image`` takes them (``image`` too), or None for anything
+    but plain options with good values and one image that is a readable file: click then
+    parses them again and says what is wrong."""
+    import os
+
+    table = {o.name: o for o in RUN_OPTIONS}
+    given: dict[str, Any] = {}
+    image = None
+    i = 0
+    try:
+        while i < len(args):
+            arg = args[i]
+            i += 1
+            if arg.startswith("--") and len(arg) > 2:
+                name, eq, value = arg[2:].partition("=")
+                option = table.get(name)
+                if option is None:
+                    return None
+                if option.kind == FLAG:
+                    if eq:
+                        return None
+                    given[name] = True
+                    continue
+                if not eq:
+                    if i == len(args):
+                        return None
+                    value, i = args[i], i + 1
+                given[name] = PARSERS[option.kind](value)
+                if option.kind == SERIAL and given[name].kind == FILE:
+                    return None   # click opens it and closes it with its context
+            elif arg.startswith("-") or image is not None:
+                return None
+            else:
+                image = arg
+    except ValueError:
+        return None
+    # click's Path(exists=True, dir_okay=False) also wants it readable.
+    if image is None or not os.path.isfile(image) or not os.access(image, os.R_OK):
+        return None
+    parsed = {o.name: given.get(o.name, default_value(o)) for o in RUN_OPTIONS}
+    options = arguments(parsed, given)
+    options["image"] = image
+    return options
+
+
+def default_value(option: Option) -> Any:
+    """``option``'s default as its parser reads it (a flag's is False)."""
+    if isinstance(option.default, str) and option.kind != FLAG:
+        return PARSERS[option.kind](option.default)
+    return option.default
+
+
+__all__ = ["FLAG", "MODES", "PARSERS", "RUN_OPTIONS", "SERIAL_HELP", "Option",
+           "arguments", "default_value", "parse_fast"]
