@@ -19,10 +19,10 @@ Assemble = Callable[..., bytes]
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Name the exit loop the suite ran on (it runs once on each: README's test command)."""
-    from xinterface import backend
+    from xinterface import accel
 
-    terminalreporter.write_line(f"xinterface exit loop: {backend.LOOP} "
-                                f"({backend.PURE_PYTHON_ENV}=1 forces the Python loop)")
+    terminalreporter.write_line(f"xinterface exit loop: {accel.LOOP} "
+                                f"({accel.PURE_PYTHON_ENV}=1 forces the Python loop)")
 
 
 def kvm_usable() -> bool:

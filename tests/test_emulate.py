@@ -1,4 +1,4 @@
-"""IRET in 32-bit protected mode, which KVM's instruction emulator lacks (xinterface/emulate.py
+"""IRET in 32-bit protected mode, which KVM's instruction emulator lacks (runner/emulate.py
 finishes it where KVM reports the emulation failure; on hosts that run guest CPL0 code
 natively the CPU does it and the outcome is the same)."""
 

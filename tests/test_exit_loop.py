@@ -1,4 +1,4 @@
-"""The two exit loops (xinterface.backend): which one runs, and the places where the compiled
+"""The two exit loops (xinterface.accel): which one runs, and the places where the compiled
 loop hands an exit back to Python or must behave exactly as the Python one does.
 
 The whole suite runs once with each loop (README's test command sets XINTERFACE_PURE_PYTHON=1
@@ -24,7 +24,7 @@ import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
 from tests.test_ioevent import MMIO_BASE, MMIO_R, MMIO_W, PIO_R, PIO_W, Replay
 from tests.test_ioevent import replay as replay  # the fixture, shared
-from xinterface import backend
+from xinterface import accel
 from xinterface.bench.paths import GUESTS as BENCH_GUESTS
 from xinterface.loader import assemble
 
@@ -32,7 +32,7 @@ pytestmark = needs_kvm
 
 PIO = xi.XIOEventFlags.PIO
 PORT = 0x3FF
-FORCED_PYTHON = os.environ.get(backend.PURE_PYTHON_ENV, "") not in ("", "0")
+FORCED_PYTHON = os.environ.get(accel.PURE_PYTHON_ENV, "") not in ("", "0")
 
 
 def write_loop(count: int, port: int = PORT) -> bytes:
@@ -43,7 +43,7 @@ def write_loop(count: int, port: int = PORT) -> bytes:
 
 def test_the_compiled_loop_serves_the_exits_when_built() -> None:
     built = importlib.util.find_spec("xinterface._fastloop") is not None
-    assert (backend.LOOP == "compiled") == (built and not FORCED_PYTHON)
+    assert (accel.LOOP == "compiled") == (built and not FORCED_PYTHON)
     got: list[bytes] = []
     console = io.BytesIO()
     with xi.Machine(memory=1 << 20, console=console) as m:
@@ -58,7 +58,7 @@ def test_the_compiled_loop_serves_the_exits_when_built() -> None:
     assert result.reason == "hlt"
     assert got == [b"A"] * 500
     assert console.getvalue() == b"A" * 300
-    if backend.LOOP == "compiled":
+    if accel.LOOP == "compiled":
         # Every write was served in C: none came back to the Python loop.
         assert (native, native_range) == (500, 300)
     else:
@@ -135,7 +135,7 @@ def test_an_event_replaced_while_its_posted_writes_drain_gets_none_of_the_rest()
 
 @pytest.mark.parametrize("forced", ["1", "0"])
 def test_pure_python_variable_picks_the_loop(forced: str) -> None:
-    env = {**os.environ, backend.PURE_PYTHON_ENV: forced}
+    env = {**os.environ, accel.PURE_PYTHON_ENV: forced}
     out = subprocess.run([sys.executable, "-m", "xinterface", "--version"], env=env,
                          capture_output=True, text=True, check=True).stdout
     built = importlib.util.find_spec("xinterface._fastloop") is not None

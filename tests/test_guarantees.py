@@ -25,9 +25,10 @@ import pytest
 import xinterface as xi
 from tests.conftest import Assemble, needs_kvm, wait_for
 from tests.virtio.helpers import BUF, Echo, rig
-from xinterface import backend, vcpu_loop
+from xinterface import accel
 from xinterface.devices import fw_cfg
-from xinterface.kvm import vcpu as kvm_vcpu
+from xinterface.kvm import vcpufd as kvm_vcpu
+from xinterface.runner import vcpu_loop
 from xinterface.virtio import Status
 
 pytestmark = needs_kvm
@@ -599,7 +600,7 @@ def test_stop_works_when_the_runtime_retries_eintr(
         assert m.vcpus[0].vcpu.get_regs().rcx > 0  # the guest ran before the stop
 
 
-@pytest.mark.skipif(backend.LOOP == "compiled", reason="the compiled loop enters KVM_RUN "
+@pytest.mark.skipif(accel.LOOP == "compiled", reason="the compiled loop enters KVM_RUN "
                     "from C, never through fcntl.ioctl: this checks the Python loop's call")
 def test_the_simulated_retrying_ioctl_does_hang_a_loop_that_trusts_it(
         guest: Assemble, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from tests.conftest import Assemble, needs_kvm
 from xinterface.iobus import Bus
 from xinterface.loader import load_flat
 from xinterface.memory import GuestMemory
-from xinterface.vcpu_loop import VcpuLoop
+from xinterface.runner.vcpu_loop import VcpuLoop
 
 pytestmark = needs_kvm
 

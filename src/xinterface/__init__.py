@@ -15,10 +15,7 @@ try:
     from .delivery import Delivery
     from .devices.debug import attach_debug_ports
     from .errors import GuestError, GuestIOError, KvmError, XInterfaceError
-    from .machine import Machine, RunResult
-    from .runstate import RunControl, RunState
-    from .vm import Vm
-    from .xinterface import (
+    from .interface import (
         KVM_XIOEVENT_FLAG_PIO,
         KVM_XIOEVENT_VALID_FLAG_MASK,
         XInterface,
@@ -31,6 +28,9 @@ try:
         XVMap,
         bind,
     )
+    from .runner.machine import Machine, RunResult
+    from .runstate import RunControl, RunState
+    from .vm import Vm
 finally:
     if _gc_was_enabled:
         _gc.enable()

@@ -1,7 +1,7 @@
 /*
  * xinterface._fastloop: the hot half of a vCPU's exit loop, compiled (optional).
  *
- * xinterface/vcpu_loop.py is the reference; this module does exactly what its Python loop does
+ * xinterface/runner/vcpu_loop.py is the reference; this module does exactly what its Python loop does
  * for the exits that matter to speed, and hands everything else back to it:
  *
  *   ExitLoop.run()  KVM_RUN with the GIL released, count the exit in the same ``counts`` list,
@@ -641,7 +641,7 @@ static PyTypeObject ExitLoop_Type = {
 	.tp_basicsize = sizeof(ExitLoop),
 	.tp_dealloc = (destructor)ExitLoop_dealloc,
 	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-	.tp_doc = "One vCPU's exit loop, the hot half (see xinterface.vcpu_loop).",
+	.tp_doc = "One vCPU's exit loop, the hot half (see xinterface.runner.vcpu_loop).",
 	.tp_traverse = (traverseproc)ExitLoop_traverse,
 	.tp_clear = (inquiry)ExitLoop_clear,
 	.tp_methods = ExitLoop_methods,
@@ -880,7 +880,7 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module_def = {
 	PyModuleDef_HEAD_INIT,
 	.m_name = "xinterface._fastloop",
-	.m_doc = "The compiled half of xinterface's vCPU exit loop (see xinterface.vcpu_loop).",
+	.m_doc = "The compiled half of xinterface's vCPU exit loop (see xinterface.runner.vcpu_loop).",
 	.m_size = -1,
 	.m_methods = module_methods,
 };

@@ -1,4 +1,4 @@
-# The compiled exit loop (_fastloop.c); see xinterface.backend and xinterface.vcpu_loop.
+# The compiled exit loop (_fastloop.c); see xinterface.accel and xinterface.runner.vcpu_loop.
 import mmap
 from collections.abc import Callable
 from typing import Any

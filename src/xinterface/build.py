@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .boards.platform import Platform
     from .devices.output import Output
     from .loader.linux import LoadedKernel
-    from .machine import Machine
+    from .runner.machine import Machine
 
 
 class Built(NamedTuple):
@@ -38,7 +38,7 @@ def build_machine(spec: MachineSpec, *, console: BinaryIO | None = None,
     """The VM of ``spec`` (validated first), its debug console writing to ``console`` and
     its I/O traced to ``trace``; the caller closes it (``with``)."""
     spec.validate()
-    from .machine import Machine
+    from .runner.machine import Machine
 
     return Machine(memory=spec.memory, vcpus=spec.vcpus, irqchip=spec.irqchip,
                    strict=spec.strict, cpu=spec.cpu, console=console, trace=trace)
@@ -58,7 +58,7 @@ def build(spec: MachineSpec, machine: Machine, *, debugcon: Output | None = None
             return Built(None, None, None)
         from .devices.interrupt import irqfd_line
         from .devices.uart import COM1_IRQ, Uart16550
-        from .xinterface import bind
+        from .interface import bind
 
         intf = bind(machine)
         uart = Uart16550(serial, irq=irqfd_line(intf, COM1_IRQ))

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .backend import LOOP
+from .accel import LOOP
 from .frontend.options import SecondsType, SizeType, TargetType, run_option
 from .frontend.outputs import Stdout, Target
 from .frontend.report import EXIT_TIMEOUT, fail, guest_error

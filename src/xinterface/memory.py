@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from .errors import XInterfaceError
 from .kvm.uapi import KVM_MEM_READONLY, PAGE_SIZE
-from .kvm.vm import VmFd
+from .kvm.vmfd import VmFd
 
 GiB = 1 << 30
 # The conventional PC hole for MMIO and firmware below 4 GiB: RAM above 3 GiB moves to 4 GiB.

@@ -6,7 +6,7 @@ everything else a run keeps: how it ended (reason, exit code, error), how many v
 are still in it and how many are parked, which thread called ``run()``, and whether a
 ``close()`` began or was deferred to the end of the run. ``stopping`` is the one field read
 without the lock: the exit loops read it before every ``KVM_RUN``
-(:class:`xinterface.vcpu_loop.LoopOwner`), and it is written only by a transition.
+(:class:`xinterface.runner.vcpu_loop.LoopOwner`), and it is written only by a transition.
 
 ::
 

@@ -3,7 +3,7 @@
 One :class:`Vm` holds the KVM VM fd and its vCPU fds, guest memory, the PIO and MMIO buses
 with their grace periods, the coalesced ring (POSTED) and the eventfd thread (EVENTFD),
 the capabilities probed once, and the registry of bound clients. It runs nothing: whoever
-runs it (:class:`xinterface.machine.Machine`) hands it a
+runs it (:class:`xinterface.runner.machine.Machine`) hands it a
 :class:`~xinterface.runstate.RunControl`, which the VM hands on to devices
 (``intf.vm.run_control``): that is how a device ends a run without knowing the runner.
 """

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..machine import Machine
-from ..xinterface import bind
+from ..interface import bind
+from ..runner.machine import Machine
 
 _MEMORY = 4 << 20
 _GPA = 0x100000

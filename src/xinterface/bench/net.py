@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from ..delivery import Delivery
+from ..interface import bind
 from ..loader import assemble
-from ..machine import Machine
+from ..runner.machine import Machine
 from ..virtio.mmio import VirtioMmio
 from ..virtio.net import SocketBackend, TapBackend, VirtioNet
 from ..virtio.net.backend import NetBackend
-from ..xinterface import bind
 from .marks import QEMU_MARKS_CONSOLE, Marks, run_marked
 from .netns import inside, netns, netns_usable, tap
 from .peer import QEMU, PeerUnavailable

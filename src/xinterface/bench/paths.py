@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 from ..delivery import Delivery
+from ..interface import XInterface, XIOEvent, XIOEventFd, XIOEventFlags, bind
 from ..loader import assemble
-from ..machine import Machine
-from ..xinterface import XInterface, XIOEvent, XIOEventFd, XIOEventFlags, bind
+from ..runner.machine import Machine
 
 GUESTS = Path(__file__).parent / "guests"
 GPA = 0x1000

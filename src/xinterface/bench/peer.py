@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..loader import assemble
-from ..machine import Machine
+from ..runner.machine import Machine
 
 GUESTS = Path(__file__).parent / "guests"
 BOOT_GPA = 0x7C00

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from .. import backend
+from .. import accel
 from ..delivery import Delivery
 from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
@@ -53,7 +53,7 @@ def _floor_sample(mode: str, count: int) -> Sample:
 def python_loop_write_cost(count: int) -> float:
     """``sync.pio.1`` on the Python loop, from a child process with the compiled loop turned
     off (the loop is chosen once per process), for a ratio in the same run."""
-    env = {**os.environ, backend.PURE_PYTHON_ENV: "1"}
+    env = {**os.environ, accel.PURE_PYTHON_ENV: "1"}
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from xinterface.bench.paths import write_cost; "
          "print(write_cost(int(sys.argv[1])))", str(count)],
@@ -90,7 +90,7 @@ def figures(quick: bool, scale: float = 1.0,
     out += [
         Figure("sync.pio.1", "ns/write", partial(write_cost, n_sync), floor("floor.pio.1")),
     ]
-    if backend.LOOP == "compiled":
+    if accel.LOOP == "compiled":
         out.append(Figure("sync.pio.1.python", "ns/write",
                           partial(python_loop_write_cost, n_sync), floor("floor.pio.1")))
     out += [
@@ -218,7 +218,7 @@ def machine_info() -> dict[str, object]:
                        if os.path.exists(f"/sys/module/{m}")), "unknown")
     return {"cpu": cpu, "kernel": platform.release(), "nested": nested,
             "kvm_module": kvm_module, "cpus": os.cpu_count(),
-            "python": platform.python_version(), "exit_loop": backend.LOOP}
+            "python": platform.python_version(), "exit_loop": accel.LOOP}
 
 
 def paired_ratio(figure: Figure, floor: Figure) -> float | None:

@@ -18,11 +18,11 @@ from typing import BinaryIO, cast
 
 from ..delivery import Delivery
 from ..devices.pci import PciHost
+from ..interface import bind
 from ..loader import assemble
-from ..machine import Machine
+from ..runner.machine import Machine
 from ..virtio.blk import VirtioBlk
 from ..virtio.pci import VirtioPci
-from ..xinterface import bind
 from .marks import QEMU_MARKS_CONSOLE, Marks, run_marked
 from .peer import BOOT_GPA, QEMU, PeerUnavailable
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from ..delivery import Delivery
+from ..interface import XIOEvent, XIOEventFd, XIOEventFlags, bind
 from ..loader import assemble
-from ..machine import Machine
+from ..runner.machine import Machine
 from ..virtio import VirtioMmio, VirtioRng
-from ..xinterface import XIOEvent, XIOEventFd, XIOEventFlags, bind
 
 GUEST = Path(__file__).parent / "guests" / "virtio_notify.S"
 GPA = 0x1000

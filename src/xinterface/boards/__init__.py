@@ -5,7 +5,7 @@ from typing import Protocol
 
 from ..delivery import Delivery
 from ..devices.output import Output
-from ..machine import Machine
+from ..runner.machine import Machine
 from ..spec import Disk, Net
 from .microvm import attach_microvm, ram_layout
 from .pc import attach_pc

@@ -32,12 +32,12 @@ from ..devices.output import Output
 from ..devices.reset import ResetControl
 from ..devices.uart import COM1_BASE, COM1_IRQ, Uart16550
 from ..errors import XInterfaceError
-from ..machine import Machine
+from ..interface import XInterface, bind
 from ..memory import HIGH_RAM_BASE, GuestMemory
+from ..runner.machine import Machine
 from ..spec import Disk, Net
 from ..virtio.device import VirtioDevice
 from ..virtio.mmio import MMIO_WINDOW, VirtioMmio
-from ..xinterface import XInterface, bind
 from .platform import Platform
 from .virtio import make_devices
 

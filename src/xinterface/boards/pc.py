@@ -12,7 +12,7 @@ from ..devices.output import Output
 from ..devices.pci import PciHost
 from ..devices.pci.irq import IntxLine
 from ..devices.pci.rom import rom_for
-from ..machine import Machine
+from ..runner.machine import Machine
 from ..spec import Disk, Net
 from ..virtio.blk import VirtioBlk
 from ..virtio.pci import VIRTIO_PCI_VENDOR, VirtioPci, pci_device_id

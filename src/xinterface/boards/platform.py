@@ -11,10 +11,10 @@ from ..devices.fw_cfg import FwCfg
 from ..devices.pci import PciHost
 from ..devices.reset import ResetControl
 from ..devices.uart import Uart16550
+from ..interface import XInterface
 from ..virtio.console import VirtioConsole
 from ..virtio.mmio import VirtioMmio
 from ..virtio.pci import VirtioPci
-from ..xinterface import XInterface
 
 # A virtio device's transport: virtio-mmio on microvm, virtio-pci on pc.
 Transport = VirtioMmio | VirtioPci

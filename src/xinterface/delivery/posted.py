@@ -29,7 +29,7 @@ import struct
 import threading
 from collections.abc import Callable
 
-from .. import backend
+from .. import accel
 from ..grace import Grace, ReaderSlot
 from ..iobus import Bus
 from ..kvm import uapi
@@ -68,8 +68,8 @@ class CoalescedRing:
         # Entries taken off the ring, not yet dispatched. A drain re-entered from a handler
         # continues from here, so entries are dispatched in ring order, each exactly once.
         self._pending: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
-        # The same, for the compiled drain (backend.fastloop), which keeps entries in C.
-        fast = backend.fastloop
+        # The same, for the compiled drain (accel.fastloop), which keeps entries in C.
+        fast = accel.fastloop
         self._native_pending = fast.Pending(_MAX) if fast is not None else None
 
     def release(self) -> None:
@@ -125,7 +125,7 @@ class CoalescedRing:
         # Counted before anything leaves the ring, so pending() holds throughout.
         self.draining += 1
         try:
-            fast = backend.fastloop
+            fast = accel.fastloop
             if fast is not None:
                 # The same algorithm in C, its pending entries in _native_pending.
                 return int(fast.drain(self._mm, _RING_OFFSET, _MAX, self._native_pending,

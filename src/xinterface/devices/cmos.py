@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from ..xinterface import XInterface, XIOEventFlags, XIORange
+from ..interface import XInterface, XIOEventFlags, XIORange
 
 INDEX_PORT = 0x70
 DATA_PORT = 0x71

@@ -12,9 +12,9 @@ import sys
 from typing import Protocol
 
 from ..delivery import Delivery
+from ..interface import XInterface, XIOEvent, XIOEventFlags, XIORange, bind
 from ..runstate import RunControl
 from ..vm import Vm
-from ..xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange, bind
 from .output import Output
 
 DEBUGCON_PORT = 0xE9

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import XInterfaceError
-from ..xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange
+from ..interface import XInterface, XIOEvent, XIOEventFlags, XIORange
 
 SELECTOR_PORT = 0x510
 DATA_PORT = 0x511

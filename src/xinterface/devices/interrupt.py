@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 
-from ..xinterface import XInterface
+from ..interface import XInterface
 
 
 class InterruptLine(abc.ABC):

@@ -18,7 +18,7 @@ import os
 import select
 import threading
 
-from ..xinterface import XInterface, XIrqfd
+from ..interface import XInterface, XIrqfd
 from .interrupt import InterruptLine
 
 

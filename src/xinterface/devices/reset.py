@@ -4,8 +4,8 @@ to port 0x64 (IBM PC/AT). Either ends the run with reason ``"reset"``."""
 
 from __future__ import annotations
 
+from ..interface import XInterface, XIOEvent, XIOEventFlags
 from ..runstate import RunControl
-from ..xinterface import XInterface, XIOEvent, XIOEventFlags
 
 RESET_CONTROL_PORT = 0xCF9
 RESET_CONTROL_RST_CPU = 0x04

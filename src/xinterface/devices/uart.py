@@ -14,7 +14,7 @@ import sys
 import threading
 from collections import deque
 
-from ..xinterface import XInterface, XIOEventFlags, XIORange
+from ..interface import XInterface, XIOEventFlags, XIORange
 from .interrupt import InterruptLine
 from .output import Output
 

@@ -11,7 +11,7 @@ from .report import fail
 
 if TYPE_CHECKING:
     from ..devices import Output
-    from ..machine import Machine, RunResult
+    from ..runner.machine import Machine, RunResult
     from .console import SerialConsole
 
 

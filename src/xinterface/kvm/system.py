@@ -8,7 +8,7 @@ import os
 from ..errors import KvmError, XInterfaceError
 from . import uapi
 from ._ioctl import ioctl
-from .vm import VmFd
+from .vmfd import VmFd
 
 DEV_KVM = "/dev/kvm"
 

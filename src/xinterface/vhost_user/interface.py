@@ -1,4 +1,4 @@
-"""An :class:`~xinterface.xinterface.XInterface` over a vhost-user frontend's memory.
+"""An :class:`~xinterface.interface.XInterface` over a vhost-user frontend's memory.
 
 A device gets from a session what ``bind()`` gives it on a local VM: ``copy_to``,
 ``copy_from``, ``vmap``, ``sgmap``, ``get``/``put``, ``on_release``; the same code runs
@@ -14,9 +14,9 @@ import threading
 from typing import TYPE_CHECKING, Protocol, cast
 
 from ..errors import XInterfaceError
+from ..interface import XInterface
 from ..iobus import IoBus
 from ..memory import GuestMemory
-from ..xinterface import XInterface
 
 if TYPE_CHECKING:
     from ..vm import Vm

@@ -14,8 +14,8 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import XInterfaceError
+from ..interface import XInterface
 from ..maps import GuestMap
-from ..xinterface import XInterface
 
 # §2.7.5 The Virtqueue Descriptor Table: struct virtq_desc { le64 addr; le32 len; le16 flags;
 # le16 next; } and its flags.

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from ..xinterface import XInterface
+from ..interface import XInterface
 from .chain import VirtqueueError
 from .queue import VirtQueue
 

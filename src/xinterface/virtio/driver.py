@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 
-from ..xinterface import XInterface
+from ..interface import XInterface
 from .chain import DESC, DESC_SIZE, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 from .device import Interrupt, Status, VirtioDevice
 from .queue import RING_HEADER, USED_ELEM, ring_sizes

@@ -20,7 +20,7 @@ from collections import Counter
 from ..delivery import Delivery
 from ..devices.interrupt import InterruptLine
 from ..errors import XInterfaceError
-from ..xinterface import XInterface, XIOEvent, XIORange
+from ..interface import XInterface, XIOEvent, XIORange
 from .device import Interrupt, VirtioDevice
 from .transport import (
     InterruptStatus,

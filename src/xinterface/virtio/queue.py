@@ -33,8 +33,8 @@ import threading
 from collections.abc import Iterator
 
 from ..errors import XInterfaceError
+from ..interface import XInterface
 from ..maps import GuestMap, XVMap
-from ..xinterface import XInterface
 from .chain import (
     DESC,
     DESC_SIZE,

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from ..delivery import Delivery
 from ..devices.interrupt import InterruptLine
-from ..xinterface import XInterface, XIOEvent
+from ..interface import XInterface, XIOEvent
 from .device import Interrupt, VirtioDevice
 from .queue import VirtQueue
 

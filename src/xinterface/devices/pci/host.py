@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from ...xinterface import XInterface, XIOEventFlags, XIORange
+from ...interface import XInterface, XIOEventFlags, XIORange
 from .config import (
     CLASS_HOST_BRIDGE,
     CLASS_ISA_BRIDGE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from ...xinterface import XInterface
+from ...interface import XInterface
 from ..interrupt import InterruptLine
 from .host import PciHost
 

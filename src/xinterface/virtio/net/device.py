@@ -46,7 +46,7 @@ import struct
 import threading
 
 from ...errors import XInterfaceError
-from ...xinterface import XInterface
+from ...interface import XInterface
 from ..chain import DescriptorChain, VirtqueueError, gather, split, total
 from ..device import Interrupt, InterruptFn, Status, VirtioDevice
 from ..queue import VirtQueue

@@ -11,7 +11,7 @@ from ...delivery import Delivery
 from ...devices.interrupt import InterruptLine
 from ...devices.pci.function import COMMAND_INTX_DISABLE, PciFunction
 from ...errors import XInterfaceError
-from ...xinterface import XInterface, XIOEvent, XIOEventFlags, XIORange
+from ...interface import XInterface, XIOEvent, XIOEventFlags, XIORange
 from ..device import Interrupt, VirtioDevice
 from ..transport import InterruptStatus, register_doorbells
 from .cfg_window import VirtioPciFunction

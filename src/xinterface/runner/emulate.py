@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import struct
 
-from .errors import XInterfaceError
-from .kvm import VcpuFd, uapi
-from .memory import GuestMemory
+from ..errors import XInterfaceError
+from ..kvm import VcpuFd, uapi
+from ..memory import GuestMemory
 
 IRET = 0xCF
 OPERAND_SIZE = 0x66            # SDM Vol. 2A 2.1.1: the operand-size override prefix

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from .iobus import Bus, Routes
-from .kvm.exits import Space
+from ..iobus import Bus, Routes
+from ..kvm.exits import Space
 
 
 class TracingBus:

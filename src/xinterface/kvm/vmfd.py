@@ -7,7 +7,7 @@ import os
 
 from . import uapi
 from ._ioctl import ioctl
-from .vcpu import VcpuFd
+from .vcpufd import VcpuFd
 
 
 class VmFd:

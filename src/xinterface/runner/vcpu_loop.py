@@ -1,6 +1,6 @@
 """The exit loop of one vCPU thread: ``KVM_RUN``, dispatch the exit, resume.
 
-Two implementations of one loop, chosen by :mod:`xinterface.backend`:
+Two implementations of one loop, chosen by :mod:`xinterface.accel`:
 
 - the Python loop (:meth:`VcpuLoop._exits_python`), the reference: its hot path (a single
   PIO/MMIO write) binds everything it touches to locals and reads the ``kvm_run`` page
@@ -19,7 +19,7 @@ the grace-period slot odd exactly while a handler (event, range device, read) ru
 
 ``KVM_RUN`` must hand ``EINTR`` back to Python: that is how a stop reaches a vCPU thread (see
 :meth:`xinterface.kvm.VcpuFd.run`, which raises ``InterruptedError`` for it and never retries,
-and :mod:`xinterface.machine`). The compiled loop calls libc's ``ioctl``
+and :mod:`xinterface.runner.machine`). The compiled loop calls libc's ``ioctl``
 itself and returns every ``EINTR`` to :meth:`VcpuLoop._exits_compiled`.
 """
 
@@ -31,14 +31,14 @@ import threading
 from types import ModuleType
 from typing import Protocol
 
-from . import backend
-from .delivery.posted import CoalescedRing
-from .errors import GuestError, GuestIOError
-from .grace import ReaderSlot
-from .iobus import Bus, read_in, write_in
-from .kvm import VcpuFd, exits, uapi
-from .kvm.exits import Space
-from .memory import GuestMemory
+from .. import accel
+from ..delivery.posted import CoalescedRing
+from ..errors import GuestError, GuestIOError
+from ..grace import ReaderSlot
+from ..iobus import Bus, read_in, write_in
+from ..kvm import VcpuFd, exits, uapi
+from ..kvm.exits import Space
+from ..memory import GuestMemory
 
 _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
 
@@ -142,7 +142,7 @@ class VcpuLoop:
         # Read once a run: the buses (wrapped when tracing) and strictness.
         self._buses = self.owner.buses()
         self._strict = self.owner.strict
-        fast = backend.fastloop
+        fast = accel.fastloop
         if fast is not None:
             self._exits_compiled(fast)
         else:
@@ -310,8 +310,8 @@ class VcpuLoop:
                              vcpu=self.index, regs=self.registers())
         if isinstance(exit, exits.InternalError):
             # Imported here: most runs never stop this way (start-up, README).
+            from ..kvm import internal_error
             from .emulate import emulate
-            from .kvm import internal_error
 
             if exit.suberror == uapi.KVM_INTERNAL_ERROR_EMULATION:
                 insn = internal_error.instruction_bytes(exit.data)

@@ -1,8 +1,8 @@
 """The runner: a :class:`~xinterface.vm.Vm`, one thread per vCPU, and the run/stop protocol.
 
 The VM (memory, buses, delivery paths, bound clients) is :class:`~xinterface.vm.Vm`; this
-module only runs it. Each vCPU thread runs a :class:`~xinterface.vcpu_loop.VcpuLoop`, which
-talks to the machine through the narrow :class:`~xinterface.vcpu_loop.LoopOwner` contract.
+module only runs it. Each vCPU thread runs a :class:`~xinterface.runner.vcpu_loop.VcpuLoop`, which
+talks to the machine through the narrow :class:`~xinterface.runner.vcpu_loop.LoopOwner` contract.
 
 Stopping follows the kernel's documented protocol (Documentation/virt/kvm/api.rst,
 ``immediate_exit``): set ``immediate_exit`` in the vCPU's ``kvm_run``, then send the vCPU
@@ -30,14 +30,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, ClassVar, NamedTuple, TextIO
 
-from . import loader
-from .errors import GuestIOError, XInterfaceError
-from .iobus import Bus, IoBus
-from .kvm import uapi
-from .memory import GuestMemory
-from .runstate import IN_RUN, RunControl, RunState, RunStates
+from .. import loader
+from ..errors import GuestIOError, XInterfaceError
+from ..iobus import Bus, IoBus
+from ..kvm import uapi
+from ..memory import GuestMemory
+from ..runstate import IN_RUN, RunControl, RunState, RunStates
+from ..vm import Vm
 from .vcpu_loop import VcpuLoop
-from .vm import Vm
 
 KICK_SIGNAL = signal.SIGRTMIN + 1
 
@@ -114,7 +114,7 @@ class Machine:
         # The CPU template's name is checked before the VM exists: nothing to undo.
         make_cpuid = None
         if cpu is not None:
-            from .loader import cpuid
+            from ..loader import cpuid
 
             make_cpuid = cpuid.template(cpu)
         self.console = console

@@ -2,7 +2,7 @@
 
 The compiled loop (``xinterface._fastloop``, built from ``_fastloop.c`` by setup.py when a
 compiler and Python's headers are there) serves the hot exits and the coalesced ring in C;
-the Python loop in :mod:`xinterface.vcpu_loop` is the reference and the fallback. Setting
+the Python loop in :mod:`xinterface.runner.vcpu_loop` is the reference and the fallback. Setting
 ``XINTERFACE_PURE_PYTHON=1`` forces the Python loop even when the extension is built.
 """
 
