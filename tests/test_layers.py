@@ -17,7 +17,7 @@ PACKAGE = Path(xinterface.__file__).parent
 # Bottom up. A module may import from its own layer and from layers below it, never above.
 # The same list is in README's Layout section.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("errors", ("errors",)),
+    ("errors", ("errors", "checks")),
     ("KVM ABI", ("kvm", "accel", "_fastloop")),
     ("memory and buses", ("memory", "grace", "iobus")),
     ("kernel fast paths", ("delivery",)),

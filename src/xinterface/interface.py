@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from .checks import check_int, is_int
 from .delivery import Delivery
 from .errors import XInterfaceError
 from .iobus import IoBus, RangeDevice, RangeRead, RangeWrite
@@ -54,17 +55,11 @@ __all__ = [
 
 
 def _check_length(length: object, name: str = "length") -> int:
-    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-        raise XInterfaceError(errno.EINVAL, f"{name} {length!r} must be a positive int",
-                              argument=name, value=length)
-    return length
+    return check_int(length, name, minimum=1)
 
 
 def _check_gpa(gpa: object) -> int:
-    if isinstance(gpa, bool) or not isinstance(gpa, int) or gpa < 0:
-        raise XInterfaceError(errno.EINVAL, f"gpa {gpa!r} must be a non-negative int",
-                              argument="gpa", value=gpa)
-    return gpa
+    return check_int(gpa, "gpa")
 
 
 
@@ -118,9 +113,7 @@ class XInterface(Counted):
 
     def copy_from(self, gpa: int, length: int) -> bytes:
         """``length`` bytes of guest memory at ``gpa``: all of them, or ``EFAULT``."""
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise XInterfaceError(errno.EINVAL, f"length {length!r} must be a non-negative int",
-                                  argument="length", value=length)
+        length = check_int(length, "length")
         return self._memory().read(_check_gpa(gpa), length)
 
     def vmap(self, gpa: int, length: int) -> XVMap:
@@ -162,19 +155,15 @@ class XInterface(Counted):
     def _bus(self, addr: object, length: object, flags: object) -> tuple[IoBus, int, int]:
         """Validate as the seed's xinterface_ioevent does; the bus the flags choose."""
         self._check()
-        if isinstance(flags, bool) or not isinstance(flags, int) or (
+        if not is_int(flags) or (
                 flags & ~KVM_XIOEVENT_VALID_FLAG_MASK) or flags < 0:
             mask = KVM_XIOEVENT_VALID_FLAG_MASK
             raise XInterfaceError(errno.EINVAL, f"flags {flags!r} has bits outside "
                                   f"KVM_XIOEVENT_VALID_FLAG_MASK ({mask:#x})",
                                   argument="flags", value=flags)
         bus = self.vm.pio_bus if flags & XIOEventFlags.PIO else self.vm.mmio_bus
-        if isinstance(addr, bool) or not isinstance(addr, int) or addr < 0:
-            raise XInterfaceError(errno.EINVAL, f"addr {addr!r} must be a non-negative int",
-                                  argument="addr", value=addr)
-        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-            raise XInterfaceError(errno.EINVAL, f"length {length!r} must be a positive int",
-                                  argument="length", value=length)
+        addr = check_int(addr, "addr")
+        length = _check_length(length)
         if addr >= bus.limit:
             raise XInterfaceError(errno.EINVAL, f"addr {addr:#x} is past the end of the "
                                   f"{bus.space} bus ({bus.limit - 1:#x})",
@@ -211,8 +200,7 @@ class XInterface(Counted):
             if delivery is not Delivery.EVENTFD:
                 raise XInterfaceError(errno.EINVAL, "datamatch is only for Delivery.EVENTFD",
                                       argument="datamatch", value=datamatch)
-            if (isinstance(datamatch, bool) or not isinstance(datamatch, int)
-                    or not 0 <= datamatch < 1 << (8 * length)):
+            if not is_int(datamatch) or not 0 <= datamatch < 1 << (8 * length):
                 raise XInterfaceError(errno.EINVAL, f"datamatch {datamatch!r} does not fit in "
                                       f"{length} bytes", argument="datamatch", value=datamatch)
         if delivery is Delivery.EVENTFD:
@@ -259,7 +247,7 @@ class XInterface(Counted):
         if not self.vm.has_cap(cap):
             raise XInterfaceError(errno.EOPNOTSUPP, f"the kernel lacks {CAP_NAMES[cap]}",
                                   argument="resample", value=resample)
-        if isinstance(gsi, bool) or not isinstance(gsi, int) or not 0 <= gsi < 1 << 32:
+        if not is_int(gsi) or not 0 <= gsi < 1 << 32:
             raise XInterfaceError(errno.EINVAL, f"gsi {gsi!r} is not an interrupt line",
                                   argument="gsi", value=gsi)
         return self._register(XIrqfd(self, gsi, resample))
@@ -276,7 +264,7 @@ class XInterface(Counted):
         if not self.vm.irqchip:
             raise XInterfaceError(errno.EOPNOTSUPP, "set_irq needs an in-kernel irqchip: "
                                   "Machine(irqchip=True)", argument="gsi", value=gsi)
-        if isinstance(gsi, bool) or not isinstance(gsi, int) or not 0 <= gsi < 1 << 32:
+        if not is_int(gsi) or not 0 <= gsi < 1 << 32:
             raise XInterfaceError(errno.EINVAL, f"gsi {gsi!r} is not an interrupt line",
                                   argument="gsi", value=gsi)
         try:
@@ -407,7 +395,7 @@ def bind(target: Vm | HasVm | int) -> XInterface:
     vm: Vm | None
     if isinstance(target, Vm):
         vm = target
-    elif isinstance(target, int) and not isinstance(target, bool):
+    elif is_int(target):
         if not 0 <= target < 1 << 31:
             raise XInterfaceError(errno.EBADF, f"fd {target} is not a file descriptor",
                                   argument="target", value=target)

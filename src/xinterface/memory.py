@@ -13,6 +13,7 @@ import mmap
 import os
 from collections.abc import Iterable, Sequence
 
+from .checks import is_int
 from .errors import XInterfaceError
 from .kvm.uapi import KVM_MEM_READONLY, PAGE_SIZE
 from .kvm.vmfd import VmFd
@@ -65,8 +66,7 @@ class MemoryRegion:
 
 
 def _check_region(gpa: int, size: int, index: int) -> None:
-    if (isinstance(gpa, bool) or isinstance(size, bool) or not isinstance(gpa, int)
-            or not isinstance(size, int)):
+    if not is_int(gpa) or not is_int(size):
         raise XInterfaceError(errno.EINVAL, f"memory region {index} ({gpa!r}, {size!r}): gpa "
                               "and size must be ints", argument="memory", value=(gpa, size))
     what = f"memory region {index} (gpa {gpa:#x}, size {size:#x})"
@@ -296,7 +296,7 @@ class GuestMemory:
 
 def layout_from(memory: int | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """The region list for ``Machine(memory=...)``: a size, or ``(gpa, size)`` pairs."""
-    if isinstance(memory, int) and not isinstance(memory, bool):
+    if is_int(memory):
         _check_region(0, memory, 0)
         return default_layout(memory)
     bad = XInterfaceError(errno.EINVAL, f"memory {memory!r} is neither a size in bytes nor a "

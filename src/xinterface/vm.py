@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import NoReturn, Protocol
 
+from .checks import is_int
 from .delivery.eventfd import EventLoop
 from .delivery.posted import CoalescedRing
 from .errors import GuestError, GuestIOError, XInterfaceError
@@ -115,7 +116,7 @@ class Vm:
         assert self._kvm is not None
         limit = (self._kvm.check_extension(uapi.KVM_CAP_MAX_VCPUS)
                  or self._kvm.check_extension(uapi.KVM_CAP_NR_VCPUS) or 4)
-        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= limit:
+        if not is_int(vcpus) or not 1 <= vcpus <= limit:
             raise XInterfaceError(errno.EINVAL, f"vcpus {vcpus!r} must be an int from 1 to "
                                   f"{limit} (KVM_CAP_MAX_VCPUS)", argument="vcpus", value=vcpus)
 
