@@ -29,7 +29,7 @@ SPECS = [
     MachineSpec(memory=1 << 30, vcpus=4, cpu="baseline", board="pc", boot=FIRMWARE,
                 disks=(Disk("a.img"), Disk("b.img", readonly=True)),
                 nets=(Net("tap0"), Net("tap1", "52:54:00:00:00:02", IPXE_VIRTIO_ROM)),
-                rng=True, notify="eventfd",
+                rng=True, doorbells="eventfd",
                 consoles=Consoles(posted_debugcon=True, virtio_console=True, sercon=True)),
     MachineSpec(cpu="host", boot=KERNEL, disks=(Disk("root.img", True),)),
 ]
@@ -82,7 +82,7 @@ GOOD = MachineSpec(boot=FIRMWARE)
     (GOOD._replace(memory=MIN_FIRMWARE_RAM - 4096), "memory"),
     (GOOD._replace(vcpus=0), "vcpus"),
     (GOOD._replace(cpu="pentium"), "cpu"),
-    (GOOD._replace(notify="interrupt"), "notify"),
+    (GOOD._replace(doorbells="interrupt"), "doorbells"),
     (GOOD._replace(disks=(Disk("a.img"), Disk(""))), "disks[1].path"),
     (GOOD._replace(nets=(Net(""),)), "nets[0].tap"),
     (GOOD._replace(nets=(Net("tap0"), Net("tap1", mac="52:54:00"))), "nets[1].mac"),

@@ -17,7 +17,8 @@ must never wait for a thread that waits for it. Two rules keep every wait cycle-
 
 The second rule is only for callers inside a dispatch, the only ones that can close a cycle.
 A caller outside every dispatch (the main thread, say) waits for syncing slots too, so when
-its ``deassign`` returns the handler has really returned (issue 11, defect 5).
+its ``deassign`` returns the handler has really returned (a deassign from the main thread
+must never return while a vCPU is still inside the handler).
 """
 
 from __future__ import annotations

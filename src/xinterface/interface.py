@@ -86,7 +86,7 @@ class XInterface(Counted):
         self._io: set[BusEntry] = set()
         self._release_lock = threading.Lock()
         self._on_release: list[Callable[[], object]] = []
-        vm.attach(self)
+        vm.add_client(self)
 
     def get(self) -> XInterface:
         super().get()
@@ -302,7 +302,7 @@ class XInterface(Counted):
     def release(self) -> None:
         """``ops->release``: runs once, on the last ``put`` (or when the machine closes)."""
         with self._release_lock:
-            self.vm.detach(self)
+            self.vm.remove_client(self)
         self._run_release_hooks()
 
     def _run_release_hooks(self) -> None:

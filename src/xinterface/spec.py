@@ -72,7 +72,7 @@ class Consoles(NamedTuple):
 class MachineSpec(NamedTuple):
     """A whole machine. ``board`` None: no board, the bare machine of ``xinterface run``
     (its debug ports, and COM1 if ``consoles.uart``). ``cpu``: a CPU template's name
-    (:mod:`xinterface.loader.cpuid`), None for KVM's own CPUID. ``notify``: how the virtio
+    (:mod:`xinterface.loader.cpuid`), None for KVM's own CPUID. ``doorbells``: how the virtio
     doorbells are delivered (:class:`xinterface.delivery.Delivery`'s value)."""
 
     memory: int = 64 << 20
@@ -86,7 +86,7 @@ class MachineSpec(NamedTuple):
     nets: tuple[Net, ...] = ()
     rng: bool = False
     consoles: Consoles = Consoles()
-    notify: str = "sync"
+    doorbells: str = "sync"
 
     def validate(self) -> MachineSpec:
         """``self`` if it describes a machine that can be built, else ``XInterfaceError``
@@ -117,8 +117,8 @@ class MachineSpec(NamedTuple):
             if self.cpu not in TEMPLATES:
                 _bad("cpu", self.cpu, f"CPU template {self.cpu!r} is not one of "
                      f"{', '.join(TEMPLATES)}")
-        if self.notify not in NOTIFY_NAMES:
-            _bad("notify", self.notify, f"notify {self.notify!r} is not one of "
+        if self.doorbells not in NOTIFY_NAMES:
+            _bad("doorbells", self.doorbells, f"doorbells {self.doorbells!r} is not one of "
                  f"{', '.join(NOTIFY_NAMES)}")
         for i, disk in enumerate(self.disks):
             check_disk(disk, f"disks[{i}]")
@@ -188,7 +188,7 @@ def check_net(net: Net, where: str = "net") -> None:
 # Each field's JSON type(s); a record's fields are checked after it is built from them.
 _TYPES: dict[str, tuple[type, ...]] = {
     "memory": (int,), "vcpus": (int,), "cpu": (str, type(None)), "board": (str, type(None)),
-    "irqchip": (bool,), "strict": (bool,), "rng": (bool,), "notify": (str,),
+    "irqchip": (bool,), "strict": (bool,), "rng": (bool,), "doorbells": (str,),
     "boot.firmware": (str, type(None)), "boot.kernel": (str, type(None)),
     "boot.initrd": (str, type(None)), "boot.cmdline": (str,),
     "consoles.uart": (bool,), "consoles.posted_debugcon": (bool,),
@@ -206,7 +206,7 @@ def _check_types(spec: MachineSpec) -> None:
             _bad(name, value, f"{name} is {' or '.join(_type_name(k) for k in kinds)}, not "
                  f"{_type_name(type(value))}")
 
-    for key in ("memory", "vcpus", "cpu", "board", "irqchip", "strict", "rng", "notify"):
+    for key in ("memory", "vcpus", "cpu", "board", "irqchip", "strict", "rng", "doorbells"):
         check(key, key, getattr(spec, key))
     for part, value in (("boot", spec.boot), ("consoles", spec.consoles)):
         if not isinstance(value, Boot if part == "boot" else Consoles):

@@ -199,12 +199,12 @@ class Vm:
             return self._event_loop
 
     # --- clients -------------------------------------------------------------------------
-    def attach(self, client: Client) -> None:
+    def add_client(self, client: Client) -> None:
         with self._lock:
             self.check_open()
             self._clients.append(client)
 
-    def detach(self, client: Client) -> None:
+    def remove_client(self, client: Client) -> None:
         with self._lock:
             if client in self._clients:
                 self._clients.remove(client)

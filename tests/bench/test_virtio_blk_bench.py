@@ -14,9 +14,9 @@ from xinterface.delivery import Delivery
 pytestmark = needs_kvm
 
 
-@pytest.mark.parametrize("notify", [Delivery.SYNC, Delivery.EVENTFD, Delivery.POSTED])
-def test_guest_completes_every_request_on_xinterface(tmp_path: Path, notify: Delivery) -> None:
-    assert virtio_blk._own_seconds(4, 3, tmp_path / "disk.img", notify) > 0
+@pytest.mark.parametrize("doorbells", [Delivery.SYNC, Delivery.EVENTFD, Delivery.POSTED])
+def test_guest_completes_every_request_on_xinterface(tmp_path: Path, doorbells: Delivery) -> None:
+    assert virtio_blk._own_seconds(4, 3, tmp_path / "disk.img", doorbells) > 0
 
 
 def test_guest_completes_every_request_on_qemu(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_resampling_irqfd_is_a_level_line(guest: Assemble) -> None:
         return made[0].line(gsi)
     result, mmio = _level_guest(guest, make, 30)
     # A third interrupt may come (a re-raise decided at one EOI can land after the next,
-    # test_boards says why); never fewer than two.
+    # tests/boards/test_firmware_on_boards.py says why); never fewer than two.
     assert result.reason == "exit" and result.exit_code in ((2 << 1) | 1, (3 << 1) | 1)
     assert made[0].resamples >= 1 and mmio.interrupt_status == 0
 

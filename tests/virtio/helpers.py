@@ -89,7 +89,7 @@ def rig(device: VirtioDevice | None = None, *, size: int = 8, features: int | No
         try:
             yield r
         finally:
-            dev.detach()
+            dev.disconnect()
 
 
 def changes(before: bytes, after: bytes) -> list[tuple[int, int]]:

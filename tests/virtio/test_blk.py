@@ -259,5 +259,5 @@ def test_segments_from_one_buffer_repeated_to_gigabytes_are_refused_uncopied(
         assert intf.copy_from(STATUS, 1)[0] == b.VIRTIO_BLK_S_IOERR
         assert peak < 1 << 20
         assert not dev.status & Status.DEVICE_NEEDS_RESET
-        dev.detach()
+        dev.disconnect()
     assert image.read_bytes() == before

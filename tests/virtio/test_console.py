@@ -48,4 +48,4 @@ def test_output_input_and_emergency_write() -> None:
 
         console.write_config(EMERG_WRITE, b"!\0\0\0")
         assert out.getvalue().endswith(b"!")
-        console.detach()
+        console.disconnect()

@@ -93,7 +93,7 @@ def test_reset_brings_everything_back() -> None:
     with rig() as r:
         r.queue.post([(BUF, 1, False), (BUF + 0x100, 1, True)])
         r.device.notify(0)
-        r.device.fail("test")
+        r.device.set_needs_reset("test")
         r.device.set_status(0)
         dev = r.device
         assert (dev.status, dev.driver_features, dev.error) == (0, 0, None)
@@ -113,7 +113,7 @@ def test_notifications_the_device_ignores() -> None:
         assert dev.stats["notify_ignored"] == 4 and r.queue.used_idx == 0
     with xi.Machine(memory=MEMORY) as m:
         dev = Echo()
-        dev.attach(xi.bind(m), lambda kind: None)
+        dev.connect(xi.bind(m), lambda kind: None)
         dev.notify(0)          # before DRIVER_OK (§2.1.2: no buffer is consumed)
         assert dev.stats["notify_ignored"] == 1
 

@@ -222,7 +222,7 @@ def test_eventfd_mode_registers_one_ioeventfd_per_queue() -> None:
         intf = xi.bind(m)
         dev = Echo()
         dev.queues.append(type(dev.queues[0])(1, 8))
-        mmio = VirtioMmio(dev, BASE, notify=xi.Delivery.EVENTFD)
+        mmio = VirtioMmio(dev, BASE, doorbells=xi.Delivery.EVENTFD)
         mmio.attach(intf)
         events = [e for e in mmio._entries if isinstance(e, xi.XIOEventFd)]
         assert [(e.addr, e.length, e.datamatch) for e in events] == [
@@ -248,8 +248,8 @@ def test_bad_transport_arguments_are_refused() -> None:
         VirtioMmio(Echo(), BASE, version=3)
     assert exc.value.argument == "version"
     with pytest.raises(xi.XInterfaceError) as exc:
-        VirtioMmio(Echo(), BASE, notify="sync")  # type: ignore[arg-type]
-    assert exc.value.argument == "notify"
+        VirtioMmio(Echo(), BASE, doorbells="sync")  # type: ignore[arg-type]
+    assert exc.value.argument == "doorbells"
 
 
 def test_level_line_follows_interrupt_status() -> None:

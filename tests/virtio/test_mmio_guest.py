@@ -42,7 +42,7 @@ def checksum(data: bytes) -> int:
     return int(sum(struct.unpack("<128I", data))) & 0xFFFFFFFF
 
 
-def run_guest(guest: Assemble, disk: VirtioBlk, *, notify: xi.Delivery = xi.Delivery.SYNC,
+def run_guest(guest: Assemble, disk: VirtioBlk, *, doorbells: xi.Delivery = xi.Delivery.SYNC,
               irq: int = 0, kind: int = 0, sector: int = 0, data: int = DATA,
               recover: int = 0, fill: bytes = b"", bogus: int = 0, qsize: int = 8,
               level: bool = False) -> tuple[list[Line], xi.RunResult, VirtioMmio]:
@@ -56,10 +56,10 @@ def run_guest(guest: Assemble, disk: VirtioBlk, *, notify: xi.Delivery = xi.Deli
         if fill:
             intf.copy_to(data, fill)
         if level:   # a level-triggered line, asserted while InterruptStatus is not zero
-            mmio = VirtioMmio(disk, BASE, irq=GsiLine(intf, irq), notify=notify)
+            mmio = VirtioMmio(disk, BASE, irq=GsiLine(intf, irq), doorbells=doorbells)
         else:       # an edge: one pulse through an irqfd for each interrupt
             mmio = VirtioMmio(disk, BASE, irq=IrqfdLine(intf, irq) if irq else None,
-                              notify=notify)
+                              doorbells=doorbells)
         mmio.attach(intf)
         result = m.run(timeout=30)
         mmio.detach()
@@ -69,11 +69,11 @@ def run_guest(guest: Assemble, disk: VirtioBlk, *, notify: xi.Delivery = xi.Deli
     return lines, result, mmio
 
 
-@pytest.mark.parametrize("notify", list(xi.Delivery), ids=lambda d: d.value)
+@pytest.mark.parametrize("doorbells", list(xi.Delivery), ids=lambda d: d.value)
 def test_guest_reads_sector_through_virtio_mmio(guest: Assemble, image: Path,
-                                                notify: xi.Delivery) -> None:
+                                                doorbells: xi.Delivery) -> None:
     with VirtioBlk(image) as disk:
-        lines, _, mmio = run_guest(guest, disk, notify=notify, sector=5)
+        lines, _, mmio = run_guest(guest, disk, doorbells=doorbells, sector=5)
     expected = checksum(image.read_bytes()[5 * 512:6 * 512])
     # status OK; DRIVER_OK|FEATURES_OK|DRIVER|ACKNOWLEDGE; a used buffer interrupt; the sum.
     assert lines == [(0, 0x0F, 0x01, expected)]
@@ -120,14 +120,14 @@ def test_guest_buffer_outside_ram_needs_reset_then_recovers(guest: Assemble, ima
                      (0, 0x0F, 0x01, checksum(image.read_bytes()[1536:2048]))]
 
 
-@pytest.mark.parametrize("notify", list(xi.Delivery), ids=lambda d: d.value)
+@pytest.mark.parametrize("doorbells", list(xi.Delivery), ids=lambda d: d.value)
 def test_guest_doorbell_for_a_missing_queue_is_ignored(guest: Assemble, image: Path,
-                                                       notify: xi.Delivery) -> None:
+                                                       doorbells: xi.Delivery) -> None:
     with VirtioBlk(image) as disk:
-        lines, _, mmio = run_guest(guest, disk, notify=notify, bogus=1)
+        lines, _, mmio = run_guest(guest, disk, doorbells=doorbells, bogus=1)
         assert disk.stats["notify_ignored"] == 1 and disk.stats["notify"] == 1
     assert lines == [(0, 0x0F, 0x01, checksum(image.read_bytes()[:512]))]
-    if notify is xi.Delivery.EVENTFD:
+    if doorbells is xi.Delivery.EVENTFD:
         # No ioeventfd matches the value 7: the write exits and reaches the window.
         assert mmio.stats["doorbell_by_window"] == 1 and mmio.stats["doorbell"] == 1
     else:

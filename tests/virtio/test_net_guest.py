@@ -38,7 +38,7 @@ def sent(seq: int) -> bytes:
     return head.ljust(net.FRAME, b"\0")
 
 
-def run_guest(mode: str, backend: NetBackend, *, notify: xi.Delivery = xi.Delivery.SYNC,
+def run_guest(mode: str, backend: NetBackend, *, doorbells: xi.Delivery = xi.Delivery.SYNC,
               on_mark: object = None, count: int = COUNT
               ) -> tuple[xi.RunResult, VirtioNet, Marks]:
     marks = Marks(on_mark if callable(on_mark) else lambda mark: None)
@@ -49,16 +49,16 @@ def run_guest(mode: str, backend: NetBackend, *, notify: xi.Delivery = xi.Delive
         regs = vcpu.get_regs()
         regs.rip = net.ENTRY
         vcpu.set_regs(regs)
-        transport = VirtioMmio(device, net.MMIO_BASE + 0x200 * SLOT, notify=notify)
+        transport = VirtioMmio(device, net.MMIO_BASE + 0x200 * SLOT, doorbells=doorbells)
         transport.attach(xi.bind(m))
         result = m.run(timeout=60)
         transport.detach()
     return result, device, marks
 
 
-@pytest.mark.parametrize("notify", [xi.Delivery.SYNC, xi.Delivery.EVENTFD],
+@pytest.mark.parametrize("doorbells", [xi.Delivery.SYNC, xi.Delivery.EVENTFD],
                          ids=lambda d: d.value)
-def test_guest_transmits_numbered_frames_in_order(notify: xi.Delivery) -> None:
+def test_guest_transmits_numbered_frames_in_order(doorbells: xi.Delivery) -> None:
     backend, peer = SocketBackend.pair()
     got: list[bytes] = []
 
@@ -69,7 +69,7 @@ def test_guest_transmits_numbered_frames_in_order(notify: xi.Delivery) -> None:
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        result, device, marks = run_guest("tx", backend, notify=notify)
+        result, device, marks = run_guest("tx", backend, doorbells=doorbells)
     finally:
         device.close()
         reader.join(10)
@@ -80,9 +80,9 @@ def test_guest_transmits_numbered_frames_in_order(notify: xi.Delivery) -> None:
     assert device.stats["tx_packets"] == COUNT and device.stats["tx_backend"] == 0
 
 
-@pytest.mark.parametrize("notify", [xi.Delivery.SYNC, xi.Delivery.EVENTFD],
+@pytest.mark.parametrize("doorbells", [xi.Delivery.SYNC, xi.Delivery.EVENTFD],
                          ids=lambda d: d.value)
-def test_guest_receives_numbered_frames_in_order(notify: xi.Delivery) -> None:
+def test_guest_receives_numbered_frames_in_order(doorbells: xi.Delivery) -> None:
     backend, peer = SocketBackend.pair()
     ready = threading.Event()
 
@@ -94,7 +94,7 @@ def test_guest_receives_numbered_frames_in_order(notify: xi.Delivery) -> None:
     sender = threading.Thread(target=send)
     sender.start()
     try:
-        result, device, marks = run_guest("rx", backend, notify=notify,
+        result, device, marks = run_guest("rx", backend, doorbells=doorbells,
                                           on_mark=lambda mark: ready.set() if mark == "R" else None)
     finally:
         ready.set()

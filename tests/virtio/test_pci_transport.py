@@ -55,12 +55,12 @@ IO_BASE, MEM_BASE = 0xC000, 0xFEBF0000
 class Rig:
     """A VM with one virtio-rng behind virtio-pci, its BARs programmed as firmware would."""
 
-    def __init__(self, vm: xi.Vm, notify: Delivery = Delivery.SYNC) -> None:
+    def __init__(self, vm: xi.Vm, doorbells: Delivery = Delivery.SYNC) -> None:
         self.vm = vm
         self.intf = xi.bind(vm)
         self.irq = LineLog()
         self.lines = self.irq.levels
-        self.transport = VirtioPci(VirtioRng(queue_size=8), irq=self.irq, notify=notify)
+        self.transport = VirtioPci(VirtioRng(queue_size=8), irq=self.irq, doorbells=doorbells)
         self.f = self.transport.function
         self.transport.attach(self.intf)
         self.cfg(BAR0, IO_BASE)
@@ -109,15 +109,15 @@ def vm() -> Iterator[xi.Vm]:
         yield v
 
 
-@pytest.mark.parametrize("notify", [Delivery.SYNC, Delivery.EVENTFD])
-def test_modern_driver_gets_entropy_and_an_intx(vm: xi.Vm, notify: Delivery) -> None:
-    rig = Rig(vm, notify)
+@pytest.mark.parametrize("doorbells", [Delivery.SYNC, Delivery.EVENTFD])
+def test_modern_driver_gets_entropy_and_an_intx(vm: xi.Vm, doorbells: Delivery) -> None:
+    rig = Rig(vm, doorbells)
     q = QueueDriver(rig.intf, 0x10000, 8)
     rig.modern_up(q)
     assert rig.mmio_read(CC_NUM_QUEUES, 2) == 1
     assert rig.transport.device.status & Status.DRIVER_OK
     q.post([(0x20000, 64, True)])
-    if notify is Delivery.SYNC:
+    if doorbells is Delivery.SYNC:
         rig.mmio(NOTIFY_OFFSET, 0, 2)      # the doorbell xioevent: payload = queue index
     else:
         vm.mmio_bus.write(MEM_BASE + NOTIFY_OFFSET, b"\0\0")  # no exit path here: the
@@ -189,7 +189,7 @@ def test_hostile_driver_gets_what_hardware_gives(vm: xi.Vm) -> None:
     assert rig.mmio_read(CC_QUEUE_SIZE, 2) == 0
     rig.mmio(CC_QUEUE_SIZE, 3, 2)
     assert rig.transport.stats["bad_queue_select"] == 1
-    rig.mmio(NOTIFY_OFFSET, 5, 2)                             # notify of a missing queue
+    rig.mmio(NOTIFY_OFFSET, 5, 2)                             # doorbells of a missing queue
     assert rig.transport.device.stats["notify_ignored"] == 1
     rig.mmio(0x3F00, 0xFFFF, 2)                               # nowhere in particular
     rig.mmio(CC_QUEUE_SELECT, 0, 2)

@@ -308,7 +308,7 @@ def test_unusable_queue_configuration_is_refused(size: int, desc: int, message: 
     with xi.Machine(memory=MEMORY) as m:
         intf = xi.bind(m)
         dev: VirtioDevice = Echo(8)
-        dev.attach(intf, lambda kind: None)
+        dev.connect(intf, lambda kind: None)
         dev.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
         dev.set_driver_features(1, 1)
         dev.set_status(dev.status | Status.FEATURES_OK)
@@ -318,7 +318,7 @@ def test_unusable_queue_configuration_is_refused(size: int, desc: int, message: 
         assert not q.ready
         assert dev.status & Status.DEVICE_NEEDS_RESET
         assert dev.error is not None and message in dev.error
-        dev.detach()
+        dev.disconnect()
 
 
 # --- rings across two adjacent memory regions (any gpa is the driver's choice, §2.7) -------
@@ -351,4 +351,4 @@ def test_a_ring_across_two_adjacent_regions_is_served(ring: str, base: int) -> N
             assert intf.copy_from(BUF + 0x100, len(data)) == data
             assert q.avail_event == q.avail_idx     # EVENT_IDX: written across the split
         assert not dev.status & Status.DEVICE_NEEDS_RESET
-        dev.detach()
+        dev.disconnect()

@@ -132,7 +132,7 @@ def test_close_while_an_iothread_device_serves_a_request() -> None:
         intf = xi.bind(m)
         irqfd = intf.irqfd(5)
         dev = Slow()
-        intf.on_release(dev.detach)
+        intf.on_release(dev.disconnect)
         q = QueueDriver(intf, RINGS, 8)
         assert bring_up(dev, intf, [q], interrupt=lambda kind: irqfd.trigger()) & (
             Status.DRIVER_OK)
@@ -167,7 +167,7 @@ def test_a_failing_device_thread_survives_an_interrupt_that_cannot_be_raised() -
         time.sleep(0.1)
         assert "RuntimeError" in (dev.error or "")
         assert dev.stats["interrupt_failed"] == 1
-        dev.detach()
+        dev.disconnect()
     assert errors == []
 
 

@@ -13,7 +13,7 @@ what is measured.
 - QEMU: Debian's ``qemu-system-x86_64 -M microvm`` with ``-netdev tap,vhost=off`` in the same
   namespace, booting the same bytes from a virtio-blk disk through SeaBIOS.
 
-Both of ours are loaded flat (no firmware); notify by SYNC xioevent or EVENTFD.
+Both of ours are loaded flat (no firmware); doorbells by SYNC xioevent or EVENTFD.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def own(mode: str, count: int, delivery: Delivery = Delivery.SYNC, *,
             regs = vcpu.get_regs()
             regs.rip = ENTRY
             vcpu.set_regs(regs)
-            transport = VirtioMmio(net, MMIO_BASE, notify=delivery)
+            transport = VirtioMmio(net, MMIO_BASE, doorbells=delivery)
             transport.attach(bind(machine))
             result = machine.run(timeout=timeout)
             transport.detach()
@@ -208,7 +208,7 @@ def with_tap(run: Callable[[str, str], NetRun], tap_name: str) -> NetRun:
 def figure_samples(quick: bool, scale: float, peers: tuple[str, ...]
                    ) -> tuple[list[tuple[str, Callable[[], float], str | None]], list[str]]:
     """The suite's virtio-net figures as ``(name, sample, reference)``, ns per packet, and
-    notices. Always: ours on the unprivileged backend, notify SYNC and EVENTFD. With
+    notices. Always: ours on the unprivileged backend, doorbells SYNC and EVENTFD. With
     ``--peer qemu-net`` (and root): ours on a TAP, and QEMU on a TAP, whose figure is the
     reference of ours."""
     count = max(200, int((1_000 if quick else 5_000) * scale))

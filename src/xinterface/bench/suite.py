@@ -139,9 +139,9 @@ def figures(quick: bool, scale: float = 1.0,
             reference = f"qemu.virtio.blk.qd{depth}"
             out.append(Figure(reference, "ns/request",
                               partial(request_ns, depth, blk_n, peer=True)))
-        for notify in (Delivery.SYNC, Delivery.EVENTFD):
-            out.append(Figure(f"virtio.blk.qd{depth}.{notify.value}", "ns/request",
-                              partial(request_ns, depth, blk_n, notify=notify), reference))
+        for doorbells in (Delivery.SYNC, Delivery.EVENTFD):
+            out.append(Figure(f"virtio.blk.qd{depth}.{doorbells.value}", "ns/request",
+                              partial(request_ns, depth, blk_n, doorbells=doorbells), reference))
     for n in (1, 100, 10_000, 100_000):
         out.append(Figure(f"bus.events.{n}", "ns/write",
                           partial(write_cost, n_sync, registered=n), floor("floor.pio.1")))

@@ -53,7 +53,7 @@ def _span(marks: Marks, who: str, status: object) -> float:
     return span
 
 
-def _own_seconds(depth: int, rounds: int, disk: Path, notify: Delivery) -> float:
+def _own_seconds(depth: int, rounds: int, disk: Path, doorbells: Delivery) -> float:
     """Seconds of ``rounds`` rounds on xinterface, from the guest's 'S' to its 'E'."""
     boot = guest(depth, rounds)
     _disk(disk, boot)
@@ -63,14 +63,14 @@ def _own_seconds(depth: int, rounds: int, disk: Path, notify: Delivery) -> float
         host = PciHost()
         device = VirtioBlk(disk)
         intf.on_release(device.close)
-        transport = VirtioPci(device, notify=notify)
+        transport = VirtioPci(device, doorbells=doorbells)
         host.add(SLOT, transport.function)
         transport.attach(intf)
         host.attach(intf)
         machine.load_flat(boot, gpa=BOOT_GPA, mode="real")
         # POSTED doorbells wait in the coalesced ring until something drains it; this guest
         # polls memory without exiting, so a poller must (Machine.run's ``poll``).
-        poll = POSTED_POLL if notify is Delivery.POSTED else None
+        poll = POSTED_POLL if doorbells is Delivery.POSTED else None
         result = machine.run(timeout=600, poll=poll)
     if (result.reason, result.exit_code) != ("exit", GOOD_EXIT):
         raise RuntimeError(f"virtio-blk guest ended with {result.reason} {result.exit_code}")
@@ -95,7 +95,7 @@ def _qemu_seconds(depth: int, rounds: int, disk: Path) -> float:
 
 
 def request_ns(depth: int, rounds: int, *, peer: bool = False,
-               notify: Delivery = Delivery.SYNC) -> float:
+               doorbells: Delivery = Delivery.SYNC) -> float:
     """ns per 4 KiB read at queue depth ``depth`` over ``rounds`` rounds (QEMU's with
     ``peer``), from the guest's own marks."""
     if peer and shutil.which(QEMU) is None:
@@ -103,5 +103,5 @@ def request_ns(depth: int, rounds: int, *, peer: bool = False,
     with tempfile.TemporaryDirectory(prefix="xinterface-blk-") as tmp:
         disk = Path(tmp) / "disk.img"
         seconds = (_qemu_seconds(depth, rounds, disk) if peer
-                   else _own_seconds(depth, rounds, disk, notify))
+                   else _own_seconds(depth, rounds, disk, doorbells))
     return seconds * 1e9 / (depth * rounds)

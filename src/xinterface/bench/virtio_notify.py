@@ -1,4 +1,4 @@
-"""virtio notify costs: one virtio-mmio queue (of a virtio-rng), the same guest, each
+"""virtio doorbells costs: one virtio-mmio queue (of a virtio-rng), the same guest, each
 QueueNotify delivery mode (SYNC xioevent, POSTED ring, EVENTFD ioeventfd with datamatch)."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def notify_cost(count: int, delivery: Delivery = Delivery.SYNC, *, request: bool
         intf = bind(machine)
         intf.ioevent(STAMP_PORT, 4, XIOEventFlags.PIO, signal=stamp)
         rng = VirtioRng(queue_size=8)
-        mmio = VirtioMmio(rng, BASE, notify=delivery)
+        mmio = VirtioMmio(rng, BASE, doorbells=delivery)
         mmio.attach(intf)
         result = machine.run(timeout=600, poll=poll)
         fds = [e for e in mmio.doorbells if isinstance(e, XIOEventFd)]
@@ -48,7 +48,7 @@ def notify_cost(count: int, delivery: Delivery = Delivery.SYNC, *, request: bool
         served = mmio.stats["doorbell"]
         mmio.detach()
     if result.reason != "hlt" or not start:
-        raise RuntimeError(f"virtio notify guest ended with {result.reason!r}")
+        raise RuntimeError(f"virtio doorbells guest ended with {result.reason!r}")
     if delivery is not Delivery.EVENTFD and served != count:
         raise RuntimeError(f"{served} of {count} doorbells reached the device")
     return elapsed / count

@@ -18,7 +18,7 @@ class Board(Protocol):
     def __call__(self, machine: Machine, *, debugcon: Output | None = ...,
                  serial: Output | None = ..., posted_debugcon: bool = ...,
                  disks: Sequence[Disk] = ..., nets: Sequence[Net] = ..., rng: bool = ...,
-                 virtio_console: bool = ..., notify: Delivery = ...,
+                 virtio_console: bool = ..., doorbells: Delivery = ...,
                  sercon: bool = ...) -> Platform: ...
 
 

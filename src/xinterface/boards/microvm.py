@@ -77,7 +77,7 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
                    serial: Output | None = None, posted_debugcon: bool = False,
                    acpi: bool = True, mmio_devices: Sequence[MmioDevice] = (),
                    disks: Sequence[Disk] = (), nets: Sequence[Net] = (), rng: bool = False,
-                   virtio_console: bool = False, notify: Delivery = Delivery.SYNC,
+                   virtio_console: bool = False, doorbells: Delivery = Delivery.SYNC,
                    sercon: bool = False) -> Platform:
     """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it).
 
@@ -87,7 +87,7 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
 
     The virtio devices (``disks``, ``nets``, ``rng``, and a console writing to ``serial``
     with ``virtio_console``) sit behind virtio-mmio transports at QEMU's microvm layout
-    (:func:`virtio_mmio_slot`), in that order; ``notify`` picks their doorbell delivery.
+    (:func:`virtio_mmio_slot`), in that order; ``doorbells`` picks their doorbell delivery.
 
     ``sercon``: COM1 is the firmware's screen (SeaBIOS's ``etc/sercon-port``: INT 10h text
     output goes to the serial port), as QEMU sets it with ``-nographic``; what an option ROM
@@ -132,7 +132,7 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
         device.attach(intf)
     if transports:
         try:
-            _attach_mmio(intf, platform, transports, notify)
+            _attach_mmio(intf, platform, transports, doorbells)
         except BaseException:
             made.close()
             raise
@@ -150,7 +150,7 @@ def virtio_mmio_slot(index: int) -> tuple[int, int]:
 
 
 def _attach_mmio(intf: XInterface, platform: Platform,
-                 transports: Sequence[tuple[VirtioDevice, int, int]], notify: Delivery) -> None:
+                 transports: Sequence[tuple[VirtioDevice, int, int]], doorbells: Delivery) -> None:
     """One virtio-mmio transport per device, each interrupting through a level-triggered
     resampling irqfd (the DSDT declares the lines level, active high), or polled by a
     guest when the machine has no in-kernel irqchip."""
@@ -159,6 +159,6 @@ def _attach_mmio(intf: XInterface, platform: Platform,
         intf.on_release(lines.close)
     for device, base, gsi in transports:
         mmio = VirtioMmio(device, base, irq=lines.line(gsi) if lines is not None else None,
-                          notify=notify)
+                          doorbells=doorbells)
         mmio.attach(intf)
         platform.virtio.append(mmio)

@@ -28,7 +28,7 @@ __all__ = ["FIRST_VIRTIO_SLOT", "Disk", "Net", "attach_pc"]
 def attach_pc(machine: Machine, *, debugcon: Output | None = None,
               serial: Output | None = None, posted_debugcon: bool = False,
               disks: Sequence[Disk] = (), nets: Sequence[Net] = (), rng: bool = False,
-              virtio_console: bool = False, notify: Delivery = Delivery.SYNC,
+              virtio_console: bool = False, doorbells: Delivery = Delivery.SYNC,
               sercon: bool = False) -> Platform:
     """Attach the pc board's devices to ``machine`` (``Machine.close()`` ends them).
 
@@ -58,7 +58,7 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
             if rom is not None:
                 rom = rom_for(rom, VIRTIO_PCI_VENDOR, pci_device_id(device.device_id))
             transport = VirtioPci(device, irq=IntxLine(platform.intf, host, slot),
-                                  notify=notify, rom=rom)
+                                  doorbells=doorbells, rom=rom)
             host.add(slot, transport.function)
             transport.attach(platform.intf)
             transports.append(transport)

@@ -39,11 +39,11 @@ class MemoryHost:
         self._clients: list[_Client] = []
         self._lock = threading.Lock()
 
-    def attach(self, client: _Client) -> None:
+    def add_client(self, client: _Client) -> None:
         with self._lock:
             self._clients.append(client)
 
-    def detach(self, client: _Client) -> None:
+    def remove_client(self, client: _Client) -> None:
         with self._lock:
             if client in self._clients:
                 self._clients.remove(client)
@@ -55,7 +55,7 @@ class SessionInterface(XInterface):
     be served over vhost-user, and the virtio devices never ask."""
 
     def __init__(self, host: MemoryHost) -> None:
-        # XInterface reads only .memory, .attach, .detach and .irqchip of its VM on the
+        # XInterface reads only .memory, .add_client, .remove_client and .irqchip of its VM on the
         # paths a session allows; _bus below closes the others.
         super().__init__(cast("Vm", host))
         self.host = host

@@ -145,7 +145,7 @@ class Session:
             Request.SET_VRING_ERR: self._set_vring_err,
             Request.SET_VRING_ENABLE: self._set_vring_enable,
         }
-        device.attach(self.intf, self._interrupt)
+        device.connect(self.intf, self._interrupt)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -202,7 +202,7 @@ class Session:
             self._stop(ring)
             for which in ("call", "err"):
                 ring.set_fd(which, -1)
-        self.device.detach()
+        self.device.disconnect()
         self._loop.close()
         self._swap_memory(None)
         for table in self._retired:
@@ -297,7 +297,7 @@ class Session:
                     self._place(ring, table)
                     q.map(self.intf)
                 except (VirtqueueError, XInterfaceError) as exc:
-                    self.device.fail(f"queue {q.index}: {exc}")
+                    self.device.set_needs_reset(f"queue {q.index}: {exc}")
         finally:
             for q in queues:
                 q.lock.release()

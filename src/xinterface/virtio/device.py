@@ -134,7 +134,7 @@ class VirtioDevice:
         if self.status & Status.DRIVER_OK:
             self.interrupt(Interrupt.CONFIG)
 
-    def fail(self, reason: str) -> None:
+    def set_needs_reset(self, reason: str) -> None:
         """Enter the error state: DEVICE_NEEDS_RESET, and once DRIVER_OK is set a
         configuration change notification (§2.1.2). Nothing is processed until a reset."""
         with self._status_lock:
@@ -181,19 +181,19 @@ class VirtioDevice:
                 if queue.next_used != used and queue.needs_interrupt():
                     self.interrupt(Interrupt.USED)
             except VirtqueueError as exc:
-                self.fail(str(exc))
+                self.set_needs_reset(str(exc))
             finally:
                 queue.owner = None
 
     # --- the transport's side ---------------------------------------------------------------
-    def attach(self, intf: XInterface, interrupt: InterruptFn, *, legacy: bool = False) -> None:
+    def connect(self, intf: XInterface, interrupt: InterruptFn, *, legacy: bool = False) -> None:
         """Called by the transport: guest memory through ``intf``, interrupts to ``interrupt``.
         ``legacy``: a legacy (virtio 0.9.5) transport; VERSION_1 is not offered."""
         self.intf = intf
         self._interrupt = interrupt
         self.legacy = legacy
 
-    def detach(self) -> None:
+    def disconnect(self) -> None:
         self.reset()
         self.intf = None
         self._interrupt = None
@@ -324,7 +324,7 @@ class VirtioDevice:
                 try:
                     q.map(intf)
                 except VirtqueueError as exc:
-                    self.fail(str(exc))
+                    self.set_needs_reset(str(exc))
                     return
                 q.ready = True
 
@@ -397,4 +397,4 @@ class _Worker:
                     device.process(device.queues[index])
                 except Exception as exc:  # a device bug: the device breaks, the VMM goes on
                     log.exception("%s: queue %d", device.name, index)
-                    device.fail(f"{type(exc).__name__} serving queue {index}: {exc}")
+                    device.set_needs_reset(f"{type(exc).__name__} serving queue {index}: {exc}")

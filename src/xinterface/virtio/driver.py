@@ -100,7 +100,7 @@ def bring_up(device: VirtioDevice, intf: XInterface, queues: Sequence[QueueDrive
     """Attach ``device`` and initialise it as a driver does (§3.1.1): ACKNOWLEDGE, DRIVER,
     ``features`` (default: everything offered), FEATURES_OK, the queues, DRIVER_OK. Returns
     the device status, which lacks FEATURES_OK and DRIVER_OK if the device refused."""
-    device.attach(intf, interrupt or (lambda kind: None))
+    device.connect(intf, interrupt or (lambda kind: None))
     device.set_status(0)
     device.set_status(Status.ACKNOWLEDGE)
     device.set_status(Status.ACKNOWLEDGE | Status.DRIVER)

@@ -2,7 +2,7 @@
 
 The window is one ``iorange`` on the MMIO bus. The doorbell, QueueNotify, is an **xioevent**:
 a 4-byte write whose payload is the queue index, so one registration serves every queue.
-``notify`` picks its delivery: SYNC (the default: the vCPU's exit calls the device), POSTED
+``doorbells`` picks its delivery: SYNC (the default: the vCPU's exit calls the device), POSTED
 (KVM's coalesced ring; served at the guest's next exit, or by a poller), or EVENTFD (the
 Firecracker/QEMU design: one ioeventfd per queue, with the queue index as datamatch). A write
 no event takes (another value, another size) reaches the window and is served the same way.
@@ -85,21 +85,21 @@ class VirtioMmio:
     level is "InterruptStatus is not zero" (a level-triggered line, as the DSDT of microvm
     declares it: a resampling irqfd, or a ``GsiLine``); each interrupt is also one trigger,
     so an edge-triggered line (an ``IrqfdLine``) misses none. None: the guest polls.
-    ``notify``: the QueueNotify delivery (``Delivery.SYNC``, ``POSTED`` or ``EVENTFD``).
+    ``doorbells``: the QueueNotify delivery (``Delivery.SYNC``, ``POSTED`` or ``EVENTFD``).
     """
 
     def __init__(self, device: VirtioDevice, base: int, *, irq: InterruptLine | None = None,
-                 notify: Delivery = Delivery.SYNC, version: int = 2) -> None:
+                 doorbells: Delivery = Delivery.SYNC, version: int = 2) -> None:
         if version not in (1, 2):
             raise XInterfaceError(errno.EINVAL, f"virtio-mmio version {version!r} is not 1 "
                                   "(legacy) or 2", argument="version", value=version)
-        if not isinstance(notify, Delivery):
-            raise XInterfaceError(errno.EINVAL, f"notify {notify!r} is not a Delivery",
-                                  argument="notify", value=notify)
+        if not isinstance(doorbells, Delivery):
+            raise XInterfaceError(errno.EINVAL, f"doorbells {doorbells!r} is not a Delivery",
+                                  argument="doorbells", value=doorbells)
         self.device = device
         self.base = base
         self.irq = irq
-        self.delivery = notify
+        self.delivery = doorbells
         self.version = version
         self.stats: Counter[str] = Counter()
         self._lock = threading.RLock()
@@ -126,7 +126,7 @@ class VirtioMmio:
     # --- attach -----------------------------------------------------------------------------
     def attach(self, intf: XInterface) -> None:
         """Register the window and the doorbell through ``intf``; attach the device."""
-        self.device.attach(intf, self._interrupt, legacy=self.version == 1)
+        self.device.connect(intf, self._interrupt, legacy=self.version == 1)
         try:
             self._entries.append(intf.iorange(self.base, MMIO_WINDOW, read=self._read,
                                               write=self._write,
@@ -148,7 +148,7 @@ class VirtioMmio:
         entries, self._entries = self._entries, []
         for entry in entries:
             entry.deassign()
-        self.device.detach()
+        self.device.disconnect()
         self._reset_registers()
 
     def _interrupt(self, kind: Interrupt) -> None:
@@ -260,4 +260,4 @@ class VirtioMmio:
 
     def __repr__(self) -> str:
         return (f"VirtioMmio({self.device.name} at {self.base:#x}, v{self.version}, "
-                f"notify={self.delivery.value})")
+                f"doorbells={self.delivery.value})")

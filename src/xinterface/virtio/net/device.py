@@ -160,26 +160,26 @@ class VirtioNet(VirtioDevice):
         self.stats["config_write_dropped"] += 1
 
     # --- the transport's side ---------------------------------------------------------------
-    def attach(self, intf: XInterface, interrupt: InterruptFn, *, legacy: bool = False) -> None:
-        super().attach(intf, interrupt, legacy=legacy)
+    def connect(self, intf: XInterface, interrupt: InterruptFn, *, legacy: bool = False) -> None:
+        super().connect(intf, interrupt, legacy=legacy)
         if self._rx_thread is None:
             self._stopping = False
             self._rx_thread = threading.Thread(target=self._rx_loop, daemon=True,
                                                name=f"virtio-net-rx {format_mac(self.mac)}")
             self._rx_thread.start()
 
-    def detach(self) -> None:
+    def disconnect(self) -> None:
         thread, self._rx_thread = self._rx_thread, None
         if thread is not None:
             self._stopping = True
             self._kick()
             thread.join()
-        super().detach()
+        super().disconnect()
 
     def close(self) -> None:
         """Stop receiving and close the backend (detach the transport first); harmless
         twice."""
-        self.detach()
+        self.disconnect()
         self.backend.close()
         fd, self._wake = self._wake, -1
         if fd >= 0:
@@ -301,7 +301,7 @@ class VirtioNet(VirtioDevice):
                             self.interrupt(Interrupt.USED)
             except VirtqueueError as exc:
                 self._held = None
-                self.fail(str(exc))
+                self.set_needs_reset(str(exc))
                 return False
             if queue.next_used != signalled and queue.needs_interrupt():
                 self.interrupt(Interrupt.USED)

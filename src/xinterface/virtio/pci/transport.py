@@ -74,15 +74,15 @@ class VirtioPci:
 
     ``irq``: the function's INTx line (:class:`~xinterface.devices.pci.irq.IntxLine` routes
     INTA# through the PIIX3), asserted while the ISR status is non-zero and dropped when the
-    driver reads it (§4.1.4.5). ``notify``: doorbell delivery (SYNC, EVENTFD or POSTED),
+    driver reads it (§4.1.4.5). ``doorbells``: doorbell delivery (SYNC, EVENTFD or POSTED),
     both interfaces. ``rom``: an expansion ROM (e.g. iPXE's driver for this device).
     """
 
     def __init__(self, device: VirtioDevice, *, irq: InterruptLine | None = None,
-                 notify: Delivery = Delivery.SYNC, rom: bytes | None = None) -> None:
+                 doorbells: Delivery = Delivery.SYNC, rom: bytes | None = None) -> None:
         self.device = device
         self.irq = irq
-        self.delivery = notify
+        self.delivery = doorbells
         self.stats: Counter[str] = Counter()
         kind = device.device_id
         self.transitional = kind in TRANSITIONAL_DEVICE_IDS
@@ -118,7 +118,7 @@ class VirtioPci:
     def attach(self, intf: XInterface) -> None:
         """Bind the device to guest memory; registrations follow the BARs the guest sets."""
         self._intf = intf
-        self.device.attach(intf, self._interrupt, legacy=False)
+        self.device.connect(intf, self._interrupt, legacy=False)
 
     def detach(self) -> None:
         for entries in (self._legacy, self._modern):
@@ -128,7 +128,7 @@ class VirtioPci:
         if self._rom is not None:
             self._rom.deassign()
             self._rom = None
-        self.device.detach()
+        self.device.disconnect()
         self._intf = None
 
     def _register(self, entries: list[XIORange | XIOEvent],
@@ -193,4 +193,4 @@ class VirtioPci:
         self._state.isr.raise_(kind)
 
     def __repr__(self) -> str:
-        return f"VirtioPci({self.device.name}, notify={self.delivery.value})"
+        return f"VirtioPci({self.device.name}, doorbells={self.delivery.value})"

@@ -1,4 +1,5 @@
-"""The sixteen rough edges of the command line (issue 16), one test each, in order."""
+"""The command line's rough edges (bad values, unreadable files, terminals, signals), one test
+each."""
 
 from __future__ import annotations
 

@@ -43,17 +43,17 @@ def boot_disk(path: Path, guest: Assemble) -> int:
     return int(sum(struct.unpack(f"<{len(data) // 2}H", data))) & 0xFFFF
 
 
-@pytest.mark.parametrize("notify", [xi.Delivery.SYNC, xi.Delivery.EVENTFD],
+@pytest.mark.parametrize("doorbells", [xi.Delivery.SYNC, xi.Delivery.EVENTFD],
                          ids=lambda d: d.value)
 def test_microvm_boots_a_disk_over_virtio_mmio(tmp_path: Path, guest: Assemble,
-                                               notify: xi.Delivery) -> None:
+                                               doorbells: xi.Delivery) -> None:
     image = tmp_path / "disk.img"
     expected = boot_disk(image, guest)
     console, log = io.BytesIO(), io.BytesIO()
     with xi.Machine(memory=32 << 20, irqchip=True, console=console) as m:
         m.load_firmware(MICROVM_BIOS)
         platform = attach_microvm(m, debugcon=log, serial=io.BytesIO(), disks=[Disk(str(image))],
-                                  rng=True, notify=notify)
+                                  rng=True, doorbells=doorbells)
         result = m.run(timeout=120)
         text = log.getvalue().decode(errors="replace")
         assert (result.reason, result.exit_code) == ("exit", 0x21), text[-3000:]

@@ -23,9 +23,9 @@ SEABIOS = Path("/usr/share/seabios/bios-microvm.bin")
 BASE, WINDOW, GSI = 0xFEB0_0000, 0x200, 16   # where QEMU's microvm puts its first transport
 
 
-@pytest.mark.parametrize("notify", list(xi.Delivery), ids=lambda d: d.value)
+@pytest.mark.parametrize("doorbells", list(xi.Delivery), ids=lambda d: d.value)
 def test_seabios_boots_a_virtio_blk_disk_over_virtio_mmio(guest: Assemble, tmp_path: Path,
-                                                          notify: xi.Delivery) -> None:
+                                                          doorbells: xi.Delivery) -> None:
     sector1 = bytes((i * 5 + 1) & 0xFF for i in range(512))
     image = tmp_path / "boot.img"
     # 1 MiB: SeaBIOS gives a disk of fewer than 16 * 63 sectors no cylinder, and refuses
@@ -41,10 +41,10 @@ def test_seabios_boots_a_virtio_blk_disk_over_virtio_mmio(guest: Assemble, tmp_p
                                   mmio_devices=[(BASE, WINDOW, GSI)])
         intf = platform.intf
         # Level-triggered, as the DSDT declares it (SeaBIOS itself polls).
-        mmio = VirtioMmio(disk, BASE, irq=GsiLine(intf, GSI), notify=notify)
+        mmio = VirtioMmio(disk, BASE, irq=GsiLine(intf, GSI), doorbells=doorbells)
         mmio.attach(intf)
         # SeaBIOS polls the used ring without an exit: a POSTED doorbell needs the poller.
-        result = m.run(timeout=120, poll=0.001 if notify is xi.Delivery.POSTED else None)
+        result = m.run(timeout=120, poll=0.001 if doorbells is xi.Delivery.POSTED else None)
         mmio.detach()
     text = log.getvalue().decode(errors="replace")
     assert f"virtio boot: sum={expected:04x}" in text, text[-3000:]

@@ -13,13 +13,12 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import Assemble, needs_kvm
+from tests.virtio.grub_disk import MARKER, grub_disk
 from xinterface.boards.pc import Disk, attach_pc
 from xinterface.delivery import Delivery
 from xinterface.devices import Until
 from xinterface.virtio.blk import VirtioBlk
 from xinterface.virtio.pci import VirtioPci
-
-from .grub_disk import MARKER, grub_disk
 
 pytestmark = needs_kvm
 
@@ -34,9 +33,9 @@ def disk_image(path: Path, boot: bytes) -> int:
     return int(sum(struct.unpack(f"<{len(data) // 2}H", data))) & 0xFFFF
 
 
-@pytest.mark.parametrize("notify", [Delivery.SYNC, Delivery.EVENTFD])
+@pytest.mark.parametrize("doorbells", [Delivery.SYNC, Delivery.EVENTFD])
 def test_seabios_boots_a_boot_sector_from_our_virtio_blk(tmp_path: Path, guest: Assemble,
-                                                         notify: Delivery) -> None:
+                                                         doorbells: Delivery) -> None:
     boot = guest("disk_boot", gpa=0x7C00, SECTORS=SECTORS)
     assert len(boot) == 512
     image = tmp_path / "disk.img"
@@ -45,7 +44,7 @@ def test_seabios_boots_a_boot_sector_from_our_virtio_blk(tmp_path: Path, guest: 
     with xi.Machine(memory=64 << 20, irqchip=True, console=console) as m:
         m.load_firmware(BIOS)
         platform = attach_pc(m, debugcon=log, serial=io.BytesIO(),
-                             disks=[Disk(str(image))], notify=notify)
+                             disks=[Disk(str(image))], doorbells=doorbells)
         result = m.run(timeout=120)
         text = log.getvalue().decode(errors="replace")
         assert (result.reason, result.exit_code) == ("exit", 0x21), text[-3000:]
