@@ -12,6 +12,7 @@ _gc_was_enabled = _gc.isenabled()
 _gc.disable()
 
 try:
+    from ._version import __version__
     from .delivery import Delivery
     from .devices.debug import attach_debug_ports
     from .errors import GuestError, GuestIOError, KvmError, XInterfaceError
@@ -56,9 +57,9 @@ __all__ = [
     "XIrqfd",
     "XSGMap",
     "XVMap",
+    "__version__",
     "bind",
 ]
-__version__ = "0.1.0"
 
 # The composition root: the runner imports no device; the facade gives Machine(debug_ports=True)
 # its ports (0xe9 console, 0xf4 exit), attached through the public xinterface like any client.

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ._version import __version__
 from .accel import LOOP
 from .frontend.options import SecondsType, SizeType, TargetType, run_option
 from .frontend.outputs import Stdout, Target
@@ -26,7 +27,7 @@ class _Main(click.Group):
 
 
 @click.group(cls=_Main)
-@click.version_option(package_name="xinterface",
+@click.version_option(__version__,
                       message=f"%(prog)s, version %(version)s (exit loop: {LOOP})")
 def main() -> None:
     """The KVM xinterface I/O services in Python: run guests, serve their I/O."""

@@ -19,11 +19,11 @@ def legend() -> str:
         "qemu.pio.1, the same binary under QEMU; startup.run: over qemu.startup, the same few "
         "instructions run by a whole process from exec to exit). A floor.* figure is the "
         "same guest loop driven by a minimal C VMM (KVM_RUN and nothing else, bench/floor.c), "
-        "the least the path can cost on this host; "
+        "the least the path can cost on the host measured; "
         "floor.slice_* and floor.slice_view are plain Python memoryview copies. *.latency: "
         "from a guest write to its handler call. posted.latency is large by design: a posted "
-        "write makes no exit, so it waits in KVM's coalesced ring until the next drain, here "
-        f"a poller every {POLL * 1e6:.0f} us (the spinning guest makes no other exit); it is "
+        "write makes no exit, so it waits in KVM's coalesced ring until the next drain, in "
+        f"this suite a poller every {POLL * 1e6:.0f} us (the spinning guest makes no other exit); it is "
         "that wait, not the cost of a write (posted.pio.1).")
 
 
@@ -49,17 +49,28 @@ def write_json(path: Path, results: list[dict[str, object]],
     path.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
 
 
+def stamp(machine: dict[str, object]) -> str:
+    """Where and when a figure was measured: host, kernel, commit (or the version, outside a
+    checkout) and date, so a figure read later is never taken for this machine's."""
+    code = machine.get("commit") or f"version {machine.get('version', '?')}"
+    return (f"{machine.get('host', '?')}, {machine.get('kernel', '?')}, {code}, "
+            f"{machine.get('date', '?')}")
+
+
 def markdown(results: list[dict[str, object]], machine: dict[str, object]) -> str:
-    """The table as Markdown, for README's Performance section."""
+    """The table as Markdown, for docs/performance.md; every row carries its stamp."""
     lines = [f"Measured on {machine.get('cpu')}, kernel {machine.get('kernel')} "
              f"({machine.get('kvm_module')}, {machine.get('cpus')} CPUs, nested: "
              f"{machine.get('nested')}), Python {machine.get('python')}, "
              f"{machine.get('exit_loop')} exit loop.", "",
-             "| figure | median | p10 - p90 | unit | x floor |", "|---|---:|---:|---|---:|"]
+             "| figure | median | p10 - p90 | unit | x floor | measured (host, kernel, commit, "
+             "date) |", "|---|---:|---:|---|---:|---|"]
+    measured = stamp(machine)
     for r in results:
         ratio = r["ratio_to_floor"]
         lines.append(f"| `{r['name']}` | {r['median']:,.0f} | {r['p10']:,.0f} - {r['p90']:,.0f}"
-                     f" | {r['unit']} | {f'{ratio:.2f}' if isinstance(ratio, float) else ''} |")
+                     f" | {r['unit']} | {f'{ratio:.2f}' if isinstance(ratio, float) else ''} "
+                     f"| {measured} |")
     lines += ["", legend()]
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,7 @@ machine; medians with p10-p90 and the ratio of each figure to its C floor."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import shutil
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from .. import accel
+from .._version import __version__
 from ..delivery import Delivery
 from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
@@ -218,7 +220,23 @@ def machine_info() -> dict[str, object]:
                        if os.path.exists(f"/sys/module/{m}")), "unknown")
     return {"cpu": cpu, "kernel": platform.release(), "nested": nested,
             "kvm_module": kvm_module, "cpus": os.cpu_count(),
-            "python": platform.python_version(), "exit_loop": accel.LOOP}
+            "python": platform.python_version(), "exit_loop": accel.LOOP,
+            "host": platform.node(), "commit": _commit(), "version": __version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _commit() -> str:
+    """The checkout's commit (with ``+dirty`` for uncommitted changes), so a figure names the
+    code it measured; ``""`` for an installed package outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def paired_ratio(figure: Figure, floor: Figure) -> float | None:
