@@ -23,8 +23,8 @@ def legend() -> str:
         "floor.slice_* and floor.slice_view are plain Python memoryview copies. *.latency: "
         "from a guest write to its handler call. posted.latency is large by design: a posted "
         "write makes no exit, so it waits in KVM's coalesced ring until the next drain, in "
-        f"this suite a poller every {POLL * 1e6:.0f} us (the spinning guest makes no other exit); it is "
-        "that wait, not the cost of a write (posted.pio.1).")
+        f"this suite a poller every {POLL * 1e6:.0f} us (the spinning guest makes no other "
+        "exit); it is that wait, not the cost of a write (posted.pio.1).")
 
 
 def table(results: list[dict[str, object]], machine: dict[str, object]) -> Table:
