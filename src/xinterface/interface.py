@@ -3,7 +3,7 @@
 ``kvm_xinterface_bind`` / ``get`` / ``put`` / ``ops->copy_to`` / ``ops->copy_from`` /
 ``ops->vmap`` and the scatter-gather map of the series, as Python objects over a
 :class:`~xinterface.vm.Vm` (the seed's ``struct kvm``). Differences from the seed are the
-fixes DESIGN.md lists: copies translate every byte (not only the first gpa), and closing the
+fixes docs/design.md lists: copies translate every byte (not only the first gpa), and closing the
 machine tears every client down instead of letting one keep the VM alive.
 """
 
