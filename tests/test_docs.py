@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _pytest.mark import ParameterSet
 
 from tests.conftest import needs_kvm
 from xinterface import __version__
@@ -21,7 +22,8 @@ from xinterface import __version__
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"(?:^(<!-- [^\n]*-->)\n)?^```(python|sh)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"(?:^(<!-- [^\n]*-->)\n)?^```(python|sh)\n(.*?)^```$",
+                   re.DOTALL | re.MULTILINE)
 
 
 def blocks() -> list[tuple[str, str | None, str, str]]:
@@ -36,7 +38,7 @@ def blocks() -> list[tuple[str, str | None, str, str]]:
     return found
 
 
-def runnable(language: str) -> list[pytest.param]:  # type: ignore[type-arg]
+def runnable(language: str) -> list[ParameterSet]:
     return [pytest.param(code, id=where) for where, marker, lang, code in blocks()
             if lang == language and marker == "<!-- runnable -->"]
 
@@ -47,8 +49,9 @@ def expected_output(code: str) -> list[str]:
 
 def test_every_example_is_run_here_or_says_what_runs_it() -> None:
     unmarked = [where for where, marker, _, _ in blocks()
-                if marker != "<!-- runnable -->" and not (marker or "").startswith("<!-- not-run: ")]
-    assert not unmarked, f"python/sh blocks with neither <!-- runnable --> nor <!-- not-run: -->: {unmarked}"
+                if marker != "<!-- runnable -->"
+                and not (marker or "").startswith("<!-- not-run: ")]
+    assert not unmarked, f"blocks marked neither runnable nor not-run: {unmarked}"
     assert len(runnable("python")) >= 8 and len(runnable("sh")) >= 3  # the finder finds them
 
 

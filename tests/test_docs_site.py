@@ -26,7 +26,8 @@ except ImportError:  # the docs extra is not installed (scripts/setup installs i
 else:
     HAVE_MKDOCS = True
 
-pytestmark = pytest.mark.skipif(not HAVE_MKDOCS, reason="mkdocs not installed: pip install -e '.[docs]'")
+pytestmark = pytest.mark.skipif(not HAVE_MKDOCS,
+                                reason="mkdocs not installed: pip install -e '.[docs]'")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -1,7 +1,7 @@
 """The package's import graph: no cycle anywhere, and no import against the layer order.
 
 Every import counts: top-level, inside functions, under ``TYPE_CHECKING``. A type-only
-cycle is still two layers that know each other (README, Layout: the lower layer states what
+cycle is still two layers that know each other (docs/design.md, Layout: the lower layer states what
 it needs as a Protocol instead).
 """
 

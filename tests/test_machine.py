@@ -234,7 +234,7 @@ def test_cpu_template_for_every_vcpu() -> None:
             given = cpuid.baseline(supported, index)
             have = loop.vcpu.get_cpuid2()
             # The leaves every host measured keeps as set (kvm_pvm reports its own leaf 1
-            # ECX/EDX whatever the VMM set: README, Linux guests).
+            # ECX/EDX whatever the VMM set: docs/linux.md).
             for function in (0x40000001, 0x80000008):
                 assert cpuid.leaf(have, function) == cpuid.leaf(given, function)
             assert cpuid.leaf(have, 1)[1] >> 24 == index    # type: ignore[index]

@@ -6,7 +6,7 @@
 
 The kernel: Debian's ``linux-source-6.1`` (/usr/src/linux-source-6.1.tar.xz), ``make
 tinyconfig`` plus ``config.fragment``, the patches in ``patches/`` (each needed only because
-of kvm_pvm's instruction emulator; see README.md), ``make bzImage``. The initramfs: Debian's
+of kvm_pvm's instruction emulator; see docs/linux.md), ``make bzImage``. The initramfs: Debian's
 ``busybox-static`` as /bin/busybox and ``init.sh`` as /init, written as a newc cpio by this
 script (no root needed for /dev/console), gzip-compressed.
 

@@ -7,7 +7,7 @@ import gc as _gc
 
 # Importing the package creates thousands of long-lived objects (classes, functions, ctypes
 # types) and no garbage; collections triggered meanwhile would only scan them, about 5% of
-# `xinterface run`'s start-up (README, Performance). Paused for the import, then as before.
+# `xinterface run`'s start-up (docs/performance.md). Paused for the import, then as before.
 _gc_was_enabled = _gc.isenabled()
 _gc.disable()
 

@@ -6,7 +6,7 @@ line), and :func:`build` attaches the board chosen by name and loads what it boo
 will do the same from the description a snapshot recorded.
 
 Boards are imported when one is built: a machine without a board (``xinterface run``) starts
-without loading them (README, Performance).
+without loading them (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ class XInterface(Counted):
         ``EINVAL`` for a length other than 1, 2, 4, 8, an address past the bus or overflowing
         it, unknown flag bits; ``EEXIST`` if the bus has an event at ``(addr, length)``.
         The event is published fully built: a write can never see it half initialised.
-        ``delivery`` picks the path (README: Delivery modes); ``EOPNOTSUPP`` if the kernel
+        ``delivery`` picks the path (docs/delivery.md); ``EOPNOTSUPP`` if the kernel
         lacks it. ``datamatch`` (EVENTFD only) fires on that value alone.
         """
         bus, addr, length = self._bus(addr, length, flags)

@@ -1,6 +1,6 @@
 """The ``xinterface`` command's entry point. ``xinterface run IMAGE`` with options it can take
 as given is started here without importing click (about a third of the process's start-up:
-README, Performance); anything else, including every mistake, goes to the click command line
+docs/performance.md); anything else, including every mistake, goes to the click command line
 (``cli``), which parses it again and says what is wrong."""
 
 from __future__ import annotations

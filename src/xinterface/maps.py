@@ -16,7 +16,7 @@ _ITEM_SIZES = {"H": 2, "I": 4, "Q": 8}
 class Handle(Protocol):
     """What a map needs of the interface that made it (an ``XInterface``), and the memory
     services a map's user may call through ``m.intf``. Stated here so that this module need
-    not import the interface (README, Layout)."""
+    not import the interface (docs/design.md, Layout)."""
 
     @property
     def vm(self) -> Vm: ...

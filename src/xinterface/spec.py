@@ -7,7 +7,7 @@ into JSON and back (:meth:`MachineSpec.to_json`, :meth:`MachineSpec.from_json`):
 snapshot records and a restore rebuilds.
 
 The records are NamedTuples, not dataclasses: ``dataclasses`` imports ``inspect``, and
-``xinterface run`` describes its machine here too (README, Performance).
+``xinterface run`` describes its machine here too (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ Signal = Callable[["XIOEvent", bytes], None]
 class Interface(Handle, Protocol):
     """An ``XInterface`` as the entries it publishes see it: the memory services and the I/O
     ones, so that a handler may call ``ev.intf.ioevent(...)``. Stated here so that this module
-    need not import the interface (README, Layout)."""
+    need not import the interface (docs/design.md, Layout)."""
 
     def ioevent(self, addr: int, length: int, flags: int = 0, *, signal: Signal | None = None,
                 delivery: Delivery = Delivery.SYNC,

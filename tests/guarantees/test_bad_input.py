@@ -1,6 +1,6 @@
 """Bad API input is XInterfaceError with the errno and the argument named.
 
-README "Guarantees"; each test reproduced a defect before its fix."""
+docs/guarantees.md; each test reproduced a defect before its fix."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """close() and stop(): never lost, never hung, from any thread, a handler included, and on
 runtimes whose ioctl retries EINTR.
 
-README "Guarantees"; each test reproduced a defect before its fix."""
+docs/guarantees.md; each test reproduced a defect before its fix."""
 
 from __future__ import annotations
 

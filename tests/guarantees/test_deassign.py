@@ -1,7 +1,7 @@
 """deassign() under concurrency: a handler that deassigns, raises or blocks never deadlocks,
 and deassign() waits for the handler it removes.
 
-README "Guarantees"; each test reproduced a defect before its fix."""
+docs/guarantees.md; each test reproduced a defect before its fix."""
 
 from __future__ import annotations
 

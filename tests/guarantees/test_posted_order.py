@@ -1,6 +1,6 @@
 """POSTED order: a posted write is never overtaken, with a poller draining the ring.
 
-README "Guarantees"; each test reproduced a defect before its fix."""
+docs/guarantees.md; each test reproduced a defect before its fix."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Read-only memory (the ROM): nothing the guest or the API does writes it.
 
-README "Guarantees"; each test reproduced a defect before its fix."""
+docs/guarantees.md; each test reproduced a defect before its fix."""
 
 from __future__ import annotations
 

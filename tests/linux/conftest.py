@@ -1,7 +1,7 @@
 """The test kernel and initramfs, from the cache that guests/linux/build.py fills.
 
 A cold cache builds them (minutes: CI's ``.ci/run`` builds them before the tests); a warm one
-returns at once. See README.md, "Linux guests".
+returns at once. See docs/linux.md.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import enum
 
 
 class Delivery(enum.Enum):
-    """How guest writes reach an event's ``signal`` (README: Delivery modes)."""
+    """How guest writes reach an event's ``signal`` (docs/delivery.md)."""
 
     SYNC = "sync"        # one exit to userspace per write; the seed's behaviour
     POSTED = "posted"    # KVM's coalesced MMIO/PIO ring: no exit, full payload, in order

@@ -14,7 +14,7 @@ PANIC = b"Kernel panic - not syncing"
 
 def kernel_cmdline(append: str, cpu: str, workarounds: bool) -> str:
     """``append`` plus, where the host does not honour the CPUID the VMM sets (kvm_pvm), the
-    kernel's own switches for the features it leaks: said once on stderr (README, Linux)."""
+    kernel's own switches for the features it leaks: said once on stderr (docs/linux.md)."""
     words = append.split()
     if workarounds and cpu != "host":
         probe = host_cpuid_probe()

@@ -1,7 +1,7 @@
 """Loaders: put a guest image in memory and give each vCPU the state it starts from.
 
 ``assemble`` (and ``AssemblerError``) are imported on first use: the assembler's module
-brings pathlib, which a run of a prebuilt image never needs (README, start-up)."""
+brings pathlib, which a run of a prebuilt image never needs (docs/performance.md)."""
 
 from typing import TYPE_CHECKING, Any
 

@@ -12,7 +12,7 @@ returns ``EINTR`` and the exit loop sees the stop flag.
 The run is a state machine (:mod:`xinterface.runstate`): idle, running, pausing, paused,
 stopping, closed. A run begins when ``run()`` moves it to running, in the same step as it
 clears the previous run's outcome: a ``stop()`` or ``close()`` from then on belongs to this
-run and ends it (README, Guarantees). Every ending (``stop()``, a device through the VM's
+run and ends it (docs/guarantees.md). Every ending (``stop()``, a device through the VM's
 :class:`~xinterface.runstate.RunControl`, a system event, a failing handler, the timeout,
 ``close()``) goes through :meth:`Machine.request_stop`.
 """

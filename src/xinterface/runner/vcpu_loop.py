@@ -309,7 +309,7 @@ class VcpuLoop:
                              f"{exit.hardware_reason:#x} on host CPU {exit.cpu}",
                              vcpu=self.index, regs=self.registers())
         if isinstance(exit, exits.InternalError):
-            # Imported here: most runs never stop this way (start-up, README).
+            # Imported here: most runs never stop this way (start-up: docs/performance.md).
             from ..kvm import internal_error
             from .emulate import emulate
 

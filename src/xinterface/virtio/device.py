@@ -63,7 +63,7 @@ InterruptFn = Callable[[Interrupt], None]
 
 class VirtioDevice:
     """Base class of virtio devices. Subclasses set ``device_id`` and implement
-    :meth:`handle`; see README ("Write a virtio device") for a complete one.
+    :meth:`handle`; see docs/writing-a-device.md for a complete one.
 
     ``features``: the device-type feature bits offered (VIRTIO_F_VERSION_1, INDIRECT_DESC and
     EVENT_IDX are added by the core). ``config``: the initial configuration space.
