@@ -21,7 +21,7 @@ from xinterface import __version__
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"(?:^(<!-- [^\n]*-->)\n)?^```(python|sh)\n(.*?)^```$",
                    re.DOTALL | re.MULTILINE)
 
