@@ -245,6 +245,23 @@ class GuestMemory:
         view = region.view[offset : offset + length]
         return view.toreadonly() if region.readonly else view
 
+    def views(self, items: list[tuple[int, int]]) -> list[memoryview] | None:
+        """One view per ``(gpa, length)`` when each lies in one writable-or-readonly region,
+        as :meth:`view` gives; None when any does not (the caller takes the slow path)."""
+        out: list[memoryview] = []
+        starts, regions = self._starts, self.regions
+        for gpa, length in items:
+            i = bisect.bisect_right(starts, gpa) - 1
+            if i < 0:
+                return None
+            region = regions[i]
+            offset = gpa - region.gpa
+            if offset + length > region.size:
+                return None
+            view = region.view[offset : offset + length]
+            out.append(view.toreadonly() if region.readonly else view)
+        return out
+
     def read(self, gpa: int, length: int) -> bytes:
         hit = self._within(gpa, length)
         if hit is not None:
