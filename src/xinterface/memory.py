@@ -246,8 +246,10 @@ class GuestMemory:
         return view.toreadonly() if region.readonly else view
 
     def views(self, items: list[tuple[int, int]]) -> list[memoryview] | None:
-        """One view per ``(gpa, length)`` when each lies in one writable-or-readonly region,
-        as :meth:`view` gives; None when any does not (the caller takes the slow path)."""
+        """One view per ``(gpa, length)`` (``length`` > 0), each as :meth:`view` gives it,
+        when every element lies within one region; None when any does not, so the caller
+        takes the region-by-region path. Nothing is checked but the translation: the
+        elements come from the device's own descriptor walk."""
         out: list[memoryview] = []
         starts, regions = self._starts, self.regions
         for gpa, length in items:

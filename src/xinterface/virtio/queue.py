@@ -168,8 +168,7 @@ class VirtQueue:
         self.next_used = 0
         self._signalled_used: int | None = None
         self._intf: XInterface | None = None
-        # Descriptor ``i`` of the ring's table and an indirect table's bytes, bound once at
-        # map time rather than per chain.
+        # Reads descriptor ``i`` of the ring's table: bound once at map time, not per chain.
         self._read_desc: ReadDesc | None = None
         # Set by VirtioDevice.process while it serves the queue: ``add_used`` then leaves
         # ``used.idx`` to one store per batch (``publish_used``), so a doorbell that brought
