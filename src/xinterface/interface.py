@@ -152,6 +152,16 @@ class XInterface(Counted):
             raise
         return XSGMap(self, [(g, n) for g, n in items], views)
 
+    def sgmap_walked(self, items: list[tuple[int, int]]) -> XSGMap | None:
+        """:meth:`sgmap` for elements a device read from a descriptor table itself (a
+        non-negative le64 address and a positive le32 length each, by construction), so
+        the per-element argument checks are left out; None (nothing mapped) when any element
+        is not within one region, for the caller's region-by-region path."""
+        views = self._memory().views(items)
+        if views is None:
+            return None
+        return XSGMap(self, items, views)
+
     def _bus(self, addr: object, length: object, flags: object) -> tuple[IoBus, int, int]:
         """Validate as the seed's xinterface_ioevent does; the bus the flags choose."""
         self._check()

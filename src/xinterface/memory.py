@@ -245,6 +245,25 @@ class GuestMemory:
         view = region.view[offset : offset + length]
         return view.toreadonly() if region.readonly else view
 
+    def views(self, items: list[tuple[int, int]]) -> list[memoryview] | None:
+        """One view per ``(gpa, length)`` (``length`` > 0), each as :meth:`view` gives it,
+        when every element lies within one region; None when any does not, so the caller
+        takes the region-by-region path. Nothing is checked but the translation: the
+        elements come from the device's own descriptor walk."""
+        out: list[memoryview] = []
+        starts, regions = self._starts, self.regions
+        for gpa, length in items:
+            i = bisect.bisect_right(starts, gpa) - 1
+            if i < 0:
+                return None
+            region = regions[i]
+            offset = gpa - region.gpa
+            if offset + length > region.size:
+                return None
+            view = region.view[offset : offset + length]
+            out.append(view.toreadonly() if region.readonly else view)
+        return out
+
     def read(self, gpa: int, length: int) -> bytes:
         hit = self._within(gpa, length)
         if hit is not None:

@@ -61,6 +61,9 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 IOV_MAX = 1024               # preadv/pwritev take at most this many buffers per call
 ZERO_CHUNK = 1 << 20
 
+_STATUS_STAT = {code: f"status_{code}" for code in
+                (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP)}
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -141,20 +144,30 @@ class VirtioBlk(VirtioDevice):
 
     def _serve(self, chain: DescriptorChain) -> int:
         """Serve one request; the bytes written to its device-writable buffers."""
-        data_in, status = split_tail(chain.writable, 1)
+        readable, writable = chain.readable, chain.writable
+        # The layout every driver uses (§5.2.6): the header alone in the first buffer, the
+        # status alone in the last; anything else is cut where the spec says.
+        if writable and writable[-1].nbytes == 1:
+            data_in, status = writable[:-1], writable[-1:]
+        else:
+            data_in, status = split_tail(writable, 1)
         if not status:
             # No device-writable byte: there is nowhere to put a status (§5.2.6).
             self.stats["no_status"] += 1
             return 0
-        header, data_out = split(chain.readable, REQ_HEADER.size)
-        if total(header) < REQ_HEADER.size:
+        if readable and readable[0].nbytes == REQ_HEADER.size:
+            header, data_out = readable[0], readable[1:]
+        else:
+            parts, data_out = split(readable, REQ_HEADER.size)
+            header = memoryview(gather(parts))
+        if header.nbytes < REQ_HEADER.size:
             code, written = VIRTIO_BLK_S_IOERR, 0   # the header is not device-readable
             self.stats["bad_header"] += 1
         else:
-            kind, _, sector = REQ_HEADER.unpack(gather(header))
+            kind, _, sector = REQ_HEADER.unpack(header)
             code, written = self._request(kind, sector, data_out, data_in)
-        scatter(status, bytes([code]))
-        self.stats[f"status_{code}"] += 1
+        status[0][0] = code
+        self.stats[_STATUS_STAT[code]] += 1
         return written + 1
 
     def _request(self, kind: int, sector: int, out: list[memoryview],

@@ -9,7 +9,6 @@ that breaks a rule raises :class:`VirtqueueError`; the device then needs a reset
 
 from __future__ import annotations
 
-import errno
 import struct
 from collections.abc import Callable, Iterable, Sequence
 
@@ -112,38 +111,61 @@ def map_buffers(intf: XInterface, buffers: Sequence[Descriptor]
     buffers carry no bytes and get no view. A byte outside guest RAM: :class:`VirtqueueError`.
     """
     items = [(gpa, length) for gpa, length, _ in buffers if length]
-    flags = [w for _, length, w in buffers if length]
     if not items:
         return [], [], []
+    sg = intf.sgmap_walked(items)
+    if sg is None:
+        return _map_by_region(intf, buffers, items)
+    readable: list[memoryview] = []
+    writable: list[memoryview] = []
+    views = sg.views
+    k = 0
+    for gpa, length, w in buffers:
+        if not length:
+            continue
+        view = views[k]
+        k += 1
+        if not w:
+            # §2.7.5.1: "A device MUST NOT write to a device-readable buffer": it cannot.
+            readable.append(view.toreadonly())
+        elif view.readonly:
+            sg.put()
+            raise _read_only(gpa)
+        else:
+            writable.append(view)
+    return [sg], readable, writable
+
+
+def _read_only(gpa: int) -> VirtqueueError:
+    # The firmware ROM: its views are read-only, as the guest's own writes to it are
+    # dropped. A device-writable buffer there is a bad descriptor.
+    return VirtqueueError(f"device-writable buffer at {gpa:#x} is read-only memory")
+
+
+def _map_by_region(intf: XInterface, buffers: Sequence[Descriptor],
+                   items: list[tuple[int, int]]
+                   ) -> tuple[list[GuestMap], list[memoryview], list[memoryview]]:
+    """map_buffers for a chain with a buffer across regions (or outside RAM)."""
+    flags = [w for _, length, w in buffers if length]
     maps: list[GuestMap] = []
+    views: list[list[memoryview]] = []
     try:
-        sg = intf.sgmap(items)
-        maps.append(sg)
-        views: list[list[memoryview]] = [[v] for v in sg.views]
-    except XInterfaceError as exc:
-        if exc.errno != errno.EFAULT:
-            raise
-        views = []
-        try:
-            for gpa, length in items:
-                views.append(map_range(intf, gpa, length, maps))
-        except BaseException:
-            for m in maps:
-                m.put()
-            raise
+        for gpa, length in items:
+            views.append(map_range(intf, gpa, length, maps))
+    except BaseException:
+        for m in maps:
+            m.put()
+        raise
     readable: list[memoryview] = []
     writable: list[memoryview] = []
     for (gpa, _), parts, w in zip(items, views, flags, strict=True):
         if w:
             if any(p.readonly for p in parts):
-                # The firmware ROM: its views are read-only, as the guest's own writes to it
-                # are dropped. A device-writable buffer there is a bad descriptor.
                 for m in maps:
                     m.put()
-                raise VirtqueueError(f"device-writable buffer at {gpa:#x} is read-only memory")
+                raise _read_only(gpa)
             writable.extend(parts)
         else:
-            # §2.7.5.1: "A device MUST NOT write to a device-readable buffer": it cannot.
             readable.extend(p.toreadonly() for p in parts)
     return maps, readable, writable
 

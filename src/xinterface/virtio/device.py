@@ -168,12 +168,16 @@ class VirtioDevice:
             if not (queue.ready and self.running):
                 return
             queue.owner = threading.get_ident()
+            queue.batching = True
             used = queue.next_used
             try:
                 while True:
                     queue.set_notification(False)
                     taken = queue.next_avail
                     self.handle(queue)
+                    # Every chain of this round visible with one used.idx store (§2.7.8.2:
+                    # the elements were written before it).
+                    queue.publish_used()
                     if not self.running:
                         return
                     if not queue.enable_notification() or queue.next_avail == taken:
@@ -183,6 +187,9 @@ class VirtioDevice:
             except VirtqueueError as exc:
                 self.set_needs_reset(str(exc))
             finally:
+                # The chains served before a broken one (or a device bug) are used still.
+                queue.publish_used()
+                queue.batching = False
                 queue.owner = None
 
     # --- the transport's side ---------------------------------------------------------------

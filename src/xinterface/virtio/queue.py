@@ -39,6 +39,7 @@ from .chain import (
     DESC,
     DESC_SIZE,
     DescriptorChain,
+    ReadDesc,
     VirtqueueError,
     map_buffers,
     map_range,
@@ -167,6 +168,12 @@ class VirtQueue:
         self.next_used = 0
         self._signalled_used: int | None = None
         self._intf: XInterface | None = None
+        # Reads descriptor ``i`` of the ring's table: bound once at map time, not per chain.
+        self._read_desc: ReadDesc | None = None
+        # Set by VirtioDevice.process while it serves the queue: ``add_used`` then leaves
+        # ``used.idx`` to one store per batch (``publish_used``), so a doorbell that brought
+        # 32 requests costs one index store and one interrupt decision, not 32.
+        self.batching = False
 
     # --- the transport's side ---------------------------------------------------------------
     def reset(self) -> None:
@@ -212,6 +219,7 @@ class VirtQueue:
                                  "read-only memory")
         self._intf = intf
         self._desc, self._used = desc, used
+        self._read_desc = desc.descriptor if isinstance(desc, Spliced) else table_reader(desc)
         self._avail16, self._used16 = avail16, used16
 
     def _map_ring(self, intf: XInterface, gpa: int, length: int
@@ -241,6 +249,7 @@ class VirtQueue:
     def unmap(self) -> None:
         maps, self._maps = self._maps, []
         self._desc = None
+        self._read_desc = None
         self._avail16 = self._used16 = memoryview(b"").cast("H")
         self._used = memoryview(b"")
         for m in maps:
@@ -268,29 +277,31 @@ class VirtQueue:
     def pop(self) -> DescriptorChain | None:
         """The next available chain, mapped; None when there is none. VirtqueueError when the
         driver broke a rule (the queue is then unusable until the device is reset)."""
-        if self._desc is None or not self.pending():
+        read = self._read_desc
+        if read is None or not self.pending():
             return None   # not mapped: reset under the handler serving it (see VirtioDevice)
-        intf = self._intf
-        desc = self._desc
-        assert intf is not None and desc is not None
         size = self.size
         head = self._avail16[2 + self.next_avail % size]
         if head >= size:
             raise VirtqueueError(f"queue {self.index}: available head {head} is outside the "
                                  f"descriptor table ({size} entries)")
-        read = desc.descriptor if isinstance(desc, Spliced) else table_reader(desc)
-
-        def read_table(gpa: int, length: int) -> bytes:
-            try:
-                return intf.copy_from(gpa, length)
-            except XInterfaceError as exc:
-                raise VirtqueueError(f"queue {self.index}: indirect table not in guest RAM: "
-                                     f"{exc}") from None
-
-        buffers = walk(read, head, size, indirect=self.indirect, read_table=read_table)
+        buffers = walk(read, head, size, indirect=self.indirect, read_table=self._read_table)
+        intf = self._intf
+        assert intf is not None
         maps, readable, writable = map_buffers(intf, buffers)
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         return DescriptorChain(head, buffers, maps, readable, writable)
+
+    def _read_table(self, gpa: int, length: int) -> bytes:
+        """An indirect table's bytes (§2.7.5.3), copied: the driver may not change it while
+        the chain is outstanding, but a copy makes sure a hostile one cannot either."""
+        intf = self._intf
+        assert intf is not None
+        try:
+            return intf.copy_from(gpa, length)
+        except XInterfaceError as exc:
+            raise VirtqueueError(f"queue {self.index}: indirect table not in guest RAM: "
+                                 f"{exc}") from None
 
     def __iter__(self) -> Iterator[DescriptorChain]:
         while (chain := self.pop()) is not None:
@@ -325,7 +336,7 @@ class VirtQueue:
         else:
             USED_ELEM.pack_into(used, RING_HEADER + 8 * slot, head, length)
         self.next_used = (self.next_used + 1) & 0xFFFF
-        if publish:
+        if publish and not self.batching:
             self._used16[1] = self.next_used
 
     def publish_used(self) -> None:
