@@ -1,0 +1,150 @@
+"""The listener: ``tcp::PORT`` (loopback), ``tcp:HOST:PORT`` or ``unix:PATH``; one debugger
+at a time. A second connection while one is attached is closed at once; a connection that
+leaves before it attached changes nothing, and the next one is served."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import threading
+from collections import Counter
+
+from ..errors import XInterfaceError
+from ..kvm import uapi
+from .session import Session
+from .stub import Debuggee, Stub
+
+
+def listen(address: str) -> socket.socket:
+    """A listening socket for ``address``; ``EINVAL`` (``argument="gdb"``) if it is not one."""
+    kind, _, rest = address.partition(":")
+    try:
+        if kind == "unix" and rest:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(rest)
+            sock.bind(rest)
+        elif kind == "tcp" and ":" in rest:
+            host, _, port = rest.rpartition(":")
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host or "127.0.0.1", int(port)))
+        else:
+            raise ValueError(address)
+    except ValueError:
+        raise XInterfaceError(errno.EINVAL, f"{address!r} is not tcp::PORT, tcp:HOST:PORT or "
+                              "unix:PATH", argument="gdb", value=address) from None
+    except OSError as exc:
+        raise XInterfaceError(exc.errno or errno.EIO, f"gdb address {address}: "
+                              f"{exc.strerror}", argument="gdb", value=address) from None
+    sock.listen(2)
+    return sock
+
+
+class GdbServer:
+    """Serves one machine to GDB from a thread; :meth:`close` ends it (the machine's close
+    does too)."""
+
+    def __init__(self, machine: Debuggee, sock: socket.socket, *, wait: bool) -> None:
+        self.machine = machine
+        self.sock = sock
+        self.stub = Stub(machine, wait=wait, monitor=self.monitor)
+        self.address = sock.getsockname()
+        self._closed = False
+        self._busy = threading.Lock()
+        self._client: socket.socket | None = None
+        self.thread = threading.Thread(target=self._accept, name="xinterface-gdb", daemon=True)
+
+    @classmethod
+    def start(cls, machine: Debuggee, address: str, *, wait: bool = False) -> GdbServer:
+        server = cls(machine, listen(address), wait=wait)
+        machine.debugger = server  # type: ignore[attr-defined]
+        server.thread.start()
+        return server
+
+    # --- vcpu_loop.DebugHook, through the stub ----------------------------------------------
+    def hold(self, loop: object) -> bool:
+        return self.stub.hold(loop)  # type: ignore[arg-type]
+
+    def stop(self, loop: object, exit: object) -> bool:
+        return self.stub.stop(loop, exit)  # type: ignore[arg-type]
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self._busy.acquire(blocking=False):
+                client.close()  # one debugger at a time
+                continue
+            threading.Thread(target=self._serve, args=(client,), name="xinterface-gdb-client",
+                             daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        self._client = client
+        try:
+            session = Session(self.stub, client)
+            if not self._closed:
+                # Wait for the first packet before stopping the guest: a connection that
+                # leaves at once changes nothing.
+                alive = True
+                while alive and not (session.pending or session.interrupt):
+                    alive = session._receive(None)
+                if alive:
+                    reply = self.stub.attach()
+                    if reply.startswith("W"):
+                        return
+                    session.serve()
+        except OSError:
+            pass
+        finally:
+            self._client = None
+            with contextlib.suppress(OSError):
+                client.close()
+            self._busy.release()
+
+    def monitor(self, command: str) -> str:
+        """``monitor exits``: exits per vCPU by kind; ``monitor ranges``: the buses' xioevents
+        and range devices; ``monitor help``."""
+        words = command.split()
+        if words[:1] == ["exits"]:
+            lines = []
+            for loop in self.machine.vcpus:
+                counts = Counter({uapi.EXIT_REASON_NAMES.get(code, str(code)).lower(): n
+                                  for code, n in enumerate(loop.counts) if n})
+                lines.append(f"vcpu{loop.index}: " + ", ".join(
+                    f"{name} {n}" for name, n in sorted(counts.items())))
+            return "\n".join(lines) + "\n"
+        if words[:1] in (["ranges"], ["xioevents"]):
+            vm = getattr(self.machine, "vm", None)
+            lines = []
+            for bus in (getattr(vm, "pio_bus", None), getattr(vm, "mmio_bus", None)):
+                if bus is None:
+                    continue
+                for addr, entry in sorted(bus.events.items()):
+                    lines.append(f"{bus.space} xioevent {addr:#x}: {entry!r}")
+                for device in getattr(bus, "ranges", ()):
+                    lines.append(f"{bus.space} range {device!r}")
+            return "\n".join(lines) + "\n" if lines else "none\n"
+        return "monitor commands: exits, ranges (xioevents and range devices), help\n"
+
+    def close(self) -> None:
+        """Stop listening, end the connection, release any vCPU held for a debugger."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stub.close()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+        if isinstance(self.address, str):
+            with contextlib.suppress(OSError):
+                os.unlink(self.address)
