@@ -43,6 +43,8 @@ class Debuggee(Protocol):
     def memory(self) -> GuestMemory | None: ...
     @property
     def state(self) -> RunState: ...
+    @property
+    def exit_code(self) -> int | None: ...
     def pause(self) -> bool: ...
     def resume(self) -> bool: ...
     def request_pause(self) -> bool: ...
@@ -272,8 +274,8 @@ class Stub:
                 self.stops.clear()
             if stop is not None:
                 thread, kind = stop
-                if thread < 0:
-                    return None
+                if thread < 0:  # the machine closes: its run is over
+                    return self.ended()
                 if not self.machine.pause():
                     return self.ended()
                 self.current = thread
@@ -290,7 +292,10 @@ class Stub:
                 return self.stop_reply(self.current, SIGINT)
 
     def ended(self) -> str:
-        return "W00"
+        """The run is over: ``W`` with the guest's exit status (the process's, as
+        ``xinterface run`` would exit with it), 0 when it halted or was stopped."""
+        code = self.machine.exit_code
+        return f"W{(code or 0) & 0xFF:02x}"
 
     def attach(self) -> str:
         """A debugger connects: the run stops (or is held at its start) for it."""

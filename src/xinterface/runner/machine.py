@@ -162,6 +162,12 @@ class Machine:
         """Where the run is: idle, running, pausing, paused, stopping or closed."""
         return self._states.state
 
+    @property
+    def exit_code(self) -> int | None:
+        """The status of the current or last run's debug exit (reason ``"exit"``), else
+        None."""
+        return self._states.exit_code
+
     def wait_for(self, state: RunState, timeout: float | None = None) -> bool:
         """Wait until the run is in ``state``; False if ``timeout`` seconds passed first."""
         return self._states.wait_for(state, timeout)
