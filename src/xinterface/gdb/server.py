@@ -56,6 +56,7 @@ class GdbServer:
         self._closed = False
         self._busy = threading.Lock()
         self._client: socket.socket | None = None
+        self._session: threading.Thread | None = None
         self.thread = threading.Thread(target=self._accept, name="xinterface-gdb", daemon=True)
 
     @classmethod
@@ -81,8 +82,9 @@ class GdbServer:
             if not self._busy.acquire(blocking=False):
                 client.close()  # one debugger at a time
                 continue
-            threading.Thread(target=self._serve, args=(client,), name="xinterface-gdb-client",
-                             daemon=True).start()
+            self._session = threading.Thread(target=self._serve, args=(client,),
+                                             name="xinterface-gdb-client", daemon=True)
+            self._session.start()
 
     def _serve(self, client: socket.socket) -> None:
         self._client = client
@@ -141,6 +143,11 @@ class GdbServer:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        session = self._session
+        if session is not None and session is not threading.current_thread():
+            # A session waiting for a stop sends the run's end (W) first; one that waits
+            # for a packet is cut off below.
+            session.join(0.5)
         client = self._client
         if client is not None:
             with contextlib.suppress(OSError):

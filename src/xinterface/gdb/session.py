@@ -83,8 +83,8 @@ class Session:
             if reply is None:
                 return
             self.send(reply)
-            if body[:1] in (b"D", b"k"):
-                return
+            if body[:1] in (b"D", b"k") or (isinstance(reply, str) and reply[:1] == "W"):
+                return  # detached, killed, or the run is over
 
     # --- the commands ----------------------------------------------------------------------
     def handle(self, body: bytes) -> str | bytes | None:
