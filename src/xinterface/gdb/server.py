@@ -13,6 +13,7 @@ from collections import Counter
 
 from ..errors import XInterfaceError
 from ..kvm import uapi
+from .packets import ProtocolError
 from .session import Session
 from .stub import Debuggee, Stub
 
@@ -40,8 +41,11 @@ def listen(address: str) -> socket.socket:
     except OSError as exc:
         raise XInterfaceError(exc.errno or errno.EIO, f"gdb address {address}: "
                               f"{exc.strerror}", argument="gdb", value=address) from None
-    sock.listen(2)
+    sock.listen(8)
     return sock
+
+
+_MAX_WAITING = 4
 
 
 class GdbServer:
@@ -57,6 +61,8 @@ class GdbServer:
         self._busy = threading.Lock()
         self._client: socket.socket | None = None
         self._session: threading.Thread | None = None
+        self._count = threading.Lock()
+        self._waiting = 0  # connections waiting for the one being served to leave
         self.thread = threading.Thread(target=self._accept, name="xinterface-gdb", daemon=True)
 
     @classmethod
@@ -79,12 +85,26 @@ class GdbServer:
                 client, _ = self.sock.accept()
             except OSError:
                 return
-            if not self._busy.acquire(blocking=False):
-                client.close()  # one debugger at a time
-                continue
-            self._session = threading.Thread(target=self._serve, args=(client,),
-                                             name="xinterface-gdb-client", daemon=True)
-            self._session.start()
+            with self._count:
+                if self._waiting >= _MAX_WAITING:
+                    client.close()  # a flood: turned away at once
+                    continue
+                self._waiting += 1
+            threading.Thread(target=self._admit, args=(client,), name="xinterface-gdb-client",
+                             daemon=True).start()
+
+    def _admit(self, client: socket.socket) -> None:
+        """One debugger at a time; a moment's grace for one that is just leaving."""
+        admitted = self._busy.acquire(timeout=1.0)
+        with self._count:
+            self._waiting -= 1
+        if not admitted or self._closed:
+            client.close()
+            if admitted:
+                self._busy.release()
+            return
+        self._session = threading.current_thread()
+        self._serve(client)
 
     def _serve(self, client: socket.socket) -> None:
         self._client = client
@@ -101,7 +121,7 @@ class GdbServer:
                     if reply.startswith("W"):
                         return
                     session.serve()
-        except OSError:
+        except (OSError, ProtocolError):
             pass
         finally:
             self._client = None

@@ -69,7 +69,8 @@ class Arch(NamedTuple):
         body = "".join(f'<feature name="{name}">{"".join(regs)}</feature>'
                        for name, regs in features.items())
         return (f'<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
-                f"<target><architecture>{self.name}</architecture>{body}</target>").encode()
+                f"<target><architecture>{self.name}</architecture><osabi>none</osabi>{body}"
+                f"</target>").encode()
 
     def index(self, name: str) -> int:
         return [r.name for r in self.registers].index(name)
