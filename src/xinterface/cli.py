@@ -237,7 +237,8 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
 
     panic: Until | None = None
     timeout = _no_limit_when_interactive(ctx, serial, timeout)
-    if gdb is not None and ctx.get_parameter_source("timeout") is click.core.ParameterSource.DEFAULT:
+    if gdb is not None and (ctx.get_parameter_source("timeout")
+                            is click.core.ParameterSource.DEFAULT):
         timeout = 0  # a debugging session lasts as long as the user wants
     stdout = Stdout()
     watchers: list[Until] = []

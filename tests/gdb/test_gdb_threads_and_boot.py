@@ -6,8 +6,6 @@ import re
 import struct
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import Assemble, needs_kvm
 from tests.gdb.harness import debug, link_elf, needs_gdb
 

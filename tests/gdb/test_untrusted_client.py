@@ -107,7 +107,7 @@ def test_a_bad_checksum_is_answered_minus_and_the_next_packet_served(
     assert peer.packet(b"qNoSuchThing") == b""  # unknown: the empty reply
     assert peer.packet(b"m1000,zz") == b"E16"   # malformed: EINVAL
     assert peer.packet(b"m1000,100000") == b"E16"  # more than a packet holds
-    assert peer.packet(b"Hg9") == b"OK" and peer.packet(b"T9") == b"E01"
+    assert peer.packet(b"Hg9") == b"E01" and peer.packet(b"T9") == b"E01"
     assert peer.packet(b"Z2,1000,4") == b""     # a data watchpoint: unsupported here
     peer.packet(b"D")
     peer.close()

@@ -125,12 +125,18 @@ class Session:
             out = stub.monitor(command) if stub.monitor else "no monitor commands\n"
             return out.encode().hex()
         if head == "H":
-            thread = self._thread(text[2:])
+            try:
+                thread = self._thread(text[2:])
+            except ValueError:
+                return "E01"
             if thread is not None:
                 stub.current = thread
             return "OK"
         if head == "T":
-            return "OK" if self._thread(text[1:], strict=True) is not None else "E01"
+            try:
+                return "OK" if self._thread(text[1:]) is not None else "E01"
+            except ValueError:
+                return "E01"
         if head == "g":
             return self._registers()
         if head == "G":
@@ -182,15 +188,14 @@ class Session:
             return "OK"
         return ""
 
-    def _thread(self, text: str, strict: bool = False) -> int | None:
-        """A thread id (vCPU index + 1) of H/T; ``-1``/``0`` mean any (None)."""
-        if text in ("-1", "0", ""):
-            if strict:
-                raise ValueError(text)
+    def _thread(self, text: str) -> int | None:
+        """A thread id (vCPU index + 1) of H/T as a vCPU index; None for ``-1``/``0``
+        (any); ValueError for one that is no vCPU."""
+        if text in ("-1", "0"):
             return None
         index = int(text, 16) - 1
         if not 0 <= index < len(self.stub.machine.vcpus):
-            return None if not strict else None
+            raise ValueError(text)
         return index
 
     def _vcont(self, actions: list[str]) -> str | None:

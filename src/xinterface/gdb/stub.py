@@ -141,13 +141,16 @@ class Stub:
                 out[bp - start] = byte
         return bytes(out)
 
-    def write_memory(self, addr: int, data: bytes) -> None:
+    def write_memory(self, addr: int, new: bytes) -> None:
         memory = self._memory()
-        data = bytearray(data)
+        data = bytearray(new)
         for bp in self.software:  # the new byte is the original now; the int3 stays
             if addr <= bp < addr + len(data):
                 self.software[bp] = data[bp - addr]
                 data[bp - addr] = 0xCC
+        self._write_physical(addr, data, memory)
+
+    def _write_physical(self, addr: int, data: bytearray, memory: GuestMemory) -> None:
         at = 0
         while at < len(data):
             chunk = min(len(data) - at, 0x1000 - ((addr + at) & 0xFFF))

@@ -17,7 +17,7 @@ from ..kvm import uapi
 CR0_PE = 1
 EFER_LMA = 1 << 10
 
-_X87 = [("st%d" % i, 80, "i387_ext") for i in range(8)] + [
+_X87 = [(f"st{i}", 80, "i387_ext") for i in range(8)] + [
     (name, 32, "int") for name in ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg",
                                    "fooff", "fop")]
 _SEGMENTS = ("cs", "ss", "ds", "es", "fs", "gs")
@@ -37,7 +37,7 @@ def _registers(wide: bool) -> tuple[Register, ...]:
     out: list[Register] = []
     if wide:
         names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-                 *("r%d" % i for i in range(8, 16)))
+                 *(f"r{i}" for i in range(8, 16)))
         for name in names:
             kind = "data_ptr" if name in ("rbp", "rsp") else "int64"
             out.append(Register(name, 64, kind, core, f"regs:{name}"))
@@ -72,7 +72,8 @@ class Arch(NamedTuple):
                 f"<target><architecture>{self.name}</architecture><osabi>none</osabi>{body}"
                 f"</target>").encode()
 
-    def index(self, name: str) -> int:
+    def number(self, name: str) -> int:
+        """GDB's number of the register called ``name``."""
         return [r.name for r in self.registers].index(name)
 
 
