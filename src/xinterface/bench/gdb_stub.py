@@ -45,7 +45,7 @@ class Client:
         while True:
             start = self.buf.find(b"$")
             end = self.buf.find(b"#", start)
-            if start >= 0 and 0 <= end and len(self.buf) >= end + 3:
+            if start >= 0 and end >= 0 and len(self.buf) >= end + 3:
                 reply, self.buf = self.buf[start + 1 : end], self.buf[end + 3 :]
                 return reply
             data = self.sock.recv(65536)
