@@ -257,7 +257,10 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
                 outputs[1] = panic
             built = build(spec, machine, debugcon=outputs[0], serial=outputs[1])
             if gdb is not None:
-                machine.serve_gdb(gdb, wait=gdb_wait)
+                # A kernel is 64-bit code entered in 32-bit mode (PVH): GDB is told x86-64
+                # from the start, as it reads vmlinux.
+                machine.serve_gdb(gdb, wait=gdb_wait,
+                                  arch="i386:x86-64" if kernel is not None else None)
             assert built.feed is not None   # every board has COM1
             session.connect(built.feed)
             result = session.run(timeout or None)

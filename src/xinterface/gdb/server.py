@@ -13,6 +13,7 @@ from collections import Counter
 
 from ..errors import XInterfaceError
 from ..kvm import uapi
+from . import target
 from .packets import ProtocolError
 from .session import Session
 from .stub import Debuggee, Stub
@@ -52,10 +53,12 @@ class GdbServer:
     """Serves one machine to GDB from a thread; :meth:`close` ends it (the machine's close
     does too)."""
 
-    def __init__(self, machine: Debuggee, sock: socket.socket, *, wait: bool) -> None:
+    def __init__(self, machine: Debuggee, sock: socket.socket, *, wait: bool,
+                 arch: str | None = None) -> None:
         self.machine = machine
         self.sock = sock
-        self.stub = Stub(machine, wait=wait, monitor=self.monitor)
+        self.stub = Stub(machine, wait=wait, monitor=self.monitor,
+                         arch=None if arch is None else target.ARCHES[arch])
         self.address = sock.getsockname()
         self._closed = False
         self._busy = threading.Lock()
@@ -66,8 +69,12 @@ class GdbServer:
         self.thread = threading.Thread(target=self._accept, name="xinterface-gdb", daemon=True)
 
     @classmethod
-    def start(cls, machine: Debuggee, address: str, *, wait: bool = False) -> GdbServer:
-        server = cls(machine, listen(address), wait=wait)
+    def start(cls, machine: Debuggee, address: str, *, wait: bool = False,
+              arch: str | None = None) -> GdbServer:
+        if arch is not None and arch not in target.ARCHES:
+            raise XInterfaceError(errno.EINVAL, f"arch {arch!r} is not one of "
+                                  f"{', '.join(target.ARCHES)}", argument="arch", value=arch)
+        server = cls(machine, listen(address), wait=wait, arch=arch)
         machine.debugger = server  # type: ignore[attr-defined]
         server.thread.start()
         return server

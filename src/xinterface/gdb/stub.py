@@ -57,8 +57,10 @@ class Stub:
     packet handlers. ``monitor`` answers ``monitor`` commands (text in, text out)."""
 
     def __init__(self, machine: Debuggee, *, wait: bool,
-                 monitor: Callable[[str], str] | None = None) -> None:
+                 monitor: Callable[[str], str] | None = None,
+                 arch: target.Arch | None = None) -> None:
         self.machine = machine
+        self.fixed_arch = arch  # None: by vCPU 0's mode when GDB asks
         self.lock = threading.Condition(threading.Lock())
         self.hold_start = wait         # vCPUs wait at their first instruction for GDB
         self.software: dict[int, int] = {}   # linear address -> original byte
@@ -109,10 +111,13 @@ class Stub:
     def _linear_pc(self, loop: VcpuLoop) -> int:
         regs = loop.vcpu.get_regs()
         sregs = loop.vcpu.get_sregs()
+        # In 64-bit mode CS's base is ignored (SDM vol. 3, 3.4.4); else it makes EIP linear.
         base = 0 if target.arch_of(sregs) is target.X86_64 else int(sregs.cs.base)
         return (base + int(regs.rip)) & ((1 << 64) - 1)
 
     def arch(self) -> target.Arch:
+        if self.fixed_arch is not None:
+            return self.fixed_arch
         return target.arch_of(self._loop(0).vcpu.get_sregs())
 
     def _memory(self) -> GuestMemory:

@@ -82,6 +82,9 @@ I386 = Arch("i386", _registers(False))
 X86_64 = Arch("i386:x86-64", _registers(True))
 
 
+ARCHES = {arch.name: arch for arch in (I8086, I386, X86_64)}
+
+
 def arch_of(sregs: uapi.kvm_sregs) -> Arch:
     """The description that fits the vCPU's mode now."""
     if not sregs.cr0 & CR0_PE:

@@ -419,14 +419,17 @@ class Machine:
         running or pausing."""
         return self._states.request_pause()
 
-    def serve_gdb(self, address: str, *, wait: bool = False) -> object:
+    def serve_gdb(self, address: str, *, wait: bool = False,
+                  arch: str | None = None) -> object:
         """Serve GDB's remote protocol on ``address`` (``tcp::PORT``, ``tcp:HOST:PORT`` or
         ``unix:PATH``) from a thread; ``wait``: every vCPU holds before its first
-        instruction until a debugger attaches. Returns the :class:`xinterface.gdb.GdbServer`
-        (``close()`` it, or close the machine)."""
+        instruction until a debugger attaches. ``arch``: the description GDB gets
+        (``"i8086"``, ``"i386"``, ``"i386:x86-64"``; None: by vCPU 0's mode when GDB asks, as
+        for a 64-bit kernel that starts in 32-bit code). Returns the
+        :class:`xinterface.gdb.server.GdbServer` (``close()`` it, or close the machine)."""
         from ..gdb.server import GdbServer  # imported here: most machines are never debugged
 
-        return GdbServer.start(self, address, wait=wait)
+        return GdbServer.start(self, address, wait=wait, arch=arch)
 
     def resume(self) -> bool:
         """Let a paused run go on from where it was; True if it did, False if it was not
