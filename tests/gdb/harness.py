@@ -38,7 +38,7 @@ class Session(NamedTuple):
 
 
 def debug(command: list[str | Path], script: str, sock: Path,
-          program: Path | None = None) -> Session:
+          program: Path | None = None, deadline: float = DEADLINE) -> Session:
     """Start ``xinterface COMMAND --gdb unix:SOCK --gdb-wait``, run GDB's ``script`` (after
     ``target remote SOCK``) against it, wait for both."""
     proc = subprocess.Popen([sys.executable, "-m", "xinterface", *map(str, command),
@@ -46,9 +46,9 @@ def debug(command: list[str | Path], script: str, sock: Path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace")
     try:
-        deadline = time.monotonic() + DEADLINE
+        until = time.monotonic() + deadline
         while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None or time.monotonic() > until:
                 raise AssertionError(f"no GDB socket: {proc.communicate()[0]}")
             time.sleep(0.05)
         commands = sock.parent / f"{sock.name}.gdb"
@@ -56,9 +56,9 @@ def debug(command: list[str | Path], script: str, sock: Path,
                             + script)
         gdb = subprocess.run(["gdb", "-batch", "-nx", "-x", commands,
                               *([program] if program else [])],
-                             capture_output=True, text=True, timeout=DEADLINE,
+                             capture_output=True, text=True, timeout=deadline,
                              errors="replace", env={**os.environ, "TERM": "dumb"})
-        output, _ = proc.communicate(timeout=DEADLINE)
+        output, _ = proc.communicate(timeout=deadline)
     finally:
         if proc.poll() is None:
             proc.kill()
