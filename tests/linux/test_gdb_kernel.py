@@ -18,7 +18,7 @@ MARKER = "XINTERFACE-INIT-OK"
 def test_gdb_vmlinux_breaks_at_start_kernel_and_boots_on(tmp_path: Path,
                                                          linux: dict[str, str]) -> None:
     run = debug(["boot", "--kernel", linux["vmlinux"], "--initrd", linux["initramfs"],
-                 "--append", APPEND, "--until", MARKER, "--timeout", "400"], """\
+                 "--append", APPEND, "--until", MARKER, "--timeout", "600"], """\
 show architecture
 hbreak start_kernel
 continue
@@ -26,7 +26,7 @@ bt
 info registers rip cr3
 delete
 continue
-""", tmp_path / "gdb.sock", Path(linux["vmlinux"]), deadline=600)
+""", tmp_path / "gdb.sock", Path(linux["vmlinux"]), deadline=700)
     out = run.gdb
     assert '(currently "i386:x86-64")' in out, out
     assert "Breakpoint 1, " in out and "in start_kernel ()" in out, out
