@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the VM", ("runstate", "vm")),
     ("xinterface", ("refcount", "maps", "xioevent", "interface")),
     ("loaders", ("loader",)),
-    ("runner", ("runner",)),
+    ("runner", ("runner", "gdb")),
     ("devices", ("devices",)),
     ("virtio", ("virtio",)),
     ("vhost-user backend", ("vhost_user",)),

@@ -55,6 +55,10 @@ class MiniOwner:
         return True
 
     @property
+    def debugger(self) -> None:
+        return None
+
+    @property
     def memory(self) -> GuestMemory | None:
         return self.vm.memory
 

@@ -194,6 +194,11 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
 @click.option("--virtio-console", is_flag=True,
               help="A virtio-console (Linux's hvc0): its output goes where --serial goes, and "
                    "what is typed (--serial stdio) goes to it instead of COM1.")
+@click.option("--gdb", default=None, metavar="ADDRESS",
+              help="Serve GDB's remote protocol on tcp::PORT, tcp:HOST:PORT or unix:PATH "
+                   "(docs/gdb.md); no --timeout unless given.")
+@click.option("--gdb-wait", is_flag=True,
+              help="With --gdb: hold the firmware's first instruction until GDB attaches.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and registers on errors.")
 @click.pass_context
 def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Path | None,
@@ -201,7 +206,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
          debugcon: Target,
          serial: Target, until: str | None, timeout: float, board: str, posted_debugcon: bool,
          disks: tuple[str, ...], nets: tuple[str, ...], rng: bool, virtio_console: bool,
-         debug: bool) -> None:
+         gdb: str | None, gdb_wait: bool, debug: bool) -> None:
     """Boot firmware from the reset vector (--bios), or a Linux kernel directly (--kernel), on
     the standard devices (fw_cfg, COM1, CMOS/RTC, debug console at 0x402, virtio), all of them
     xinterface clients."""
@@ -233,6 +238,9 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
 
     panic: Until | None = None
     timeout = _no_limit_when_interactive(ctx, serial, timeout)
+    if gdb is not None and (ctx.get_parameter_source("timeout")
+                            is click.core.ParameterSource.DEFAULT):
+        timeout = 0  # a debugging session lasts as long as the user wants
     stdout = Stdout()
     watchers: list[Until] = []
     try:
@@ -249,6 +257,11 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
                 panic = Until(outputs[1] or stdout, PANIC, lambda: machine.exit(0xFF))
                 outputs[1] = panic
             built = build(spec, machine, debugcon=outputs[0], serial=outputs[1])
+            if gdb is not None:
+                # A kernel is 64-bit code entered in 32-bit mode (PVH): GDB is told x86-64
+                # from the start, as it reads vmlinux.
+                machine.serve_gdb(gdb, wait=gdb_wait,
+                                  arch="i386:x86-64" if kernel is not None else None)
             assert built.feed is not None   # every board has COM1
             session.connect(built.feed)
             result = session.run(timeout or None)

@@ -90,6 +90,7 @@ class RunStates:
         self.closing = False    # close() began: no run may start
         self.close_deferred = False  # close() from inside the run: run() closes on its way out
         self._tearing_down = False
+        self._unclaimed = False  # a PAUSING that request_pause began and no pause() waits on
 
     @property
     def state(self) -> RunState:
@@ -106,6 +107,8 @@ class RunStates:
             raise IllegalTransition(errno.EINVAL, f"run state {self._state.value} cannot "
                                     f"become {to.value}", argument="state", value=to)
         self._state = to
+        if to is not RunState.PAUSING:
+            self._unclaimed = False
         self.stopping = to in _HOLD
         if to is RunState.PAUSING or to is RunState.STOPPING:
             self._kick()
@@ -210,19 +213,33 @@ class RunStates:
                 self.parked -= 1
             return self._now() is RunState.RUNNING
 
+    def request_pause(self) -> bool:
+        """Begin a pause without waiting for it (a vCPU thread that must park itself, at a
+        debugger's stop): RUNNING becomes PAUSING; the next :meth:`pause` completes it.
+        False if the run was not running."""
+        with self.cond:
+            if self._state is not RunState.RUNNING:
+                return self._state in (RunState.PAUSING, RunState.PAUSED)
+            self._move(RunState.PAUSING)
+            self._unclaimed = True
+            return True
+
     def pause(self, drain: Callable[[], object]) -> bool:
         """Take every vCPU of the run out of ``KVM_RUN`` and park it, then ``drain()`` the
         POSTED ring; True once paused (also when already paused), False if no run is in
         progress or it ended meanwhile. ``drain`` runs without the lock: its handlers may
         end the run."""
         with self.cond:
-            while self._state is RunState.PAUSING:  # another pause(): share its outcome
-                self.cond.wait()
+            while self._state is RunState.PAUSING and not self._unclaimed:
+                self.cond.wait()  # another pause(): share its outcome
             if self._state is RunState.PAUSED:
                 return True
-            if self._state is not RunState.RUNNING:
+            if self._state is RunState.PAUSING:
+                self._unclaimed = False  # request_pause's: this call completes it
+            elif self._state is not RunState.RUNNING:
                 return False
-            self._move(RunState.PAUSING)
+            else:
+                self._move(RunState.PAUSING)
             self.cond.wait_for(lambda: self._state is not RunState.PAUSING
                                or self.parked == self.live)
             if self._now() is not RunState.PAUSING:

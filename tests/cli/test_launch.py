@@ -23,7 +23,8 @@ def test_parse_run_takes_plain_options() -> None:
                           "--mode", "real", "--timeout", "2.5", "--serial", "-"])
     assert options == {"image": HELLO, "gpa": 0x2000, "mode": "real", "memory": 2 << 20,
                        "vcpus": 3, "serial": Target(STDOUT), "trace": True, "strict": False,
-                       "debug": False, "timeout": 2.5}
+                       "debug": False, "timeout": 2.5, "gdb": None,
+                       "gdb_wait": False}
 
 
 def test_parse_run_defaults_are_clicks() -> None:
@@ -95,3 +96,11 @@ def test_importing_the_package_leaves_the_collector_as_it_was(enabled: bool) -> 
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=DEADLINE, check=False)
     assert (done.returncode, done.stdout) == (0, f"{enabled}\n"), done.stderr
+
+
+def test_parse_run_takes_gdb_and_drops_the_timeout() -> None:
+    options = _parse_run(["--gdb", "tcp::1234", "--gdb-wait", HELLO])
+    assert options is not None
+    assert (options["gdb"], options["gdb_wait"], options["timeout"]) == ("tcp::1234", True, 0)
+    timed = _parse_run(["--gdb=unix:/tmp/x", "--timeout=3", HELLO])
+    assert timed is not None and timed["timeout"] == 3

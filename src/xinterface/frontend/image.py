@@ -52,6 +52,7 @@ class GuestImage(NamedTuple):
     gpa: int
     mode: str
     kind: str  # "source", "elf" or "binary"
+    entry: int | None = None  # where the vCPUs start when not at the first byte (an ELF's)
 
 
 def source_mode(text: str) -> str | None:
@@ -164,10 +165,11 @@ def _from_elf(path: PathArg, data: bytes, gpa: int | None, mode: str | None,
     if end - start > memory:
         raise ImageError(f"{path} spans {end - start:#x} bytes from {start:#x}, more than "
                          f"the guest's {memory:#x} bytes of RAM: raise --memory")
-    if entry != start:
-        raise ImageError(f"{path} starts at {entry:#x}, not at its first byte ({start:#x}): "
-                         "xinterface run starts at the image's first byte; link with "
-                         f"-e {start:#x} (or put the entry first)")
+    # An ordinary link (ld -Ttext=ADDR) puts the ELF and program headers in the first load
+    # segment below the code: the vCPUs start at e_entry, which must lie in the image.
+    if not start <= entry < end:
+        raise ImageError(f"{path} starts at {entry:#x}, outside its segments "
+                         f"({start:#x}-{end:#x})")
     if gpa is not None and gpa != start:
         raise ImageError(f"{path} is an ELF linked at {start:#x}: it loads there, not at "
                          f"--gpa {gpa:#x}; drop --gpa")
@@ -179,7 +181,8 @@ def _from_elf(path: PathArg, data: bytes, gpa: int | None, mode: str | None,
     if mode is not None and mode not in allowed:
         raise ImageError(f"{path} is ELF{32 if said != 'long' else 64} ({said}-mode code) "
                          f"but --mode is {mode}: drop --mode")
-    return GuestImage(bytes(flat), start, mode or said, "elf")
+    return GuestImage(bytes(flat), start, mode or said, "elf",
+                      entry if entry != start else None)
 
 
 def _check_fits(path: PathArg, image: GuestImage, memory: int) -> None:

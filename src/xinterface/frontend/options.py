@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import click
 
-from .run_options import ADDRESS, COUNT, FLAG, MODE, MODES, SECONDS, SERIAL, SIZE, Option
+from .run_options import ADDRESS, COUNT, FLAG, GDB, MODE, MODES, SECONDS, SERIAL, SIZE, Option
 from .values import Target, open_target, parse_size, to_address, to_seconds, to_size, to_target
 
 __all__ = ["AddressType", "SecondsType", "SizeType", "TargetType", "click_type", "parse_size",
@@ -90,14 +90,14 @@ def click_type(kind: str) -> _Param[Any]:
     types: dict[str, Callable[[], _Param[Any]]] = {
         ADDRESS: AddressType, MODE: lambda: click.Choice(MODES), SIZE: SizeType,
         COUNT: lambda: click.IntRange(min=1), SERIAL: lambda: TargetType(interactive=True),
-        SECONDS: SecondsType}
+        SECONDS: SecondsType, GDB: lambda: click.STRING}
     return types[kind]()
 
 
 def run_option(option: Option) -> Callable[[F], F]:
     """The click option of one row of ``run_options.RUN_OPTIONS``."""
     if option.kind == FLAG:
-        return click.option(f"--{option.name}", is_flag=True, help=option.help)
-    return click.option(f"--{option.name}", type=click_type(option.kind),
+        return click.option(f"--{option.flag}", option.name, is_flag=True, help=option.help)
+    return click.option(f"--{option.flag}", option.name, type=click_type(option.kind),
                         default=option.default, show_default=option.show_default,
                         help=option.help)

@@ -35,7 +35,8 @@ def no_limit_when_interactive(serial: Target, timeout: float, timeout_given: boo
 
 def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | None,
               memory: int, vcpus: int, serial: Target, trace: bool, timeout: float,
-              strict: bool, debug: bool) -> NoReturn:
+              strict: bool, debug: bool, gdb: str | None = None,
+              gdb_wait: bool = False) -> NoReturn:
     """Run ``image`` (``gpa`` None: where the image says, else 0x1000) until it exits, halts,
     or ``timeout`` seconds pass (0: no limit); exit with the guest's status."""
     from ..build import build, build_machine
@@ -54,6 +55,10 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
         with build_machine(spec, console=stdout,  # type: ignore[arg-type]
                            trace=sys.stderr if trace else None) as machine:
             machine.load_flat(guest.data, gpa=guest.gpa, mode=guest.mode)
+            if guest.entry is not None:
+                machine.set_entry(guest.entry)
+            if gdb is not None:
+                machine.serve_gdb(gdb, wait=gdb_wait)
             session = Session(machine, serial, stdout)
             built = build(spec, machine, serial=session.serial_output())
             if built.feed is not None:

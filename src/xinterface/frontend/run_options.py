@@ -19,8 +19,8 @@ SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x q
                "Ctrl-A h lists the keys) or none.")
 
 # The kinds of option value.
-FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS = (
-    "flag", "address", "mode", "size", "count", "serial", "seconds")
+FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS, GDB = (
+    "flag", "address", "mode", "size", "count", "serial", "seconds", "gdb")
 
 
 class Option(NamedTuple):
@@ -34,6 +34,11 @@ class Option(NamedTuple):
     help: str
     show_default: bool = True
     image_default: bool = False
+
+    @property
+    def flag(self) -> str:
+        """The option as typed after ``--`` (``gdb_wait`` is ``--gdb-wait``)."""
+        return self.name.replace("_", "-")
 
 
 RUN_OPTIONS: tuple[Option, ...] = (
@@ -52,6 +57,11 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("timeout", SECONDS, 10.0, "Seconds before the run is ended with status 124 (0: no "
            "limit; no limit by default with --serial stdio)."),
     Option("strict", FLAG, False, "Stop on any access no device claims.", show_default=False),
+    Option("gdb", GDB, None, "Serve GDB's remote protocol on tcp::PORT (loopback), "
+           "tcp:HOST:PORT or unix:PATH (docs/gdb.md); no --timeout unless given.",
+           show_default=False),
+    Option("gdb_wait", FLAG, False, "With --gdb: hold every vCPU before its first "
+           "instruction until GDB attaches (QEMU's -S).", show_default=False),
     Option("debug", FLAG, False, "Show tracebacks and registers on errors.",
            show_default=False),
 )
@@ -78,7 +88,7 @@ def to_serial(text: str) -> Target:
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     ADDRESS: to_address, MODE: to_mode, SIZE: to_size, COUNT: to_count, SERIAL: to_serial,
-    SECONDS: to_seconds}
+    SECONDS: to_seconds, GDB: str}
 
 
 def arguments(parsed: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
@@ -91,6 +101,8 @@ def arguments(parsed: Mapping[str, Any], given: Collection[str]) -> dict[str, An
         for o in RUN_OPTIONS}
     options["timeout"] = no_limit_when_interactive(options["serial"], options["timeout"],
                                                    "timeout" in given)
+    if options["gdb"] is not None and "timeout" not in given:
+        options["timeout"] = 0  # a debugging session lasts as long as the user wants
     return options
 
 
@@ -100,7 +112,7 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
     parses them again and says what is wrong."""
     import os
 
-    table = {o.name: o for o in RUN_OPTIONS}
+    table = {o.flag: o for o in RUN_OPTIONS}
     given: dict[str, Any] = {}
     image = None
     i = 0
@@ -113,6 +125,7 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
                 option = table.get(name)
                 if option is None:
                     return None
+                name = option.name
                 if option.kind == FLAG:
                     if eq:
                         return None

@@ -65,6 +65,7 @@ _FAIL_ENTRY = struct.Struct("<QI")       # hardware_entry_failure_reason, cpu
 _INTERNAL = struct.Struct("<II16Q")      # suberror, ndata, data[16]
 _SYSTEM_EVENT = struct.Struct("<II")     # type, ndata
 _HW = struct.Struct("<Q")                # hardware_exit_reason
+_DEBUG = struct.Struct("<IIQQQ")         # kvm_debug_exit_arch: exception, pad, pc, dr6, dr7
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,17 @@ class SystemEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Debug:
+    """``KVM_EXIT_DEBUG`` (guest debugging on): ``exception`` 1 (#DB: a step or a hardware
+    breakpoint, which ``dr6`` names) or 3 (#BP), at ``pc``."""
+
+    exception: int
+    pc: int
+    dr6: int
+    dr7: int
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """``KVM_EXIT_UNKNOWN``: the hardware exit reason KVM did not handle."""
 
@@ -140,7 +152,7 @@ class Other:
 
 
 VcpuExit = (Access | Halt | Interrupted | Shutdown | FailEntry | InternalError | SystemEvent
-            | Unknown | Other)
+            | Debug | Unknown | Other)
 
 # What decode() reads: the vCPU's kvm_run mapping, or a copy of it.
 RunPage = mmap.mmap | bytes | bytearray | memoryview
@@ -177,6 +189,9 @@ def decode(run: RunPage) -> VcpuExit:
     if code == uapi.KVM_EXIT_SYSTEM_EVENT:
         kind, _ = _SYSTEM_EVENT.unpack_from(run, UNION)
         return SystemEvent(kind)
+    if code == uapi.KVM_EXIT_DEBUG:
+        exception, _, pc, dr6, dr7 = _DEBUG.unpack_from(run, UNION)
+        return Debug(exception, pc, dr6, dr7)
     if code == uapi.KVM_EXIT_UNKNOWN:
         return Unknown(_HW.unpack_from(run, UNION)[0])
     return Other(code)

@@ -432,12 +432,35 @@ KVM_IRQFD = _iow(0x76, kvm_irqfd)
 KVM_CREATE_PIT2 = _iow(0x77, kvm_pit_config)
 KVM_IOEVENTFD = _iow(0x79, kvm_ioeventfd)
 
+# Guest debugging (api.rst: KVM_SET_GUEST_DEBUG, KVM_TRANSLATE).
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000
+KVM_GUESTDBG_USE_HW_BP = 0x00020000
+
+
+class kvm_guest_debug_arch(Structure):
+    _fields_ = (("debugreg", c_uint64 * 8),)
+
+
+class kvm_guest_debug(Structure):
+    _fields_ = (("control", c_uint32), ("pad", c_uint32), ("arch", kvm_guest_debug_arch))
+
+
+class kvm_translation(Structure):
+    _fields_ = (("linear_address", c_uint64), ("physical_address", c_uint64),
+                ("valid", c_uint8), ("writeable", c_uint8), ("usermode", c_uint8),
+                ("pad", c_uint8 * 5))
+
+
 # vCPU.
 KVM_RUN = _io(0x80)
 KVM_GET_REGS = _ior(0x81, kvm_regs)
 KVM_SET_REGS = _iow(0x82, kvm_regs)
 KVM_GET_SREGS = _ior(0x83, kvm_sregs)
 KVM_SET_SREGS = _iow(0x84, kvm_sregs)
+KVM_TRANSLATE = _iowr(0x85, kvm_translation)
+KVM_SET_GUEST_DEBUG = _iow(0x9B, kvm_guest_debug)
 KVM_GET_MSRS = _iowr(0x88, kvm_msrs)
 KVM_SET_MSRS = _iow(0x89, kvm_msrs)
 KVM_GET_FPU = _ior(0x8C, kvm_fpu)

@@ -37,7 +37,7 @@ from ..kvm import uapi
 from ..memory import GuestMemory
 from ..runstate import IN_RUN, RunControl, RunState, RunStates
 from ..vm import Vm
-from .vcpu_loop import VcpuLoop
+from .vcpu_loop import DebugHook, VcpuLoop
 
 KICK_SIGNAL = signal.SIGRTMIN + 1
 
@@ -120,6 +120,9 @@ class Machine:
         self.console = console
         self.trace = trace
         self.vcpus: list[VcpuLoop] = []
+        # A guest debugger (xinterface.gdb), set by serve_gdb; the exit loops ask it about
+        # debug exits. None: those end the run as any unexpected exit.
+        self.debugger: DebugHook | None = None
         self._states = RunStates(self._kick, self._unkick, self)
         self._kept: RunResult | None = None  # an ended run's outcome that an interrupt hid
         _install_kick_handler()
@@ -158,6 +161,12 @@ class Machine:
     def state(self) -> RunState:
         """Where the run is: idle, running, pausing, paused, stopping or closed."""
         return self._states.state
+
+    @property
+    def exit_code(self) -> int | None:
+        """The status of the current or last run's debug exit (reason ``"exit"``), else
+        None."""
+        return self._states.exit_code
 
     def wait_for(self, state: RunState, timeout: float | None = None) -> bool:
         """Wait until the run is in ``state``; False if ``timeout`` seconds passed first."""
@@ -225,6 +234,18 @@ class Machine:
         memory = self._memory()
         self._kept = None  # a new start: nothing of the last run is pending
         loader.load_flat(memory, [v.vcpu for v in self.vcpus], bytes(image), gpa, mode)
+
+    def set_entry(self, rip: int) -> None:
+        """Start every vCPU at ``rip`` (in the mode the last load set): an ELF's ``e_entry``
+        inside the image :meth:`load_flat` placed."""
+        if isinstance(rip, bool) or not isinstance(rip, int) or not 0 <= rip < 1 << 64:
+            raise XInterfaceError(errno.EINVAL, f"rip {rip!r} is not an address",
+                                  argument="rip", value=rip)
+        self.vm.check_open()
+        for loop in self.vcpus:
+            regs = loop.vcpu.get_regs()
+            regs.rip = rip
+            loop.vcpu.set_regs(regs)
 
     def load_firmware(self, firmware: str | os.PathLike[str] | bytes) -> None:
         """Map a firmware image (a path, or its bytes) as the platform does; vCPU 0 starts
@@ -392,6 +413,24 @@ class Machine:
                                   value=self)
         return self._states.pause(self.vm.flush)
 
+    def request_pause(self) -> bool:
+        """Begin a pause without waiting (from a vCPU thread that parks itself right after,
+        at a debugger's stop); the next :meth:`pause` completes it. False if no run is
+        running or pausing."""
+        return self._states.request_pause()
+
+    def serve_gdb(self, address: str, *, wait: bool = False,
+                  arch: str | None = None) -> object:
+        """Serve GDB's remote protocol on ``address`` (``tcp::PORT``, ``tcp:HOST:PORT`` or
+        ``unix:PATH``) from a thread; ``wait``: every vCPU holds before its first
+        instruction until a debugger attaches. ``arch``: the description GDB gets
+        (``"i8086"``, ``"i386"``, ``"i386:x86-64"``; None: by vCPU 0's mode when GDB asks, as
+        for a 64-bit kernel that starts in 32-bit code). Returns the
+        :class:`xinterface.gdb.server.GdbServer` (``close()`` it, or close the machine)."""
+        from ..gdb.server import GdbServer  # imported here: most machines are never debugged
+
+        return GdbServer.start(self, address, wait=wait, arch=arch)
+
     def resume(self) -> bool:
         """Let a paused run go on from where it was; True if it did, False if it was not
         paused."""
@@ -436,6 +475,9 @@ class Machine:
         # for this very thread, so run() closes on its way out (runstate.begin_close).
         if not self._states.begin_close(vm.grace.inside()):
             return
+        debugger, self.debugger = self.debugger, None
+        if debugger is not None and hasattr(debugger, "close"):
+            debugger.close()
         try:
             error = vm.close_clients()
         except BufferError:

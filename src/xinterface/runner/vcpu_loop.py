@@ -43,6 +43,17 @@ from ..memory import GuestMemory
 _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
 
 
+class DebugHook(Protocol):
+    """A guest debugger's part in the exit loop (:mod:`xinterface.gdb`), called on the vCPU's
+    thread: ``hold`` before a vCPU first enters ``KVM_RUN`` in a run, ``stop`` at a
+    ``KVM_EXIT_DEBUG`` or an internal error (where an ``int3`` the debugger planted ends up
+    on KVMs whose emulator fails it). True: the debugger takes the stop, the run is pausing
+    and this vCPU leaves ``KVM_RUN`` to park."""
+
+    def hold(self, loop: VcpuLoop) -> bool: ...
+    def stop(self, loop: VcpuLoop, exit: exits.Debug | exits.InternalError) -> bool: ...
+
+
 class LoopOwner(Protocol):
     """What a vCPU thread needs of whoever runs it: the whole contract, for this loop and any
     other implementation of it (a compiled loop keeps the same one).
@@ -71,6 +82,8 @@ class LoopOwner(Protocol):
                      error: BaseException | None = None) -> None: ...
     def park(self, loop: VcpuLoop) -> bool: ...
     def vcpu_done(self, loop: VcpuLoop) -> None: ...
+    @property
+    def debugger(self) -> DebugHook | None: ...
 
 
 class VcpuLoop:
@@ -108,6 +121,9 @@ class VcpuLoop:
         between loops while the run is paused. Errors end the run; ``run()`` re-raises them."""
         self.thread_id = self.slot.thread_id = threading.get_ident()
         try:
+            hook = self.owner.debugger
+            if hook is not None and hook.hold(self) and not self.owner.park(self):
+                return
             while True:
                 self._loop()
                 # Out of KVM_RUN for a stop or a pause: the owner says which.
@@ -308,6 +324,13 @@ class VcpuLoop:
             raise GuestError(f"VM entry failed (KVM_EXIT_FAIL_ENTRY): hardware reason "
                              f"{exit.hardware_reason:#x} on host CPU {exit.cpu}",
                              vcpu=self.index, regs=self.registers())
+        if isinstance(exit, exits.Debug | exits.InternalError):
+            hook = self.owner.debugger
+            if hook is not None and hook.stop(self, exit):
+                return True  # the debugger's stop: park (run() asks the owner)
+            if isinstance(exit, exits.Debug):
+                raise GuestError(f"debug exit (#{exit.exception}) at {exit.pc:#x} with no "
+                                 "debugger", vcpu=self.index, regs=self.registers())
         if isinstance(exit, exits.InternalError):
             # Imported here: most runs never stop this way (start-up: docs/performance.md).
             from ..kvm import internal_error

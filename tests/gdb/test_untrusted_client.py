@@ -1,0 +1,230 @@
+"""A client that breaks the protocol: error replies or a closed connection, never a crash or
+a hang of the VMM, and the guest left running or stopped as the protocol says.
+
+One machine runs a spinning guest for the whole module; every test talks raw packets to it
+over the UNIX socket and leaves it running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import xinterface as xi
+from tests.conftest import GUESTS, needs_kvm
+from xinterface.errors import XInterfaceError
+from xinterface.gdb.packets import MAX_PACKET, frame
+from xinterface.loader.asm import assemble
+from xinterface.runstate import RunState
+
+pytestmark = needs_kvm
+DEADLINE = 30.0
+
+
+class Peer:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(DEADLINE)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send(self, raw: bytes) -> None:
+        self.sock.sendall(raw)
+
+    def packet(self, body: bytes) -> bytes:
+        """Send one packet and return the reply's body (acks skipped)."""
+        self.send(frame(body))
+        return self.reply()
+
+    def reply(self) -> bytes:
+        while True:
+            start = self.buf.find(b"$")
+            end = self.buf.find(b"#", start)
+            if start >= 0 and end >= 0 and len(self.buf) >= end + 3:
+                body, self.buf = self.buf[start + 1 : end], self.buf[end + 3 :]
+                with contextlib.suppress(OSError):  # after D the stub has closed already
+                    self.send(b"+")
+                return body
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError
+            self.buf += data
+
+    def closed(self) -> bool:
+        """The stub closed the connection (EOF) rather than answering."""
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[xi.Machine, Path]]:
+    path = tmp_path_factory.mktemp("gdb-client") / "gdb.sock"
+    m = xi.Machine(memory=1 << 20, vcpus=2)
+    m.load_flat(assemble(GUESTS / "spin.S", gpa=0x1000, bits=32, defines={}), gpa=0x1000,
+                mode="protected")
+    server = m.serve_gdb(f"unix:{path}")
+    results: list[object] = []
+    runner = threading.Thread(target=lambda: results.append(m.run(timeout=300)))
+    runner.start()
+    assert m.wait_for(RunState.RUNNING, DEADLINE)
+    try:
+        yield m, path
+    finally:
+        m.stop()
+        runner.join(DEADLINE)
+        assert not runner.is_alive()
+        m.close()  # also closes the server: close never hangs
+        assert server is m.debugger or m.debugger is None
+        assert not path.exists()
+        assert results and results[0].reason == "stopped"  # type: ignore[attr-defined]
+
+
+def running(m: xi.Machine) -> bool:
+    return m.wait_for(RunState.RUNNING, DEADLINE)
+
+
+def test_a_bad_checksum_is_answered_minus_and_the_next_packet_served(
+        machine: tuple[xi.Machine, Path]) -> None:
+    m, path = machine
+    peer = Peer(path)
+    peer.send(b"$qC#00")
+    assert peer.sock.recv(1) == b"-"
+    assert peer.packet(b"qC") == b"QC1"        # attached now: the guest is stopped
+    assert m.state is RunState.PAUSED
+    assert peer.packet(b"qNoSuchThing") == b""  # unknown: the empty reply
+    assert peer.packet(b"m1000,zz") == b"E16"   # malformed: EINVAL
+    assert peer.packet(b"m1000,100000") == b"E16"  # more than a packet holds
+    assert peer.packet(b"Hg9") == b"E01" and peer.packet(b"T9") == b"E01"
+    assert peer.packet(b"Z2,1000,4") == b""     # a data watchpoint: unsupported here
+    peer.packet(b"D")
+    peer.close()
+    assert running(m)
+
+
+def test_a_disconnect_mid_packet_lets_the_guest_run_on(
+        machine: tuple[xi.Machine, Path]) -> None:
+    m, path = machine
+    peer = Peer(path)
+    assert peer.packet(b"?").startswith(b"T")
+    assert m.state is RunState.PAUSED
+    assert peer.packet(b"Z0,1010,1") == b"OK"    # a breakpoint the guest never reaches
+    peer.send(b"$m1000,4")                      # and gone, mid-packet
+    peer.close()
+    assert running(m)
+    # Detached: the breakpoint's int3 is out of guest memory again.
+    memory = m.memory
+    assert memory is not None and memory.read(0x1010, 1) != b"\xcc"
+
+
+def test_an_oversized_packet_closes_the_connection(machine: tuple[xi.Machine, Path]) -> None:
+    m, path = machine
+    peer = Peer(path)
+    assert peer.packet(b"qC") == b"QC1"
+    peer.send(b"$" + b"a" * (MAX_PACKET + 10))
+    assert peer.closed()
+    peer.close()
+    assert running(m)
+
+
+def test_a_second_client_is_turned_away_while_one_is_attached(
+        machine: tuple[xi.Machine, Path]) -> None:
+    m, path = machine
+    first = Peer(path)
+    assert first.packet(b"qC") == b"QC1"
+    second = Peer(path)
+    assert second.closed()
+    second.close()
+    assert first.packet(b"qfThreadInfo") == b"m1,2"  # the first is still served
+    first.packet(b"D")
+    first.close()
+    assert running(m)
+
+
+def test_a_client_that_leaves_before_attaching_changes_nothing(
+        machine: tuple[xi.Machine, Path]) -> None:
+    m, path = machine
+    for _ in range(3):
+        Peer(path).close()
+    assert m.state is RunState.RUNNING
+    peer = Peer(path)
+    assert peer.packet(b"qC") == b"QC1"
+    peer.packet(b"D")
+    peer.close()
+    assert running(m)
+
+
+def test_ctrl_c_stops_a_continued_guest(machine: tuple[xi.Machine, Path]) -> None:
+    m, path = machine
+    peer = Peer(path)
+    assert peer.packet(b"qC") == b"QC1"
+    peer.send(frame(b"vCont;c"))
+    assert running(m)
+    peer.send(b"\x03")
+    assert peer.reply() == b"T02thread:1;"
+    assert m.state is RunState.PAUSED
+    regs = peer.packet(b"g")
+    assert len(regs) > 16 * 8 and b"xx" in regs    # x87 shown unavailable
+    assert peer.packet(b"s").startswith(b"T05thread:1;")
+    peer.packet(b"D")
+    peer.close()
+    assert running(m)
+
+
+def test_threads_hammering_the_socket_never_wedge_it(machine: tuple[xi.Machine, Path]) -> None:
+    m, path = machine
+
+    def pound() -> None:
+        for _ in range(20):
+            try:
+                p = Peer(path)
+                p.send(b"$?#3f$qC#b4" + b"\x03" * 3)
+                p.close()
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=pound) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    assert running(m)
+    # Connections that came while another was served were turned away; once they are
+    # gone, the next client is served.
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            peer = Peer(path)  # EAGAIN while the backlog is full of the turned away
+        except BlockingIOError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            continue
+        try:
+            assert peer.packet(b"qC") == b"QC1"
+            break
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            peer.close()  # turned away: one of the flood was still being served
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    peer.packet(b"D")
+    peer.close()
+    assert running(m)
+
+
+def test_a_bad_address_is_einval_naming_it(tmp_path: Path) -> None:
+    with xi.Machine(memory=1 << 20) as m:
+        with pytest.raises(XInterfaceError) as info:
+            m.serve_gdb("tcp:1234")
+        assert info.value.argument == "gdb"
