@@ -29,8 +29,3 @@ def test_guest_completes_every_request_under_qemu_on_serve_blk() -> None:
     request that failed ends the guest with another status, which raises."""
     assert vhost_user_blk.request_ns(4, 3, "xinterface") > 0
 
-
-def test_qemu_storage_daemon_refuses_the_legacy_bench_guest() -> None:
-    """Why the suite has no qemu-storage-daemon row: libvhost-user drops a legacy device."""
-    with pytest.raises(RuntimeError, match="ended with status"):
-        vhost_user_blk.request_ns(1, 1, "qemu-storage-daemon")
