@@ -7,18 +7,37 @@ echo "XINTERFACE-INIT-OK"
 mount -t proc proc /proc
 read -r cmdline < /proc/cmdline
 echo "cmdline: $cmdline"
+# Asked for on the command line: xinterface.write (mount the disk read-write, write a file,
+# unmount it so the image is clean), xinterface.hwrng (read 16 bytes of /dev/hwrng).
+write=
+mode=ro
+hwrng=
+for word in $cmdline; do
+    case "$word" in
+        xinterface.write) write=1 mode=rw ;;
+        xinterface.hwrng) hwrng=1 ;;
+    esac
+done
 disk=
 while read -r major minor blocks name; do
     [ "$name" = vda ] && disk=1
 done < /proc/partitions
-if [ -n "$disk" ]; then
+if [ -n "$disk$hwrng" ]; then
     mount -t devtmpfs dev /dev
-    if mount -t ext2 -o ro /dev/vda /mnt; then
+fi
+if [ -n "$disk" ]; then
+    if mount -t ext2 -o "$mode" /dev/vda /mnt; then
         read -r line < /mnt/hello.txt
         echo "disk: $line"
+        if [ -n "$write" ]; then
+            echo "written by the guest" > /mnt/guest.txt && umount /mnt && echo "disk: wrote guest.txt"
+        fi
     else
         echo "disk: mount of /dev/vda failed"
     fi
+fi
+if [ -n "$hwrng" ]; then
+    echo "hwrng:$(od -An -tx1 -N16 /dev/hwrng)"
 fi
 echo "XINTERFACE-INIT-DONE"
 # reboot -f asks the kernel to restart at once; with reboot=k on the command line it pulses

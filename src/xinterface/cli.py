@@ -100,10 +100,12 @@ def run(ctx: click.Context, /, image: Path, **options: Any) -> None:
               help="Write matplotlib figures (needs the plot extra).")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the table as Markdown.")
-@click.option("--peer", "peers", type=click.Choice(["qemu", "qemu-net"]), multiple=True,
+@click.option("--peer", "peers", type=click.Choice(["qemu", "qemu-net", "vhost-user"]),
+              multiple=True,
               help="Also run the same boot-sector guest on QEMU (qemu-system-x86_64 with "
                    "KVM) and on xinterface, for comparison; qemu-net: virtio-net on a TAP, "
-                   "QEMU's and ours (needs root).")
+                   "QEMU's and ours (needs root); vhost-user: virtio-blk under QEMU served by "
+                   "`xinterface serve blk`, against QEMU's own.")
 @click.option("--scale", type=float, default=1.0, hidden=True,
               help="Multiply every size (tests use a tiny scale).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")

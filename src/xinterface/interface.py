@@ -23,7 +23,8 @@ from .kvm import uapi
 from .maps import GuestMap, XSGMap, XVMap
 from .memory import GuestMemory
 from .refcount import Counted, badf
-from .vm import Vm, vm_for_fd
+from .runstate import RunControl
+from .vm import Client, Vm, vm_for_fd
 from .xioevent import (
     CAP_NAMES,
     EVENT_LENGTHS,
@@ -63,6 +64,25 @@ def _check_gpa(gpa: object) -> int:
 
 
 
+class Host(Protocol):
+    """What an :class:`XInterface` needs of what it is bound to for its memory services:
+    the guest memory (None once closed, or before a vhost-user frontend sent its table),
+    whether an in-kernel irqchip exists, how a device ends the run, and the list of bound
+    clients that closing tears down. A :class:`~xinterface.vm.Vm` is one; a vhost-user
+    session's :class:`~xinterface.vhost_user.interface.MemoryHost` is another. The I/O
+    services (events, ranges, irqfds, interrupt lines) need a KVM VM itself (:attr:`XInterface.vm`).
+    """
+
+    @property
+    def memory(self) -> GuestMemory | None: ...
+    @property
+    def irqchip(self) -> bool: ...
+    @property
+    def run_control(self) -> RunControl: ...
+    def add_client(self, client: Client) -> None: ...
+    def remove_client(self, client: Client) -> None: ...
+
+
 class HasVm(Protocol):
     """Anything that carries a Vm, as a Machine does: ``bind()`` accepts it."""
 
@@ -73,20 +93,35 @@ class HasVm(Protocol):
 class XInterface(Counted):
     """A client's handle on one VM (``struct kvm_xinterface``). Made by :func:`bind`.
 
-    ``vm`` is the :class:`~xinterface.vm.Vm` bound to: a device reads ``vm.irqchip`` there
-    and ends a run with ``vm.run_control.exit(status)`` or ``vm.run_control.request_reset()``.
+    ``host`` is what it is bound to (:class:`Host`): a device reads ``host.irqchip`` there
+    and ends a run with ``host.run_control.exit(status)`` or
+    ``host.run_control.request_reset()``. ``vm`` is the same object when it is a KVM
+    :class:`~xinterface.vm.Vm` (as :func:`bind` makes them), ``EOPNOTSUPP`` otherwise.
     """
 
     _what = "the xinterface"
 
-    def __init__(self, vm: Vm) -> None:
+    def __init__(self, host: Host) -> None:
         super().__init__()
-        self.vm = vm
+        self.host = host
         self._maps: set[GuestMap] = set()
         self._io: set[BusEntry] = set()
         self._release_lock = threading.Lock()
         self._on_release: list[Callable[[], object]] = []
-        vm.add_client(self)
+        host.add_client(self)
+
+    @property
+    def vm(self) -> Vm:
+        """The KVM VM bound to; ``EOPNOTSUPP`` for another host (whose buses and interrupt
+        lines, if any, are not this process's: a vhost-user frontend decodes its own)."""
+        return self._kvm("vm", None)
+
+    def _kvm(self, argument: str, value: object) -> Vm:
+        if not isinstance(self.host, Vm):
+            raise XInterfaceError(errno.EOPNOTSUPP, f"bound to {self.host!r}, not a KVM VM: "
+                                  "no I/O events, ranges, irqfds or interrupt lines here",
+                                  argument=argument, value=value)
+        return self.host
 
     def get(self) -> XInterface:
         super().get()
@@ -94,7 +129,7 @@ class XInterface(Counted):
 
     def _memory(self) -> GuestMemory:
         self._check()
-        memory = self.vm.memory
+        memory = self.host.memory
         if memory is None:
             raise badf("the machine")
         return memory
@@ -171,7 +206,8 @@ class XInterface(Counted):
             raise XInterfaceError(errno.EINVAL, f"flags {flags!r} has bits outside "
                                   f"KVM_XIOEVENT_VALID_FLAG_MASK ({mask:#x})",
                                   argument="flags", value=flags)
-        bus = self.vm.pio_bus if flags & XIOEventFlags.PIO else self.vm.mmio_bus
+        vm = self._kvm("addr", addr)
+        bus = vm.pio_bus if flags & XIOEventFlags.PIO else vm.mmio_bus
         addr = check_int(addr, "addr")
         length = _check_length(length)
         if addr >= bus.limit:
@@ -250,11 +286,11 @@ class XInterface(Counted):
         guest's EOI, which signals ``.resamplefd``. Needs ``Machine(irqchip=True)``.
         """
         self._check()
-        if not self.vm.irqchip:
+        if not self.host.irqchip:
             raise XInterfaceError(errno.EOPNOTSUPP, "irqfd needs an in-kernel irqchip: "
                                   "Machine(irqchip=True)", argument="gsi", value=gsi)
         cap = uapi.KVM_CAP_IRQFD_RESAMPLE if resample else uapi.KVM_CAP_IRQFD
-        if not self.vm.has_cap(cap):
+        if not self._kvm("gsi", gsi).has_cap(cap):
             raise XInterfaceError(errno.EOPNOTSUPP, f"the kernel lacks {CAP_NAMES[cap]}",
                                   argument="resample", value=resample)
         if not is_int(gsi) or not 0 <= gsi < 1 << 32:
@@ -271,14 +307,15 @@ class XInterface(Counted):
         Needs ``Machine(irqchip=True)``.
         """
         self._check()
-        if not self.vm.irqchip:
+        if not self.host.irqchip:
             raise XInterfaceError(errno.EOPNOTSUPP, "set_irq needs an in-kernel irqchip: "
                                   "Machine(irqchip=True)", argument="gsi", value=gsi)
         if not is_int(gsi) or not 0 <= gsi < 1 << 32:
             raise XInterfaceError(errno.EINVAL, f"gsi {gsi!r} is not an interrupt line",
                                   argument="gsi", value=gsi)
+        vm = self._kvm("gsi", gsi)
         try:
-            self.vm.vmfd.irq_line(gsi, 1 if level else 0)
+            vm.vmfd.irq_line(gsi, 1 if level else 0)
         except OSError as exc:
             raise XInterfaceError(exc.errno or errno.EINVAL, f"KVM_IRQ_LINE for gsi {gsi}: "
                                   f"{exc.strerror}", argument="gsi", value=gsi) from None
@@ -312,7 +349,7 @@ class XInterface(Counted):
     def release(self) -> None:
         """``ops->release``: runs once, on the last ``put`` (or when the machine closes)."""
         with self._release_lock:
-            self.vm.remove_client(self)
+            self.host.remove_client(self)
         self._run_release_hooks()
 
     def _run_release_hooks(self) -> None:

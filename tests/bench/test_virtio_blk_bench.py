@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_kvm
-from xinterface.bench import virtio_blk
+from xinterface.bench import vhost_user_blk, virtio_blk
 from xinterface.delivery import Delivery
 
 pytestmark = needs_kvm
@@ -21,4 +21,11 @@ def test_guest_completes_every_request_on_xinterface(tmp_path: Path, doorbells: 
 
 def test_guest_completes_every_request_on_qemu(tmp_path: Path) -> None:
     assert virtio_blk._qemu_seconds(4, 3, tmp_path / "disk.img") > 0
+
+
+
+def test_guest_completes_every_request_under_qemu_on_serve_blk() -> None:
+    """bench/vhost_user_blk.py: QEMU's vhost-user-blk-pci on `xinterface serve blk`; a
+    request that failed ends the guest with another status, which raises."""
+    assert vhost_user_blk.request_ns(4, 3, "xinterface") > 0
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from xinterface.errors import XInterfaceError
+from xinterface.interface import Host
 from xinterface.vhost_user.interface import MemoryHost, SessionInterface
 from xinterface.vhost_user.memory import MemoryTable
 from xinterface.vhost_user.protocol import Region
@@ -77,13 +78,25 @@ def test_accesses_outside_every_region_are_efault_and_all_or_nothing(
 
 
 def test_the_buses_are_the_frontends(intf: SessionInterface) -> None:
-    for call in (lambda: intf.ioevent(0x10, 2, XIOEventFlags.PIO),
-                 lambda: intf.iorange(0x1000, 16),
-                 lambda: intf.irqfd(5),
-                 lambda: intf.set_irq(5, True)):
+    for call, argument in ((lambda: intf.ioevent(0x10, 2, XIOEventFlags.PIO), "addr"),
+                           (lambda: intf.iorange(0x1000, 16), "addr"),
+                           (lambda: intf.irqfd(5), "gsi"),
+                           (lambda: intf.set_irq(5, True), "gsi"),
+                           (lambda: intf.vm, "vm")):
         with pytest.raises(XInterfaceError) as exc:
             call()
         assert exc.value.errno == errno.EOPNOTSUPP
+        assert exc.value.argument == argument
+
+
+def test_the_session_host_is_a_host_that_ends_no_run(intf: SessionInterface) -> None:
+    """The Host protocol, met without a cast: memory, irqchip, run_control, clients."""
+    host: Host = intf.host
+    assert host.memory is not None and host.irqchip is False
+    host.run_control.exit(3)   # nothing runs here: a device that ends a run ends nothing
+    host.run_control.request_reset()
+    intf.copy_to(0, b"still served")
+    assert intf.copy_from(0, 12) == b"still served"
 
 
 def test_no_memory_table_yet_is_efault() -> None:

@@ -39,13 +39,13 @@ def guest(depth: int, rounds: int) -> bytes:
                     defines={"IOBASE": IOBASE, "DEPTH": depth, "ROUNDS": rounds})
 
 
-def _disk(path: Path, boot: bytes) -> Path:
+def write_disk(path: Path, boot: bytes) -> Path:
     path.write_bytes((boot + bytes((i * 31) & 0xFF for i in range(256 << 10)))
                      .ljust(DISK_SIZE, b"\0"))
     return path
 
 
-def _span(marks: Marks, who: str, status: object) -> float:
+def marked_span(marks: Marks, who: str, status: object) -> float:
     span = marks.span()
     if span is None:
         raise RuntimeError(f"the virtio-blk guest on {who} ended (status {status}) without "
@@ -56,7 +56,7 @@ def _span(marks: Marks, who: str, status: object) -> float:
 def _own_seconds(depth: int, rounds: int, disk: Path, doorbells: Delivery) -> float:
     """Seconds of ``rounds`` rounds on xinterface, from the guest's 'S' to its 'E'."""
     boot = guest(depth, rounds)
-    _disk(disk, boot)
+    write_disk(disk, boot)
     marks = Marks()
     with Machine(memory=32 << 20, console=cast(BinaryIO, marks)) as machine:
         intf = bind(machine)
@@ -74,12 +74,12 @@ def _own_seconds(depth: int, rounds: int, disk: Path, doorbells: Delivery) -> fl
         result = machine.run(timeout=600, poll=poll)
     if (result.reason, result.exit_code) != ("exit", GOOD_EXIT):
         raise RuntimeError(f"virtio-blk guest ended with {result.reason} {result.exit_code}")
-    return _span(marks, "xinterface", result.exit_code)
+    return marked_span(marks, "xinterface", result.exit_code)
 
 
 def _qemu_seconds(depth: int, rounds: int, disk: Path) -> float:
     """Seconds of ``rounds`` rounds on QEMU, from the guest's 'S' to its 'E'."""
-    _disk(disk, guest(depth, rounds))
+    write_disk(disk, guest(depth, rounds))
     command = [
         QEMU, "-accel", "kvm", "-M", "pc", "-m", "32", "-nodefaults", "-display", "none",
         "-drive", f"file={disk},format=raw,if=none,id=d0",
@@ -91,7 +91,7 @@ def _qemu_seconds(depth: int, rounds: int, disk: Path) -> float:
     if status != GOOD_EXIT:
         raise PeerUnavailable(f"{QEMU} did not run the virtio-blk guest (status {status}): "
                               f"{stderr[-300:]}")
-    return _span(marks, QEMU, status)
+    return marked_span(marks, QEMU, status)
 
 
 def request_ns(depth: int, rounds: int, *, peer: bool = False,
