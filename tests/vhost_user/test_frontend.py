@@ -261,3 +261,30 @@ def test_a_broken_backend_is_refused_in_one_line(
     assert caught.value.argument == "disks[0]"
     assert str(sock) in str(caught.value) and "\n" not in str(caught.value)
     assert os.listdir("/proc/self/fd") == fds            # nothing half-made stays open
+
+
+def test_a_frozen_backend_is_device_needs_reset_within_the_timeout(
+        tmp_path: Path, backend: Backend) -> None:
+    """qemu-storage-daemon stopped (SIGSTOP) before the driver starts the device: the
+    acknowledgements never come, the start fails after the timeout, the VMM goes on and
+    close() returns."""
+    image, sock = tmp_path / "disk.img", tmp_path / "blk.sock"
+    image.write_bytes(bytes(4096))
+    process = backend(qsd_command(image, sock), sock)
+    interrupts: list[Interrupt] = []
+    with xi.Machine(memory=4 << 20) as m:
+        intf = xi.bind(m)
+        device = VhostUserBlk(str(sock), timeout=1.0)
+        process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status = bring_up(device, intf, [QueueDriver(intf, 0x10000, 64)],
+                              interrupt=interrupts.append)
+            assert time.monotonic() - started < 5
+            assert status & Status.DEVICE_NEEDS_RESET
+            assert interrupts == [Interrupt.CONFIG]
+            assert not device.connected
+        finally:
+            process.send_signal(signal.SIGCONT)
+            device.disconnect()
+            device.close()
