@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runner", ("runner", "gdb")),
     ("devices", ("devices",)),
     ("virtio", ("virtio",)),
-    ("vhost-user backend", ("vhost_user",)),
+    ("vhost-user backend and frontend", ("vhost_user",)),
     ("boards", ("boards", "spec", "build")),
     ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "")),
 ]

@@ -71,7 +71,7 @@ def build(spec: MachineSpec, machine: Machine, *, debugcon: Output | None = None
     platform = BOARDS[spec.board](
         machine, debugcon=debugcon, serial=serial, posted_debugcon=consoles.posted_debugcon,
         disks=spec.disks, nets=spec.nets, rng=spec.rng, virtio_console=consoles.virtio_console,
-        doorbells=Delivery(spec.doorbells), sercon=consoles.sercon)
+        doorbells=Delivery(spec.doorbells), sercon=consoles.sercon, vhost_user=spec.vhost_user)
     kernel = _load_kernel(machine, platform, boot) if boot.kernel is not None else None
     feed = platform.console.feed if platform.console is not None else platform.uart.feed
     return Built(platform, feed, kernel)

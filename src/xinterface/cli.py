@@ -187,12 +187,18 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
               help="pc adds the i440FX/PIIX3 PCI configuration space (SeaBIOS's bios.bin).")
 @click.option("--posted-debugcon", is_flag=True,
               help="Debug console bytes through KVM's coalesced ring: no exit per byte.")
-@click.option("--disk", "disks", multiple=True, metavar="FILE[,readonly]",
-              help="A raw image as a virtio-blk disk (repeatable; the first boots).")
-@click.option("--net", "nets", multiple=True, metavar="tap=NAME[,mac=MAC][,rom=FILE|ipxe]",
+@click.option("--disk", "disks", multiple=True,
+              metavar="FILE[,readonly] | vhost-user=PATH[,reconnect=S]",
+              help="A raw image as a virtio-blk disk, or a disk served by the vhost-user-blk "
+                   "backend listening at PATH (repeatable; the first boots).")
+@click.option("--net", "nets", multiple=True,
+              metavar="tap=NAME[,mac=MAC][,rom=FILE|ipxe] | vhost-user=PATH[,mac=MAC]",
               help="A virtio-net interface on an existing TAP (repeatable); rom: its option "
                    "ROM on the pc board (ipxe: Debian's iPXE). COM1 is then the BIOS screen.")
-@click.option("--rng", is_flag=True, help="A virtio-rng device (entropy from os.urandom).")
+@click.option("--rng", is_flag=False, flag_value="urandom", default=None,
+              metavar="[vhost-user=PATH]",
+              help="A virtio-rng device (entropy from os.urandom), or one served by the "
+                   "vhost-user backend listening at PATH.")
 @click.option("--virtio-console", is_flag=True,
               help="A virtio-console (Linux's hvc0): its output goes where --serial goes, and "
                    "what is typed (--serial stdio) goes to it instead of COM1.")
@@ -207,28 +213,33 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
          append: str, cpu: str, cpu_workarounds: bool, memory: int, vcpus: int,
          debugcon: Target,
          serial: Target, until: str | None, timeout: float, board: str, posted_debugcon: bool,
-         disks: tuple[str, ...], nets: tuple[str, ...], rng: bool, virtio_console: bool,
-         gdb: str | None, gdb_wait: bool, debug: bool) -> None:
+         disks: tuple[str, ...], nets: tuple[str, ...], rng: str | None,
+         virtio_console: bool, gdb: str | None, gdb_wait: bool, debug: bool) -> None:
     """Boot firmware from the reset vector (--bios), or a Linux kernel directly (--kernel), on
     the standard devices (fw_cfg, COM1, CMOS/RTC, debug console at 0x402, virtio), all of them
     xinterface clients."""
     from .errors import GuestError, KvmError, XInterfaceError
-    from .frontend.devices import parse_disk, parse_net
+    from .frontend.devices import is_vhost_user, parse_disk, parse_net, parse_vhost_user
 
     spec = MachineSpec(
         memory=memory, vcpus=vcpus, cpu=cpu if kernel is not None else None, board=board,
         boot=Boot(firmware=None if bios is None else str(bios),
                   kernel=None if kernel is None else str(kernel),
                   initrd=None if initrd is None else str(initrd)),
-        rng=rng, consoles=Consoles(posted_debugcon=posted_debugcon,
+        rng=rng == "urandom", consoles=Consoles(posted_debugcon=posted_debugcon,
                                    virtio_console=virtio_console))
     _check_spec(spec)
     try:
-        devices = tuple(map(parse_disk, disks)), tuple(map(parse_net, nets))
+        devices = (tuple(parse_disk(d) for d in disks if not is_vhost_user(d)),
+                   tuple(parse_net(n) for n in nets if not is_vhost_user(n)))
+        served = tuple(parse_vhost_user(kind, text) for kind, given in
+                       (("blk", disks), ("net", nets), ("rng", (rng,) if rng else ()))
+                       for text in given if text != "urandom" and (kind == "rng" or
+                                                                   is_vhost_user(text)))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     # With a NIC, COM1 is the BIOS screen: what iPXE prints reaches --serial.
-    spec = spec._replace(disks=devices[0], nets=devices[1],
+    spec = spec._replace(disks=devices[0], nets=devices[1], vhost_user=served,
                          consoles=spec.consoles._replace(sercon=bool(devices[1])))
     _check_spec(spec)
 

@@ -222,7 +222,8 @@ class XInterface(Counted):
         return bus, addr, length
 
     def ioevent(self, addr: int, length: int, flags: int = 0, *, signal: Signal | None = None,
-                delivery: Delivery = Delivery.SYNC, datamatch: int | None = None) -> XIOEvent:
+                delivery: Delivery = Delivery.SYNC, datamatch: int | None = None,
+                eventfd: int | None = None) -> XIOEvent:
         """``ops->ioevent``: call ``signal(event, payload)`` on each guest write of exactly
         ``length`` bytes to ``addr`` (a port with ``XIOEventFlags.PIO``, else MMIO).
 
@@ -230,7 +231,9 @@ class XInterface(Counted):
         it, unknown flag bits; ``EEXIST`` if the bus has an event at ``(addr, length)``.
         The event is published fully built: a write can never see it half initialised.
         ``delivery`` picks the path (docs/delivery.md); ``EOPNOTSUPP`` if the kernel
-        lacks it. ``datamatch`` (EVENTFD only) fires on that value alone.
+        lacks it. ``datamatch`` (EVENTFD only) fires on that value alone. ``eventfd``
+        (EVENTFD only): the eventfd KVM signals, the caller's own (another process may read
+        it), instead of a new one.
         """
         bus, addr, length = self._bus(addr, length, flags)
         if length not in EVENT_LENGTHS:
@@ -249,8 +252,14 @@ class XInterface(Counted):
             if not is_int(datamatch) or not 0 <= datamatch < 1 << (8 * length):
                 raise XInterfaceError(errno.EINVAL, f"datamatch {datamatch!r} does not fit in "
                                       f"{length} bytes", argument="datamatch", value=datamatch)
+        if eventfd is not None and (delivery is not Delivery.EVENTFD or not is_int(eventfd)
+                                    or eventfd < 0):
+            raise XInterfaceError(errno.EBADF if delivery is Delivery.EVENTFD else errno.EINVAL,
+                                  f"eventfd {eventfd!r} is not an fd for Delivery.EVENTFD",
+                                  argument="eventfd", value=eventfd)
         if delivery is Delivery.EVENTFD:
-            return self._eventfd_event(bus, addr, length, int(flags), signal, datamatch)
+            return self._eventfd_event(bus, addr, length, int(flags), signal, datamatch,
+                                       eventfd)
         if delivery is Delivery.POSTED:
             cap = uapi.KVM_CAP_COALESCED_PIO if bus.space == "pio" else uapi.KVM_CAP_COALESCED_MMIO
             if not self.vm.has_cap(cap):
@@ -272,11 +281,12 @@ class XInterface(Counted):
         return entry
 
     def _eventfd_event(self, bus: IoBus, addr: int, length: int, flags: int,
-                       signal: Signal | None, datamatch: int | None) -> XIOEvent:
+                       signal: Signal | None, datamatch: int | None,
+                       eventfd: int | None = None) -> XIOEvent:
         if not self.vm.has_cap(uapi.KVM_CAP_IOEVENTFD):
             raise XInterfaceError(errno.EOPNOTSUPP, "the kernel lacks KVM_CAP_IOEVENTFD",
                                   argument="delivery", value=Delivery.EVENTFD)
-        event = self._register(XIOEventFd(self, bus, addr, length, flags, datamatch))
+        event = self._register(XIOEventFd(self, bus, addr, length, flags, datamatch, eventfd))
         event.signal = signal  # starts the event-loop thread's watch if set
         return event
 

@@ -49,12 +49,13 @@ class MemoryRegion:
     """One slot: ``size`` bytes at ``gpa``, host memory in ``mapping``. (A plain class, not a
     dataclass: ``dataclasses`` imports ``inspect``, a sixth of ``xinterface run``'s start-up.)"""
 
-    __slots__ = ("gpa", "mapping", "memfd", "readonly", "size", "slot", "view")
+    __slots__ = ("gpa", "mapping", "memfd", "offset", "readonly", "size", "slot", "view")
 
     def __init__(self, gpa: int, size: int, slot: int, readonly: bool, memfd: int,
-                 mapping: mmap.mmap, view: memoryview) -> None:
+                 mapping: mmap.mmap, view: memoryview, offset: int = 0) -> None:
         self.gpa, self.size, self.slot, self.readonly = gpa, size, slot, readonly
-        self.memfd, self.mapping, self.view = memfd, mapping, view
+        # ``offset``: where in ``memfd`` the region starts (a vhost-user backend maps it so).
+        self.memfd, self.mapping, self.view, self.offset = memfd, mapping, view, offset
 
     def __repr__(self) -> str:
         return (f"MemoryRegion(gpa={self.gpa:#x}, size={self.size:#x}, slot={self.slot}, "
@@ -140,7 +141,8 @@ class GuestMemory:
             mapping.close()
             os.close(fd)
             raise
-        region = MemoryRegion(gpa, size, slot, readonly, fd, mapping, memoryview(mapping))
+        region = MemoryRegion(gpa, size, slot, readonly, fd, mapping, memoryview(mapping),
+                              offset)
         self.regions.insert(i, region)
         self._starts.insert(i, gpa)
         return region

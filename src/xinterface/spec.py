@@ -46,6 +46,20 @@ class Net(NamedTuple):
     rom: str | None = None
 
 
+VHOST_USER_KINDS = ("blk", "net", "rng")
+
+
+class VhostUser(NamedTuple):
+    """A virtio device of ``kind`` (blk, net, rng) served by a vhost-user backend process
+    listening at ``socket``. ``reconnect``: seconds between attempts to connect again once
+    the backend is lost (None: never). ``mac``: a net's MAC, as :class:`Net`'s."""
+
+    kind: str
+    socket: str
+    reconnect: float | None = None
+    mac: str | None = None
+
+
 class Boot(NamedTuple):
     """What the machine starts: ``firmware`` from the reset vector, or a Linux ``kernel``
     loaded directly with its ``initrd`` and command line (``cmdline``, as the kernel gets it).
@@ -85,6 +99,7 @@ class MachineSpec(NamedTuple):
     disks: tuple[Disk, ...] = ()
     nets: tuple[Net, ...] = ()
     rng: bool = False
+    vhost_user: tuple[VhostUser, ...] = ()
     consoles: Consoles = Consoles()
     doorbells: str = "sync"
 
@@ -124,8 +139,11 @@ class MachineSpec(NamedTuple):
             check_disk(disk, f"disks[{i}]")
         for i, net in enumerate(self.nets):
             check_net(net, f"nets[{i}]")
+        for i, vu in enumerate(self.vhost_user):
+            check_vhost_user(vu, f"vhost_user[{i}]")
         if self.board is None:
             for name, present in (("disks", self.disks), ("nets", self.nets),
+                                  ("vhost_user", self.vhost_user),
                                   ("rng", self.rng),
                                   ("consoles.virtio_console", self.consoles.virtio_console),
                                   ("consoles.sercon", self.consoles.sercon),
@@ -143,6 +161,7 @@ class MachineSpec(NamedTuple):
         data["consoles"] = self.consoles._asdict()
         data["disks"] = [d._asdict() for d in self.disks]
         data["nets"] = [n._asdict() for n in self.nets]
+        data["vhost_user"] = [v._asdict() for v in self.vhost_user]
         return data
 
     @classmethod
@@ -153,7 +172,7 @@ class MachineSpec(NamedTuple):
         for name, record in (("boot", Boot), ("consoles", Consoles)):
             if name in fields:
                 fields[name] = record(**_record(fields[name], f"{name}.", record))
-        for name, item in (("disks", Disk), ("nets", Net)):
+        for name, item in (("disks", Disk), ("nets", Net), ("vhost_user", VhostUser)):
             if name in fields:
                 items = fields[name]
                 if not isinstance(items, list):
@@ -185,6 +204,21 @@ def check_net(net: Net, where: str = "net") -> None:
         _bad(f"{where}.rom", net.rom, "an option ROM needs a file's path")
 
 
+def check_vhost_user(vu: VhostUser, where: str = "vhost_user") -> None:
+    """:meth:`MachineSpec.validate`'s rules for one vhost-user device, ``where`` naming it."""
+    if vu.kind not in VHOST_USER_KINDS:
+        _bad(f"{where}.kind", vu.kind, f"vhost-user device {vu.kind!r} is not one of "
+             f"{', '.join(VHOST_USER_KINDS)}")
+    if not vu.socket:
+        _bad(f"{where}.socket", vu.socket, "a vhost-user device needs a socket's path")
+    if vu.reconnect is not None and not vu.reconnect > 0:
+        _bad(f"{where}.reconnect", vu.reconnect, "reconnect is a positive number of seconds")
+    if vu.mac is not None:
+        if vu.kind != "net":
+            _bad(f"{where}.mac", vu.mac, "only a net has a MAC")
+        check_net(Net("vhost-user", vu.mac), where)
+
+
 # Each field's JSON type(s); a record's fields are checked after it is built from them.
 _TYPES: dict[str, tuple[type, ...]] = {
     "memory": (int,), "vcpus": (int,), "cpu": (str, type(None)), "board": (str, type(None)),
@@ -195,7 +229,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "consoles.virtio_console": (bool,), "consoles.sercon": (bool,),
     "disk.path": (str,), "disk.readonly": (bool,),
     "net.tap": (str,), "net.mac": (str, type(None)), "net.rom": (str, type(None)),
+    "vhost_user.kind": (str,), "vhost_user.socket": (str,),
+    "vhost_user.reconnect": (int, float, type(None)), "vhost_user.mac": (str, type(None)),
 }
+
+
+_ITEM_KEYS = {"disks": "disk", "nets": "net", "vhost_user": "vhost_user"}
 
 
 def _check_types(spec: MachineSpec) -> None:
@@ -214,7 +253,8 @@ def _check_types(spec: MachineSpec) -> None:
         for key, field in value._asdict().items():
             check(f"{part}.{key}", f"{part}.{key}", field)
     records: tuple[tuple[str, tuple[Any, ...], type[Any]], ...] = (
-        ("disks", spec.disks, Disk), ("nets", spec.nets, Net))
+        ("disks", spec.disks, Disk), ("nets", spec.nets, Net),
+        ("vhost_user", spec.vhost_user, VhostUser))
     for name, items, record in records:
         if not isinstance(items, tuple):
             _bad(name, items, f"{name} is a tuple of {record.__name__} records")
@@ -222,7 +262,7 @@ def _check_types(spec: MachineSpec) -> None:
             if not isinstance(item, record):
                 _bad(f"{name}[{i}]", item, f"{name}[{i}] is a {record.__name__} record")
             for key, field in item._asdict().items():
-                check(f"{name}[{i}].{key}", f"{name[:-1]}.{key}", field)
+                check(f"{name}[{i}].{key}", f"{_ITEM_KEYS[name]}.{key}", field)
 
 
 def _record(data: object, prefix: str, record: type[Any]) -> dict[str, Any]:

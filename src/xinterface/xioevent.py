@@ -166,15 +166,25 @@ class XIOEvent(BusEntry):
         return f"XIOEvent({self._bus.space} {self.addr:#x} len {self.length})"
 
 
+def _dup(fd: int) -> int:
+    try:
+        return os.dup(fd)
+    except OSError as exc:
+        raise XInterfaceError(exc.errno or errno.EBADF, f"eventfd {fd}: {exc.strerror}",
+                              argument="eventfd", value=fd) from None
+
+
 class XIOEventFd(XIOEvent):
     """An EVENTFD event: a KVM ioeventfd. ``fileno()`` for selectors, ``await wait()`` and
     ``async for`` for asyncio (when no ``signal`` is set: one reader per eventfd).
     """
 
     def __init__(self, intf: Interface, bus: IoBus, addr: int, length: int, flags: int,
-                 datamatch: int | None) -> None:
+                 datamatch: int | None, eventfd: int | None = None) -> None:
         self.datamatch = datamatch
-        self._fd = new_eventfd()
+        # ``eventfd``: a caller's own (a vhost-user backend's kick fd), duplicated so the
+        # event's end closes only its copy.
+        self._fd = new_eventfd() if eventfd is None else _dup(eventfd)
         self._signal: Signal | None = None
         self._watched = False
         self._payload = b"" if datamatch is None else datamatch.to_bytes(length, "little")

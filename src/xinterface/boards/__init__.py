@@ -6,7 +6,7 @@ from typing import Protocol
 from ..delivery import Delivery
 from ..devices.output import Output
 from ..runner.machine import Machine
-from ..spec import Disk, Net
+from ..spec import Disk, Net, VhostUser
 from .microvm import attach_microvm, ram_layout
 from .pc import attach_pc
 from .platform import Platform, Transport
@@ -19,7 +19,7 @@ class Board(Protocol):
                  serial: Output | None = ..., posted_debugcon: bool = ...,
                  disks: Sequence[Disk] = ..., nets: Sequence[Net] = ..., rng: bool = ...,
                  virtio_console: bool = ..., doorbells: Delivery = ...,
-                 sercon: bool = ...) -> Platform: ...
+                 sercon: bool = ..., vhost_user: Sequence[VhostUser] = ...) -> Platform: ...
 
 
 # The boards by the names a machine description gives them (xinterface.spec.BOARD_NAMES).

@@ -35,7 +35,7 @@ from ..errors import XInterfaceError
 from ..interface import XInterface, bind
 from ..memory import HIGH_RAM_BASE, GuestMemory
 from ..runner.machine import Machine
-from ..spec import Disk, Net
+from ..spec import Disk, Net, VhostUser
 from ..virtio.device import VirtioDevice
 from ..virtio.mmio import MMIO_WINDOW, VirtioMmio
 from .platform import Platform
@@ -78,7 +78,7 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
                    acpi: bool = True, mmio_devices: Sequence[MmioDevice] = (),
                    disks: Sequence[Disk] = (), nets: Sequence[Net] = (), rng: bool = False,
                    virtio_console: bool = False, doorbells: Delivery = Delivery.SYNC,
-                   sercon: bool = False) -> Platform:
+                   sercon: bool = False, vhost_user: Sequence[VhostUser] = ()) -> Platform:
     """Attach the devices to ``machine`` through one xinterface (``Machine.close()`` ends it).
 
     ``acpi`` adds the hardware-reduced ACPI tables (:func:`acpi_fw_cfg_files`) describing
@@ -86,7 +86,8 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     ``mmio_devices`` (more transports to describe, ``(base, size, gsi)``).
 
     The virtio devices (``disks``, ``nets``, ``rng``, and a console writing to ``serial``
-    with ``virtio_console``) sit behind virtio-mmio transports at QEMU's microvm layout
+    with ``virtio_console``, and the ``vhost_user`` devices served by backend processes)
+    sit behind virtio-mmio transports at QEMU's microvm layout
     (:func:`virtio_mmio_slot`), in that order; ``doorbells`` picks their doorbell delivery.
 
     ``sercon``: COM1 is the firmware's screen (SeaBIOS's ``etc/sercon-port``: INT 10h text
@@ -94,7 +95,7 @@ def attach_microvm(machine: Machine, *, debugcon: Output | None = None,
     such as iPXE prints then reaches ``serial``.
     """
     made = make_devices(disks=disks, nets=nets, rng=rng, console=serial,
-                        virtio_console=virtio_console)
+                        virtio_console=virtio_console, vhost_user=vhost_user)
     if len(made.devices) > VIRTIO_MMIO_SLOTS:
         made.close()
         raise XInterfaceError(errno.ENOSPC, f"{len(made.devices)} virtio devices: the microvm "

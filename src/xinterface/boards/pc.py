@@ -13,7 +13,7 @@ from ..devices.pci import PciHost
 from ..devices.pci.irq import IntxLine
 from ..devices.pci.rom import rom_for
 from ..runner.machine import Machine
-from ..spec import Disk, Net
+from ..spec import Disk, Net, VhostUser
 from ..virtio.blk import VirtioBlk
 from ..virtio.pci import VIRTIO_PCI_VENDOR, VirtioPci, pci_device_id
 from .microvm import attach_microvm
@@ -29,17 +29,19 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
               serial: Output | None = None, posted_debugcon: bool = False,
               disks: Sequence[Disk] = (), nets: Sequence[Net] = (), rng: bool = False,
               virtio_console: bool = False, doorbells: Delivery = Delivery.SYNC,
-              sercon: bool = False) -> Platform:
+              sercon: bool = False, vhost_user: Sequence[VhostUser] = ()) -> Platform:
     """Attach the pc board's devices to ``machine`` (``Machine.close()`` ends them).
 
     Each virtio device (disks, then nets, rng, the console) sits behind a transitional
     virtio-pci function, from slot 3 on, its INTA# routed through the PIIX3; the first disk
-    is first in ``bootorder``. A net's ``rom`` becomes its function's expansion ROM, its
+    is first in ``bootorder``. ``vhost_user``: devices served by backend processes
+    (:mod:`xinterface.vhost_user.device`), after the in-process ones of their type.
+    A net's ``rom`` becomes its function's expansion ROM, its
     header's IDs set to the function's (:func:`~xinterface.devices.pci.rom.rom_for`).
     ``sercon``: as :func:`~xinterface.boards.microvm.attach_microvm`.
     """
     made = make_devices(disks=disks, nets=nets, rng=rng, console=serial,
-                        virtio_console=virtio_console)
+                        virtio_console=virtio_console, vhost_user=vhost_user)
     try:
         platform = attach_microvm(machine, debugcon=debugcon, serial=serial,
                                   posted_debugcon=posted_debugcon, acpi=False, sercon=sercon)
@@ -62,7 +64,7 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
             host.add(slot, transport.function)
             transport.attach(platform.intf)
             transports.append(transport)
-            if isinstance(device, VirtioBlk):
+            if device.device_id == VirtioBlk.device_id:   # in-process or vhost-user
                 # SeaBIOS matches "/pci@i0cf8/*@<slot>" against these (src/boot.c, glob_prefix).
                 bootorder.append(f"/pci@i0cf8/scsi@{slot:x}/disk@0,0")
     except BaseException:

@@ -7,10 +7,49 @@ message a user sees; the record's own rules are the description's (``check_disk`
 from __future__ import annotations
 
 from ..errors import XInterfaceError
-from ..spec import IPXE_VIRTIO_ROM, Disk, Net, check_disk, check_net
+from ..spec import IPXE_VIRTIO_ROM, Disk, Net, VhostUser, check_disk, check_net, check_vhost_user
 
 DISK_FLAGS = ("readonly", "ro")
 NET_KEYS = ("tap", "mac", "rom")
+VHOST_USER = "vhost-user="
+# What each option's vhost-user form takes after the socket's path.
+VHOST_USER_KEYS = {"blk": ("reconnect",), "net": ("reconnect", "mac"), "rng": ("reconnect",)}
+_VHOST_USER_OPTIONS = {"blk": "--disk", "net": "--net", "rng": "--rng"}
+
+
+def is_vhost_user(text: str) -> bool:
+    """Whether an option's value names a vhost-user backend (``vhost-user=PATH,...``)."""
+    return text.startswith(VHOST_USER)
+
+
+def parse_vhost_user(kind: str, text: str) -> VhostUser:
+    """``vhost-user=PATH[,reconnect=SECONDS]`` (a net takes ``mac=MAC`` too): a device of
+    ``kind`` served by the backend listening at PATH."""
+    option = _VHOST_USER_OPTIONS[kind]
+    keys = VHOST_USER_KEYS[kind]
+    usage = (f"{option} {text!r}: expected vhost-user=PATH"
+             + "".join(f"[,{key}={key.upper()}]" for key in keys))
+    options: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not value or key.strip() in options:
+            raise ValueError(usage)
+        options[key.strip()] = value.strip()
+    unknown = set(options) - {"vhost-user", *keys}
+    if unknown:
+        raise ValueError(f"{usage} (unknown: {', '.join(sorted(unknown))})")
+    reconnect: float | None = None
+    if "reconnect" in options:
+        try:
+            reconnect = float(options["reconnect"])
+        except ValueError:
+            raise ValueError(f"{option} {text!r}: reconnect is a number of seconds") from None
+    vu = VhostUser(kind, options["vhost-user"], reconnect, options.get("mac"))
+    try:
+        check_vhost_user(vu)
+    except XInterfaceError as exc:
+        raise ValueError(f"{option} {text!r}: {exc.strerror}") from None
+    return vu
 
 
 def parse_disk(text: str) -> Disk:

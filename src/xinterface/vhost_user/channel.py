@@ -20,7 +20,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .protocol import HEADER, MAX_FDS, Header, ProtocolError, decode_header, request_name
+from .protocol import (
+    HEADER,
+    MAX_FDS,
+    Header,
+    ProtocolError,
+    decode_header,
+    decode_reply_header,
+    request_name,
+)
 
 # How long the rest of a message may take once its first byte arrived: a live frontend
 # writes a message with one sendmsg, so this only ever ends a stalled or dying peer.
@@ -129,15 +137,21 @@ class Channel:
                 deadline = time.monotonic() + self.timeout
         return bytes(data)
 
-    def receive(self) -> Message:
+    def receive(self, *, reply_to: int | None = None) -> Message:
         """The next whole request. ``Disconnected`` when the peer closed between messages;
-        ``ProtocolError`` (fatal) for a malformed or torn one, its fds closed."""
+        ``ProtocolError`` (fatal) for a malformed or torn one, its fds closed.
+
+        ``reply_to``: the frontend's side, waiting for the backend's reply to that request:
+        it must begin within the timeout too (a backend that never replies is a dead one),
+        and its header is a reply's."""
         fds: list[int] = []
         try:
-            raw = self._read(HEADER.size, fds, None)
+            first = None if reply_to is None else time.monotonic() + self.timeout
+            raw = self._read(HEADER.size, fds, first)
             if not raw:
                 raise Disconnected("the frontend closed the connection")
-            header = decode_header(raw)
+            header = (decode_header(raw) if reply_to is None
+                      else decode_reply_header(raw, reply_to))
             deadline = time.monotonic() + self.timeout
             payload = self._read(header.size, fds, deadline) if header.size else b""
         except BaseException:
@@ -145,15 +159,19 @@ class Channel:
             raise
         return Message(header, payload, fds)
 
-    def send(self, data: bytes) -> None:
-        """Write one whole message; ProtocolError (fatal) if the peer cannot take it within
-        the timeout (a frontend that stopped reading) or is gone."""
+    def send(self, data: bytes, fds: list[int] | None = None) -> None:
+        """Write one whole message, ``fds`` passed with its first byte; ProtocolError
+        (fatal) if the peer cannot take it within the timeout (a peer that stopped
+        reading) or is gone."""
         with self._send_lock:
             view = memoryview(data)
             deadline = time.monotonic() + self.timeout
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] \
+                if fds else []
             while view:
                 try:
-                    sent = self.sock.send(view, socket.MSG_NOSIGNAL)
+                    sent = self.sock.sendmsg([view], ancillary, socket.MSG_NOSIGNAL)
+                    ancillary = []
                 except (BlockingIOError, InterruptedError):
                     left = deadline - time.monotonic()
                     if left <= 0 or not select.select([], [self.sock], [], left)[1]:

@@ -187,6 +187,27 @@ def decode_header(raw: bytes) -> Header:
     return header
 
 
+def decode_reply_header(raw: bytes, request: int) -> Header:
+    """The header of the backend's reply to ``request`` (the frontend's side): version 1,
+    the reply flag, the request's own code, a payload no larger than any reply takes. A
+    backend is untrusted too: anything else is fatal, as nothing after it can be framed."""
+    if len(raw) != HEADER.size:
+        raise ProtocolError(f"reply header of {len(raw)} bytes, not {HEADER.size}", fatal=True)
+    header = Header(*HEADER.unpack(raw))
+    what = f"reply to {request_name(request)}"
+    if header.flags & VERSION_MASK != VERSION or header.flags & ~KNOWN_FLAGS \
+            or not header.flags & FLAG_REPLY:
+        raise ProtocolError(f"{what}: flags {header.flags:#x} are not those of a reply",
+                            fatal=True)
+    if header.request != request:
+        raise ProtocolError(f"{what}: the reply is to {request_name(header.request)}",
+                            fatal=True)
+    if header.size > MAX_PAYLOAD:
+        raise ProtocolError(f"{what}: payload of {header.size} bytes, more than any reply "
+                            f"takes ({MAX_PAYLOAD})", fatal=True)
+    return header
+
+
 def encode(request: int, payload: bytes = b"", *, reply: bool = False,
            need_reply: bool = False) -> bytes:
     """A whole message: header and payload."""
@@ -208,6 +229,12 @@ def decode_u64(what: str, payload: bytes) -> int:
 def decode_state(what: str, payload: bytes) -> tuple[int, int]:
     index, num = _exact(what, payload, VRING_STATE)
     return index, num
+
+
+def encode_memory(regions: list[Region]) -> bytes:
+    """SET_MEM_TABLE's payload for ``regions`` (1 to 8; the fds go beside it)."""
+    return MEMORY_HEADER.pack(len(regions), 0) + b"".join(
+        MEMORY_REGION.pack(*region) for region in regions)
 
 
 def decode_addr(payload: bytes) -> VringAddr:

@@ -113,6 +113,12 @@ class VirtioDevice:
     def on_reset(self) -> None:
         """The device was reset: drop per-driver state (the queues are reset already)."""
 
+    def doorbell_eventfd(self, index: int) -> int | None:
+        """The eventfd queue ``index``'s doorbell signals, or None: the transport delivers
+        it to :meth:`notify`. A device served elsewhere (vhost-user) returns the fd its
+        server reads, and the guest's doorbell reaches it without this process."""
+        return None
+
     def config_write(self, offset: int, data: bytes) -> None:
         """The driver wrote the configuration space; read-only by default (writes dropped)."""
         self.stats["config_write_dropped"] += 1

@@ -96,11 +96,20 @@ def register_doorbells(intf: XInterface, device: VirtioDevice, addr: int, width:
                        flags: int, delivery: Delivery, stats: Counter[str]) -> list[XIOEvent]:
     """The doorbell of every queue at ``addr``: one xioevent whose payload is the queue
     index (without VIRTIO_F_NOTIFICATION_DATA the driver writes the index: §4.1.4.4.1,
-    §4.2.2), or with EVENTFD one ioeventfd per queue, its index as datamatch. On failure
+    §4.2.2), or with EVENTFD one ioeventfd per queue, its index as datamatch; a device
+    with eventfds of its own (:meth:`VirtioDevice.doorbell_eventfd`) gets them as the
+    ioeventfds of its queues, whatever ``delivery`` says. On failure
     those registered are deassigned and the error raised."""
     events: list[XIOEvent] = []
+    own = [device.doorbell_eventfd(q.index) for q in device.queues]
     try:
-        if delivery is Delivery.EVENTFD:
+        if any(fd is not None for fd in own):
+            # The device's own eventfds: KVM signals them, nobody here reads them.
+            for q, fd in zip(device.queues, own, strict=True):
+                if fd is not None:
+                    events.append(intf.ioevent(addr, width, flags, delivery=Delivery.EVENTFD,
+                                               datamatch=q.index, eventfd=fd))
+        elif delivery is Delivery.EVENTFD:
             for q in device.queues:
                 events.append(intf.ioevent(addr, width, flags, delivery=Delivery.EVENTFD,
                                            datamatch=q.index,
