@@ -26,7 +26,7 @@ from ..vhost_user.device import VhostUserBlk
 from ..virtio.pci import VirtioPci
 from .marks import QEMU_MARKS_CONSOLE, Marks, run_marked
 from .peer import BOOT_GPA, QEMU, PeerUnavailable
-from .virtio_blk import GOOD_EXIT, SLOT, _disk, _span, guest
+from .virtio_blk import GOOD_EXIT, SLOT, guest, marked_span, write_disk
 
 QSD = "qemu-storage-daemon"
 MEMORY_MIB = 32
@@ -86,7 +86,7 @@ def _own_seconds(boot: bytes, sock: Path) -> float:
     if (result.reason, result.exit_code) != ("exit", GOOD_EXIT):
         raise RuntimeError(f"virtio-blk guest over vhost-user ended with {result.reason} "
                            f"{result.exit_code}")
-    return _span(marks, "xinterface", result.exit_code)
+    return marked_span(marks, "xinterface", result.exit_code)
 
 
 def _qemu_seconds(sock: Path) -> float:
@@ -104,7 +104,7 @@ def _qemu_seconds(sock: Path) -> float:
     if status != GOOD_EXIT:
         raise PeerUnavailable(f"{QEMU} did not run the virtio-blk guest over {QSD} (status "
                               f"{status}): {stderr[-300:]}")
-    return _span(marks, QEMU, status)
+    return marked_span(marks, QEMU, status)
 
 
 def request_ns(depth: int, rounds: int, backend: str) -> float:
@@ -117,7 +117,7 @@ def request_ns(depth: int, rounds: int, backend: str) -> float:
     with tempfile.TemporaryDirectory(prefix="xinterface-vublk-") as tmp:
         disk, sock = Path(tmp) / "disk.img", Path(tmp) / "blk.sock"
         boot = guest(depth, rounds)
-        _disk(disk, boot)
+        write_disk(disk, boot)
         process = _start_backend("serve" if backend == "serve" else "qsd", disk, sock)
         try:
             seconds = _qemu_seconds(sock) if backend == "qemu-qsd" else _own_seconds(boot, sock)
