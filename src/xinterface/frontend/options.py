@@ -9,7 +9,21 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import click
 
-from .run_options import ADDRESS, COUNT, FLAG, MODE, MODES, SECONDS, SERIAL, SIZE, Option
+from .run_options import (
+    ADDRESS,
+    COUNT,
+    FLAG,
+    LOG_LEVEL,
+    MODE,
+    MODES,
+    PARSERS,
+    PATH,
+    QMP,
+    SECONDS,
+    SERIAL,
+    SIZE,
+    Option,
+)
 from .values import Target, open_target, parse_size, to_address, to_seconds, to_size, to_target
 
 __all__ = ["AddressType", "SecondsType", "SizeType", "TargetType", "click_type", "parse_size",
@@ -62,6 +76,18 @@ class SecondsType(_Parsed[float]):
     parse = staticmethod(to_seconds)
 
 
+class QmpType(_Parsed[str]):
+    """``unix:PATH``, as QEMU's ``-qmp``."""
+
+    name = "unix:PATH"
+    parse = staticmethod(PARSERS[QMP])
+
+
+class LogLevelType(_Parsed[str]):
+    name = "level"
+    parse = staticmethod(PARSERS[LOG_LEVEL])
+
+
 class TargetType(_Param[Target]):
     """``FILE``, ``-`` (stdout), ``none`` (or empty), and with ``interactive``: ``stdio``, the
     terminal both ways. A file is opened here, so an error names the option."""
@@ -90,14 +116,16 @@ def click_type(kind: str) -> _Param[Any]:
     types: dict[str, Callable[[], _Param[Any]]] = {
         ADDRESS: AddressType, MODE: lambda: click.Choice(MODES), SIZE: SizeType,
         COUNT: lambda: click.IntRange(min=1), SERIAL: lambda: TargetType(interactive=True),
-        SECONDS: SecondsType}
+        SECONDS: SecondsType, QMP: QmpType, LOG_LEVEL: LogLevelType,
+        PATH: lambda: click.Path(dir_okay=False)}
     return types[kind]()
 
 
 def run_option(option: Option) -> Callable[[F], F]:
     """The click option of one row of ``run_options.RUN_OPTIONS``."""
+    flag = f"--{option.name.replace('_', '-')}"
     if option.kind == FLAG:
-        return click.option(f"--{option.name}", is_flag=True, help=option.help)
-    return click.option(f"--{option.name}", type=click_type(option.kind),
+        return click.option(flag, is_flag=True, help=option.help)
+    return click.option(flag, type=click_type(option.kind),
                         default=option.default, show_default=option.show_default,
                         help=option.help)

@@ -35,16 +35,20 @@ def no_limit_when_interactive(serial: Target, timeout: float, timeout_given: boo
 
 def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | None,
               memory: int, vcpus: int, serial: Target, trace: bool, timeout: float,
-              strict: bool, debug: bool) -> NoReturn:
+              strict: bool, debug: bool, qmp: str | None = None, log_level: str = "warning",
+              metrics: str | None = None) -> NoReturn:
     """Run ``image`` (``gpa`` None: where the image says, else 0x1000) until it exits, halts,
-    or ``timeout`` seconds pass (0: no limit); exit with the guest's status."""
+    or ``timeout`` seconds pass (0: no limit); exit with the guest's status. ``qmp``,
+    ``log_level``, ``metrics``: the monitoring options (``Session``)."""
     from ..build import build, build_machine
     from ..errors import GuestError, KvmError, XInterfaceError
+    from ..observe.logs import configure
     from ..spec import Consoles, MachineSpec
     from .image import ImageError, load_image
     from .outputs import Stdout
     from .session import Session
 
+    configure(log_level)
     stdout = Stdout()
     # No board: the machine's debug ports, and COM1 when --serial says where it writes.
     spec = MachineSpec(memory=memory, vcpus=vcpus, board=None, irqchip=False, strict=strict,
@@ -54,8 +58,9 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
         with build_machine(spec, console=stdout,  # type: ignore[arg-type]
                            trace=sys.stderr if trace else None) as machine:
             machine.load_flat(guest.data, gpa=guest.gpa, mode=guest.mode)
-            session = Session(machine, serial, stdout)
+            session = Session(machine, serial, stdout, qmp=qmp, metrics=metrics)
             built = build(spec, machine, serial=session.serial_output())
+            session.platform = built.platform
             if built.feed is not None:
                 session.connect(built.feed)
             result = session.run(timeout or None)

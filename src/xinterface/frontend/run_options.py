@@ -19,8 +19,8 @@ SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x q
                "Ctrl-A h lists the keys) or none.")
 
 # The kinds of option value.
-FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS = (
-    "flag", "address", "mode", "size", "count", "serial", "seconds")
+FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS, QMP, LOG_LEVEL, PATH = (
+    "flag", "address", "mode", "size", "count", "serial", "seconds", "qmp", "log-level", "path")
 
 
 class Option(NamedTuple):
@@ -55,6 +55,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("debug", FLAG, False, "Show tracebacks and registers on errors.",
            show_default=False),
 )
+# The monitoring options, on ``run`` and ``boot`` alike (``--log-level`` is ``log_level``).
+MONITOR_OPTIONS: tuple[Option, ...] = (
+    Option("qmp", QMP, None, "Serve QMP on a UNIX socket: unix:PATH (QEMU's -qmp "
+           "unix:PATH,server=on,wait=off).", show_default=False),
+    Option("log_level", LOG_LEVEL, "warning", "Show the VMM's log records from this level on "
+           "(debug, info, warning, error)."),
+    Option("metrics", PATH, None, "Write the machine's counters to FILE as JSON lines, every "
+           "second and at the end.", show_default=False),
+)
+RUN_OPTIONS = RUN_OPTIONS + MONITOR_OPTIONS
 
 
 def to_count(text: str) -> int:
@@ -76,9 +86,22 @@ def to_serial(text: str) -> Target:
     return to_target(text, interactive=True)
 
 
+def to_qmp(text: str) -> str:
+    from ..qmp.server import parse_address
+
+    parse_address(text)
+    return text
+
+
+def to_log_level(text: str) -> str:
+    from ..observe.logs import to_level
+
+    return to_level(text)
+
+
 PARSERS: dict[str, Callable[[str], Any]] = {
     ADDRESS: to_address, MODE: to_mode, SIZE: to_size, COUNT: to_count, SERIAL: to_serial,
-    SECONDS: to_seconds}
+    SECONDS: to_seconds, QMP: to_qmp, LOG_LEVEL: to_log_level, PATH: str}
 
 
 def arguments(parsed: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
@@ -100,7 +123,7 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
     parses them again and says what is wrong."""
     import os
 
-    table = {o.name: o for o in RUN_OPTIONS}
+    table = {o.name.replace("_", "-"): o for o in RUN_OPTIONS}
     given: dict[str, Any] = {}
     image = None
     i = 0
@@ -113,6 +136,7 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
                 option = table.get(name)
                 if option is None:
                     return None
+                name = option.name
                 if option.kind == FLAG:
                     if eq:
                         return None
@@ -147,5 +171,5 @@ def default_value(option: Option) -> Any:
     return option.default
 
 
-__all__ = ["FLAG", "MODES", "PARSERS", "RUN_OPTIONS", "SERIAL_HELP", "Option",
+__all__ = ["FLAG", "MODES", "MONITOR_OPTIONS", "PARSERS", "RUN_OPTIONS", "SERIAL_HELP", "Option",
            "arguments", "default_value", "parse_fast"]
