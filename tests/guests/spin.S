@@ -1,6 +1,7 @@
-# Never halts and never exits: only stop() or a timeout ends it. Counts loops in %ecx.
-        .code32
+# Counts in %eax forever: a guest that never halts, whose progress shows in its registers.
+        .code16
         .globl _start
 _start:
-1:      inc     %ecx
+        xor     %eax, %eax
+1:      inc     %eax
         jmp     1b

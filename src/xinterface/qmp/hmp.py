@@ -61,16 +61,18 @@ def info_pci(controls: Controls) -> str:
 
 
 def info_xioevents(controls: Controls) -> str:
-    """Every exact-match xioevent registered on the VM: bus, address, length, how it is
-    delivered."""
+    """What the VM's clients registered on each bus: every exact-match xioevent (address,
+    length, how it is delivered) and every range (base, size, its device's name)."""
     lines = []
     machine = controls.machine
     for name, bus in (("pio", machine.pio_bus), ("mmio", machine.mmio_bus)):
         for entry in sorted(list(bus.events.values()), key=lambda e: e.addr):
             delivery = getattr(entry, "delivery", None)
-            how = getattr(delivery, "name", None) or str(delivery or "exit")
-            lines.append(f"{name:<4} {entry.addr:#010x} len {entry.length} {how.lower()}"
-                         f"{'' if entry.live else ' (deassigned)'}")
+            how = str(getattr(delivery, "value", "sync"))
+            lines.append(f"{name:<4} {entry.addr:#010x} len {entry.length} event {how}")
+        for device in bus.routes.devices:
+            lines.append(f"{name:<4} {device.base:#010x} len {device.size} range "
+                         f"{device.name or '-'}")
     return ("\r\n".join(lines) or "no xioevents") + "\r\n"
 
 

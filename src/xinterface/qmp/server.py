@@ -31,7 +31,9 @@ from .framing import BadMessage, Decoder, FramingError, encode
 
 log = logging.getLogger("xinterface.qmp")
 
-MAX_CLIENTS = 8
+MAX_CLIENTS = 8      # connected at once; more wait in the listen backlog
+BACKLOG = 128
+CLOSE_GRACE = 1.0    # seconds close() lets clients take their last messages
 OUTBOX = 1024        # replies and events a client may leave unread before it is dropped
 _READ_SIZE = 65536
 
@@ -95,6 +97,15 @@ class _Client:
         with contextlib.suppress(queue.Full):
             self.outbox.put_nowait(None)
 
+    def finish(self, grace: float) -> None:
+        """Send what is queued (the last events: ``SHUTDOWN``) for up to ``grace`` seconds,
+        then end the connection: a client that does not read cannot hold close() longer."""
+        with contextlib.suppress(queue.Full):
+            self.outbox.put_nowait(None)
+        if self.writer.ident is not None and self.writer is not threading.current_thread():
+            self.writer.join(grace)
+        self.drop()
+
     def _write(self) -> None:
         try:
             while True:
@@ -113,6 +124,8 @@ class _Client:
                 if not data:
                     return
                 for message in decoder.feed(data):
+                    if self.dropped:
+                        return
                     self._answer(message)
         except FramingError as exc:
             log.warning("QMP client dropped: %s", exc)
@@ -190,6 +203,7 @@ class QmpServer:
         self.path = path
         self.controls = controls
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)   # a client left, or close()
         self._clients: list[_Client] = []   # connected
         self._threads: list[_Client] = []   # every client whose threads are not joined yet
         self._closed = False
@@ -200,15 +214,19 @@ class QmpServer:
 
     def _accept(self) -> None:
         while True:
+            # At MAX_CLIENTS, the next ones wait in the listen backlog (as QEMU's monitor
+            # takes one client at a time) until a connection ends.
+            with self._lock:
+                self._room.wait_for(lambda: self._closed or len(self._clients) < MAX_CLIENTS)
             try:
                 sock, _ = self._sock.accept()
             except OSError:
                 return  # close() shut the socket down
             with self._lock:
                 self._reap()
-                if self._closed or len(self._clients) >= MAX_CLIENTS:
+                if self._closed:
                     sock.close()
-                    continue
+                    return
                 client = _Client(self, sock)
                 self._clients.append(client)
                 self._threads.append(client)
@@ -228,6 +246,7 @@ class QmpServer:
         with self._lock:
             if client in self._clients:
                 self._clients.remove(client)
+                self._room.notify_all()
 
     def _event(self, name: str, data: dict[str, Any]) -> None:
         with self._lock:
@@ -241,6 +260,7 @@ class QmpServer:
             if self._closed:
                 return
             self._closed = True
+            self._room.notify_all()
         self.controls.unlisten(self._event)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -249,8 +269,9 @@ class QmpServer:
         with self._lock:   # the accepter is gone: no client is added any more
             clients = list(self._threads)
             self._threads.clear()
+        end = time.monotonic() + CLOSE_GRACE
         for client in clients:
-            client.drop()
+            client.finish(max(0.0, end - time.monotonic()))
         me = threading.current_thread()
         for client in clients:
             for thread in (client.reader, client.writer):
@@ -286,7 +307,9 @@ def _listen(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(MAX_CLIENTS)
+        # A deep backlog: a client that finds it full gets EAGAIN from a non-blocking
+        # connect(), which asyncio's clients (qemu.qmp) take for a connection.
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise XInterfaceError(exc.errno or errno.EIO, f"{path}: {exc.strerror}",
