@@ -149,7 +149,8 @@ def test_unknown_commands_and_bad_arguments_get_qmp_errors(vmm: Vmm) -> None:
     assert info.value.error_class == "CommandNotFound"
     with pytest.raises(qmp.ExecuteError) as info:
         session(vmm.path, execute("query-status", {"bogus": 1}))
-    assert info.value.error_class == "GenericError" and "bogus" in info.value.received["error"]["desc"]
+    assert info.value.error_class == "GenericError"
+    assert "bogus" in info.value.received["error"]["desc"]
     with pytest.raises(qmp.ExecuteError) as info:
         session(vmm.path, execute("human-monitor-command", {"command-line": 5}))
     assert "string" in info.value.received["error"]["desc"]
