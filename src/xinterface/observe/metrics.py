@@ -37,7 +37,9 @@ def sample(machine: Machine, platform: Platform | None) -> dict[str, Any]:
         device = transport.device
         counters = dict(device.stats)
         counters.update({f"transport_{k}": v for k, v in transport.stats.items()})
-        devices[device.name] = counters
+        # Two devices of a kind (two disks) are told apart by their slot order.
+        name = device.name if device.name not in devices else f"{device.name}.{len(devices)}"
+        devices[name] = counters
     return {"exits": dict(exits), "devices": devices}
 
 

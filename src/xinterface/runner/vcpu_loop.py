@@ -26,6 +26,7 @@ itself and returns every ``EINTR`` to :meth:`VcpuLoop._exits_compiled`.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 from types import ModuleType
@@ -40,6 +41,7 @@ from ..kvm import VcpuFd, exits, uapi
 from ..kvm.exits import Space
 from ..memory import GuestMemory
 
+log = logging.getLogger(__name__)
 _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
 
 
@@ -287,11 +289,14 @@ class VcpuLoop:
     def _unhandled(self, space: Space, addr: int, size: int, *, write: bool) -> bytes:
         """Nobody claimed the access: all-ones / dropped, or a stop when the machine is strict
         (as it was when this run started)."""
+        kind = "write to" if write else "read from"
         if self._strict:
-            kind = "write to" if write else "read from"
+            log.error("vcpu%d: unhandled %d-byte %s %s (strict mode)", self.index, size, kind,
+                      space.where(addr))
             raise GuestIOError(f"unhandled {size}-byte {kind} {space.where(addr)} (strict mode)",
                                vcpu=self.index, space=space, addr=addr, length=size,
                                regs=self.registers())
+        log.debug("vcpu%d: unclaimed %d-byte %s %s", self.index, size, kind, space.where(addr))
         return b"\xff" * size
 
     def _other_exit(self, exit: exits.VcpuExit) -> bool:
