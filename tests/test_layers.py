@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("boards", ("boards", "spec", "build")),
     ("monitoring", ("qmp", "observe")),
     ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "pytest_plugin",
-                    "")),
+                    "testing", "")),
 ]
 
 
