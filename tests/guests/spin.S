@@ -1,7 +1,6 @@
-# Counts in %eax forever: a guest that never halts, whose progress shows in its registers.
-        .code16
+# Never halts and never exits: only stop() or a timeout ends it. Counts loops in %ecx.
+        .code32
         .globl _start
 _start:
-        xor     %eax, %eax
-1:      inc     %eax
+1:      inc     %ecx
         jmp     1b

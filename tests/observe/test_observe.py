@@ -38,7 +38,7 @@ def test_metrics_lines_on_an_interval_and_at_the_end(tmp_path: Path) -> None:
     (last,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert last["exits"]["io"] >= 3 and last["exits"]["hlt"] == 1
     assert last["devices"] == {}                     # no board, no virtio device
-    timed = xinterface("run", GUESTS / "spin.S", "--metrics", out, "--timeout", "2.5")
+    timed = xinterface("run", GUESTS / "count_in_rax.S", "--metrics", out, "--timeout", "2.5")
     assert timed.returncode == 124
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) >= 3                          # every second, then the end

@@ -11,7 +11,7 @@ from tests.cli.harness import Terminal
 from tests.conftest import GUESTS, needs_kvm
 from tests.qmp.test_qmp import execute, session
 from xinterface.build import build, build_machine
-from xinterface.qmp import Controls
+from xinterface.qmp.controls import Controls
 from xinterface.qmp.hmp import execute as hmp
 from xinterface.spec import Boot, MachineSpec
 

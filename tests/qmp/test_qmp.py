@@ -27,12 +27,12 @@ DEADLINE = 60.0
 
 
 class Vmm:
-    """``xinterface run spin.S --qmp unix:PATH`` in the background."""
+    """``xinterface run count_in_rax.S --qmp unix:PATH`` in the background."""
 
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.path = str(tmp / "qmp.sock")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xinterface", "run", str(GUESTS / "spin.S"),
+            [sys.executable, "-m", "xinterface", "run", str(GUESTS / "count_in_rax.S"),
              "--qmp", f"unix:{self.path}", "--timeout", "120", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         end = time.monotonic() + DEADLINE

@@ -42,13 +42,16 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
     ``log_level``, ``metrics``: the monitoring options (``Session``)."""
     from ..build import build, build_machine
     from ..errors import GuestError, KvmError, XInterfaceError
-    from ..observe.logs import configure
+    from ..observe.logs import DEFAULT_LEVEL, configure
     from ..spec import Consoles, MachineSpec
     from .image import ImageError, load_image
     from .outputs import Stdout
     from .session import Session
 
-    configure(log_level)
+    # A bare machine's only records are --strict's and QMP's: without them, `xinterface
+    # run` starts without importing logging (README, Performance).
+    if strict or qmp is not None or log_level != DEFAULT_LEVEL or "logging" in sys.modules:
+        configure(log_level)
     stdout = Stdout()
     # No board: the machine's debug ports, and COM1 when --serial says where it writes.
     spec = MachineSpec(memory=memory, vcpus=vcpus, board=None, irqchip=False, strict=strict,

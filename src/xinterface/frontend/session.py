@@ -12,6 +12,7 @@ from .report import fail
 if TYPE_CHECKING:
     from ..boards.platform import Platform
     from ..devices import Output
+    from ..qmp.controls import Controls
     from ..runner.machine import Machine, RunResult
     from .console import SerialConsole
 
@@ -29,29 +30,37 @@ class Session:
 
     def __init__(self, machine: Machine, serial: Target, stdout: Stdout, *,
                  qmp: str | None = None, metrics: str | None = None) -> None:
-        from ..qmp.controls import Controls
-
         self.machine = machine
         self.stdout = stdout
         self.serial = serial
         self.qmp = qmp
         self.metrics = metrics
-        self.controls = Controls(machine)
+        # Only a monitor needs the run control of QMP: `xinterface run` starts without it.
+        self.controls: Controls | None = None
+        if qmp is not None or serial.kind == STDIO:
+            from ..qmp.controls import Controls
+
+            self.controls = Controls(machine)
+        self._platform: Platform | None = None
         self.console: SerialConsole | None = None
         if serial.kind == STDIO:
             from ..qmp.hmp import execute
             from .console import SerialConsole
 
+            controls = self.controls
+            assert controls is not None
             self.console = SerialConsole(machine.stop, stdout=stdout,
-                                         monitor=lambda line: execute(self.controls, line))
+                                         monitor=lambda line: execute(controls, line))
 
     @property
     def platform(self) -> Platform | None:
-        return self.controls.platform
+        return self._platform
 
     @platform.setter
     def platform(self, value: Platform | None) -> None:
-        self.controls.platform = value
+        self._platform = value
+        if self.controls is not None:
+            self.controls.platform = value
 
     def serial_output(self) -> Output:
         if self.console is not None:
@@ -72,6 +81,7 @@ class Session:
             if self.qmp is not None:
                 from ..qmp.server import QmpServer, parse_address
 
+                assert self.controls is not None
                 stack.enter_context(QmpServer(parse_address(self.qmp), self.controls))
             if self.console is not None:
                 stack.enter_context(self.console)
@@ -79,7 +89,8 @@ class Session:
             try:
                 result = self.machine.run(timeout=timeout)
             finally:
-                self.controls.run_ended(result)
+                if self.controls is not None:
+                    self.controls.run_ended(result)
             return result
 
     def check_console(self) -> None:
@@ -91,5 +102,5 @@ class Session:
     @property
     def quit_requested(self) -> bool:
         return ((self.console is not None and self.console.quit_requested)
-                or self.controls.quit_requested)
+                or (self.controls is not None and self.controls.quit_requested))
 

@@ -4,9 +4,8 @@ decides what is shown."""
 
 from __future__ import annotations
 
-import logging
-
 LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_LEVEL = "warning"
 
 
 def to_level(text: str) -> str:
@@ -18,6 +17,8 @@ def to_level(text: str) -> str:
 
 def configure(level: str) -> None:
     """Show ``xinterface``'s records at ``level`` and above on stderr, once per process."""
+    import logging  # only when called: to_level is on `xinterface run`'s start-up path
+
     logger = logging.getLogger("xinterface")
     logger.setLevel(getattr(logging, to_level(level).upper()))
     if not any(getattr(h, "_xinterface", False) for h in logger.handlers):

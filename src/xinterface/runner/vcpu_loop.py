@@ -26,7 +26,6 @@ itself and returns every ``EINTR`` to :meth:`VcpuLoop._exits_compiled`.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import threading
 from types import ModuleType
@@ -41,7 +40,6 @@ from ..kvm import VcpuFd, exits, uapi
 from ..kvm.exits import Space
 from ..memory import GuestMemory
 
-log = logging.getLogger(__name__)
 _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
 
 
@@ -289,6 +287,9 @@ class VcpuLoop:
     def _unhandled(self, space: Space, addr: int, size: int, *, write: bool) -> bytes:
         """Nobody claimed the access: all-ones / dropped, or a stop when the machine is strict
         (as it was when this run started)."""
+        import logging  # here, not at the top: `xinterface run` starts without it (README)
+
+        log = logging.getLogger(__name__)
         kind = "write to" if write else "read from"
         if self._strict:
             log.error("vcpu%d: unhandled %d-byte %s %s (strict mode)", self.index, size, kind,
