@@ -269,3 +269,49 @@ def test_system_reset_sends_reset_and_ends_the_run(tmp_path: Path) -> None:
         assert vmm.proc.wait(DEADLINE) == 0
     finally:
         vmm.close()
+
+
+def test_clients_racing_stop_cont_and_registers(tmp_path: Path) -> None:
+    """Four clients at once: stop, look, cont, look, while one more quits in the middle of
+    it. Every reply comes, the last cont leaves the guest running, and the VMM exits 0."""
+    import threading
+
+    vmm = Vmm(tmp_path)
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        async def rounds(client: Any) -> None:
+            for _ in range(10):
+                await client.execute("stop")
+                await client.execute("human-monitor-command",
+                                     {"command-line": "info registers"})
+                await client.execute("cont")
+                await client.execute("query-cpus-fast")
+        try:
+            session(vmm.path, rounds)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert not any(t.is_alive() for t in threads)
+        assert not errors, errors
+        (status,) = session(vmm.path, execute("query-status"))
+        assert status["status"] == "running"   # every stop had its cont
+
+        # Now a quit while others keep stopping and continuing: they see the end as a
+        # closed connection or an error reply, never a hang.
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        session(vmm.path, execute("quit"), ends=True)
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert not any(t.is_alive() for t in threads)
+        assert vmm.proc.wait(DEADLINE) == 0
+    finally:
+        vmm.close()

@@ -41,6 +41,9 @@ class Controls:
         self.platform = platform
         self.quit_requested = False
         self._lock = threading.Lock()
+        # One monitor command at a time moves the run: a stop and a look at the registers
+        # from two clients must not resume a guest the other one paused.
+        self._moving = threading.Lock()
         self._listeners: list[Listener] = []
         self._cause: str | None = None   # a host's reason for the end, before it comes
         self._ended = False
@@ -87,13 +90,17 @@ class Controls:
 
     def stop(self) -> None:
         """Pause the guest (QMP ``stop``); ``STOP`` once paused. Harmless when paused."""
-        was = self.machine.state
-        if self.machine.pause() and was is RunState.RUNNING:
+        with self._moving:
+            was = self.machine.state
+            paused = self.machine.pause() and was is RunState.RUNNING
+        if paused:
             self.emit("STOP")
 
     def cont(self) -> None:
         """Let a paused guest go on (QMP ``cont``); ``RESUME``."""
-        if self.machine.resume():
+        with self._moving:
+            resumed = self.machine.resume()
+        if resumed:
             self.emit("RESUME")
 
     def system_reset(self) -> None:
@@ -129,12 +136,13 @@ class Controls:
     def held(self) -> Iterator[None]:
         """The vCPUs out of ``KVM_RUN`` for a look at their registers (``KVM_GET_REGS`` waits
         for a vCPU's ``KVM_RUN`` to return): a running guest is paused and resumed after."""
-        paused = self.machine.state is RunState.RUNNING and self.machine.pause()
-        try:
-            yield
-        finally:
-            if paused:
-                self.machine.resume()
+        with self._moving:
+            paused = self.machine.state is RunState.RUNNING and self.machine.pause()
+            try:
+                yield
+            finally:
+                if paused:
+                    self.machine.resume()
 
     def registers(self, index: int) -> tuple[uapi.kvm_regs, uapi.kvm_sregs]:
         vcpu = self.machine.vcpus[index].vcpu
