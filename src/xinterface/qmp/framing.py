@@ -31,31 +31,79 @@ _WHITESPACE = b" \t\r\n"
 
 
 class Decoder:
-    """Bytes in, messages (dicts) or :class:`BadMessage` out, in order."""
+    """Bytes in, messages (dicts) or :class:`BadMessage` out, in order.
+
+    The split is QEMU's JSON streamer's: a message ends where its braces and brackets
+    balance outside strings (or at a newline after something that is no object at all).
+    The scan resumes where the last ``feed`` stopped, so a message arriving in many pieces
+    is read once, not once per piece.
+    """
 
     def __init__(self, limit: int = MESSAGE_LIMIT) -> None:
         self.limit = limit
         self._buffer = bytearray()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._scanned = 0
+        self._depth = 0
+        self._in_string = self._escaped = False
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any] | BadMessage]:
         """Every complete message ``data`` finishes; :class:`FramingError` past the bound."""
         self._buffer += data
         while True:
-            start = 0
-            while start < len(self._buffer) and self._buffer[start] in _WHITESPACE:
-                start += 1
-            del self._buffer[:start]
+            if self._scanned == 0:
+                start = 0
+                while start < len(self._buffer) and self._buffer[start] in _WHITESPACE:
+                    start += 1
+                del self._buffer[:start]
             if not self._buffer:
                 return
-            end = _message_end(self._buffer)
+            end = self._message_end()
             if end is None:
                 if len(self._buffer) > self.limit:
                     self._buffer.clear()
+                    self._reset()
                     raise FramingError(f"a message longer than {self.limit} bytes")
                 return
             raw = bytes(self._buffer[:end])
             del self._buffer[:end]
+            self._reset()
             yield parse(raw)
+
+    def _message_end(self) -> int | None:
+        """Where the first message ends, or None (not complete yet; the scan's state is
+        kept for the next bytes)."""
+        buffer = self._buffer
+        depth, in_string, escaped = self._depth, self._in_string, self._escaped
+        index = self._scanned
+        found = None
+        while index < len(buffer):
+            byte = buffer[index]
+            index += 1
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif byte == 0x5C:  # backslash
+                    escaped = True
+                elif byte == 0x22:
+                    in_string = False
+            elif byte == 0x22:
+                in_string = True
+            elif byte in b"{[":
+                depth += 1
+            elif byte in b"}]":
+                depth -= 1
+                if depth <= 0:
+                    found = index
+                    break
+            elif depth == 0 and byte == 0x0A:
+                found = index
+                break
+        self._depth, self._in_string, self._escaped = depth, in_string, escaped
+        self._scanned = index
+        return found
 
 
 def parse(raw: bytes) -> dict[str, Any] | BadMessage:
@@ -66,33 +114,6 @@ def parse(raw: bytes) -> dict[str, Any] | BadMessage:
     if not isinstance(value, dict):
         return BadMessage("QMP input must be a JSON object")
     return value
-
-
-def _message_end(buffer: bytearray) -> int | None:
-    """Where the first message ends: its braces and brackets balanced outside strings (as
-    QEMU's streamer splits), or a newline after something that is no object at all.
-    None: not complete yet."""
-    depth = 0
-    in_string = escaped = False
-    for index, byte in enumerate(buffer):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in b"{[":
-            depth += 1
-        elif byte in b"}]":
-            depth -= 1
-            if depth <= 0:
-                return index + 1
-        elif depth == 0 and byte == 0x0A:
-            return index + 1
-    return None
 
 
 def encode(message: dict[str, Any]) -> bytes:
