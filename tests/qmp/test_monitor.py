@@ -55,3 +55,8 @@ def test_info_pci_lists_the_board_functions() -> None:
         text = hmp(Controls(machine, None), "info pci")
         assert "no PCI bus" in text
         assert "unknown command" in hmp(Controls(machine), "frobnicate")
+        # Each range under its device's name (the UART's, fw_cfg's), each event's delivery.
+        ranges = hmp(Controls(machine), "info xioevents")
+        assert "pio  0x000003f8 len 8 range uart16550a" in ranges
+        assert "range write" not in ranges, ranges
+        assert "pio  0x00000cf9 len 1 event sync" in ranges
