@@ -60,3 +60,36 @@ def test_info_pci_lists_the_board_functions() -> None:
         assert "pio  0x000003f8 len 8 range uart16550a" in ranges
         assert "range write" not in ranges, ranges
         assert "pio  0x00000cf9 len 1 event sync" in ranges
+
+
+@pytest.mark.skipif(not os.path.exists(SEABIOS), reason="needs Debian's seabios")
+def test_boot_qmp_shows_the_bars_seabios_assigned(tmp_path: os.PathLike[str]) -> None:
+    """``xinterface boot --qmp``: the BARs SeaBIOS programmed, seen through QMP."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from tests.qmp.test_qmp import DEADLINE
+    from tests.qmp.test_qmp import hmp as qmp_hmp
+
+    path = os.path.join(tmp_path, "qmp.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "xinterface", "boot", "--bios", SEABIOS,
+                             "--board", "pc", "--rng", "--memory", "32M", "--serial", "none",
+                             "--qmp", f"unix:{path}", "--timeout", "120"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        end = time.monotonic() + DEADLINE
+        text = ""
+        while not re.search(r"BAR4: 64 bit memory at 0x[0-9a-f]+", text):
+            assert proc.poll() is None and time.monotonic() < end, text
+            if os.path.exists(path):
+                (text,) = session(path, qmp_hmp("info pci"))
+            time.sleep(0.1)
+        assert "PCI device 1af4:1005" in text and "IRQ 11, pin A" in text
+        session(path, execute("quit"), ends=True)
+        assert proc.wait(DEADLINE) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
