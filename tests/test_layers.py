@@ -29,7 +29,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("virtio", ("virtio",)),
     ("vhost-user backend and frontend", ("vhost_user",)),
     ("boards", ("boards", "spec", "build")),
-    ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "")),
+    ("monitoring", ("qmp", "observe")),
+    ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "pytest_plugin",
+                    "testing", "")),
 ]
 
 

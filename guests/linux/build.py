@@ -182,14 +182,29 @@ def build_kernel(out: Path, jobs: int) -> None:
     src.mkdir()
     started = time.monotonic()
     print(f"building the test kernel in {work} (log: {log}) ...", file=sys.stderr)
-    _run(["tar", "-xf", str(source_tarball()), "--strip-components=1"], src, log)
-    for patch in sorted(PATCHES.glob("*.patch")):
-        _run(["patch", "-p1", "--forward", "--batch", "-i", str(patch)], src, log)
-    _run(["make", "tinyconfig"], src, log)
-    _run(["scripts/kconfig/merge_config.sh", "-m", ".config", str(FRAGMENT)], src, log)
-    _run(["make", "olddefconfig"], src, log)
-    _check_config(src / ".config")
-    _run(["make", f"-j{jobs}", "bzImage"], src, log)
+    steps: list[tuple[str, list[str]]] = [
+        ("unpacking the source", ["tar", "-xf", str(source_tarball()), "--strip-components=1"]),
+        *((f"patch {patch.name}", ["patch", "-p1", "--forward", "--batch", "-i", str(patch)])
+          for patch in sorted(PATCHES.glob("*.patch"))),
+        ("make tinyconfig", ["make", "tinyconfig"]),
+        ("merging the fragment", ["scripts/kconfig/merge_config.sh", "-m", ".config",
+                                  str(FRAGMENT)]),
+        ("make olddefconfig", ["make", "olddefconfig"]),
+        ("make bzImage (minutes)", ["make", f"-j{jobs}", "bzImage"]),
+    ]
+    # Minutes of work: a live step and clock on a terminal (rich prints nothing elsewhere).
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("test kernel: {task.description}"), BarColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=len(steps))
+        for what, argv in steps:
+            bar.update(task, description=what)
+            if argv[0] == "make" and argv[-1] == "bzImage":
+                _check_config(src / ".config")
+            _run(argv, src, log)
+            bar.advance(task)
     staging = out.parent / f".staging-{out.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

@@ -16,7 +16,7 @@ from .frontend.options import SecondsType, SizeType, TargetType, run_option
 from .frontend.outputs import Stdout, Target
 from .frontend.report import EXIT_TIMEOUT, fail, guest_error
 from .frontend.run import guarded, no_limit_when_interactive, run_image
-from .frontend.run_options import RUN_OPTIONS, SERIAL_HELP, arguments
+from .frontend.run_options import MONITOR_OPTIONS, RUN_OPTIONS, SERIAL_HELP, arguments
 from .frontend.serve import serve
 from .spec import BOARD_NAMES, Boot, Consoles, MachineSpec
 
@@ -64,6 +64,13 @@ def _check_spec(spec: MachineSpec) -> None:
 def _run_options(command: Callable[..., None]) -> Callable[..., None]:
     """``run``'s options, one per row of the table the fast path reads too."""
     for option in reversed(RUN_OPTIONS):
+        command = run_option(option)(command)
+    return command
+
+
+def _monitor_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--qmp``, ``--log-level``, ``--metrics``: the same rows of the table as on ``run``."""
+    for option in reversed(MONITOR_OPTIONS):
         command = run_option(option)(command)
     return command
 
@@ -208,13 +215,15 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
 @click.option("--gdb-wait", is_flag=True,
               help="With --gdb: hold the firmware's first instruction until GDB attaches.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and registers on errors.")
+@_monitor_options
 @click.pass_context
 def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Path | None,
          append: str, cpu: str, cpu_workarounds: bool, memory: int, vcpus: int,
          debugcon: Target,
          serial: Target, until: str | None, timeout: float, board: str, posted_debugcon: bool,
          disks: tuple[str, ...], nets: tuple[str, ...], rng: str | None,
-         virtio_console: bool, gdb: str | None, gdb_wait: bool, debug: bool) -> None:
+         virtio_console: bool, gdb: str | None, gdb_wait: bool, debug: bool, qmp: str | None,
+         log_level: str, metrics: str | None) -> None:
     """Boot firmware from the reset vector (--bios), or a Linux kernel directly (--kernel), on
     the standard devices (fw_cfg, COM1, CMOS/RTC, debug console at 0x402, virtio), all of them
     xinterface clients."""
@@ -248,7 +257,9 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     from .frontend.kernel import PANIC, kernel_cmdline
     from .frontend.outputs import stream_for
     from .frontend.session import Session
+    from .observe.logs import configure
 
+    configure(log_level)
     panic: Until | None = None
     timeout = _no_limit_when_interactive(ctx, serial, timeout)
     if gdb is not None and (ctx.get_parameter_source("timeout")
@@ -261,7 +272,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
             spec = spec._replace(boot=spec.boot._replace(
                 cmdline=kernel_cmdline(append, cpu, cpu_workarounds)))
         with build_machine(spec) as machine:
-            session = Session(machine, serial, stdout)
+            session = Session(machine, serial, stdout, qmp=qmp, metrics=metrics)
             outputs = [stream_for(debugcon, stdout), session.serial_output()]
             if until is not None:
                 watchers = [Until(out, until.encode(), machine.stop) for out in outputs]
@@ -276,6 +287,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
                 machine.serve_gdb(gdb, wait=gdb_wait,
                                   arch="i386:x86-64" if kernel is not None else None)
             assert built.feed is not None   # every board has COM1
+            session.platform = built.platform
             session.connect(built.feed)
             result = session.run(timeout or None)
     except GuestError as exc:

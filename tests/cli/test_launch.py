@@ -24,7 +24,16 @@ def test_parse_run_takes_plain_options() -> None:
     assert options == {"image": HELLO, "gpa": 0x2000, "mode": "real", "memory": 2 << 20,
                        "vcpus": 3, "serial": Target(STDOUT), "trace": True, "strict": False,
                        "debug": False, "timeout": 2.5, "gdb": None,
-                       "gdb_wait": False}
+                       "gdb_wait": False, "qmp": None, "log_level": "warning",
+                       "metrics": None}
+    monitored = _parse_run(["--qmp", "unix:/tmp/q.sock", "--log-level=debug", "--metrics",
+                            "m.jsonl", HELLO])
+    assert monitored is not None
+    assert (monitored["qmp"], monitored["log_level"], monitored["metrics"]) == (
+        "unix:/tmp/q.sock", "debug", "m.jsonl")
+    # A bad value goes to click, which names the option.
+    assert _parse_run(["--qmp", "tcp:1234", HELLO]) is None
+    assert _parse_run(["--log-level", "loud", HELLO]) is None
 
 
 def test_parse_run_defaults_are_clicks() -> None:

@@ -10,11 +10,14 @@ a bad descriptor sets the error bit and never raises in the VMM.
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass, field
 
 from ..errors import XInterfaceError
 from ..interface import XInterface, XIOEvent, XIOEventFlags, XIORange
+
+log = logging.getLogger(__name__)
 
 SELECTOR_PORT = 0x510
 DATA_PORT = 0x511
@@ -136,10 +139,13 @@ class FwCfg:
                 intf.copy_from(address, _DMA_DESCRIPTOR.size))
         except XInterfaceError:
             self.dma_errors += 1  # nowhere to report it: the descriptor is not in RAM
+            log.warning("fw_cfg: DMA descriptor at %#x is outside guest RAM", address)
             return
         ok = self._transfer(control, length, target)
         if not ok:
             self.dma_errors += 1
+            log.warning("fw_cfg: DMA control %#x (item %#x, %d bytes to %#x) failed",
+                        control, self.selector, length, target)
         try:
             intf.copy_to(address, struct.pack(">I", 0 if ok else DMA_CTL_ERROR))
         except XInterfaceError:

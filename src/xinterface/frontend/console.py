@@ -2,11 +2,13 @@
 
 As QEMU's ``-serial stdio``: the terminal goes into raw mode (every key, Ctrl-C included,
 goes to the guest), and Ctrl-A is the escape key (QEMU's default, ``-echr``): ``Ctrl-A x``
-quits, ``Ctrl-A h`` prints the keys, ``Ctrl-A Ctrl-A`` sends one Ctrl-A. Output post-processing
-(``OPOST``) stays on, as QEMU leaves it, so a bare ``\\n`` on the debug console still returns
-the carriage. The terminal's attributes are restored on every way out: the guest's end, an
-error, an exception, ``Ctrl-A x``, and SIGTERM or SIGHUP (which end the run like Ctrl-C does,
-as :class:`Terminated`). A stdin that is not a terminal (a pipe) is read as it is.
+quits, ``Ctrl-A h`` prints the keys, ``Ctrl-A Ctrl-A`` sends one Ctrl-A, ``Ctrl-A c``
+switches between the guest and the human monitor (QMP's ``human-monitor-command``). Output
+post-processing (``OPOST``) stays on, as QEMU leaves it, so a bare ``\\n`` on the debug
+console still returns the carriage. The terminal's attributes are restored on every way
+out: the guest's end, an error, an exception, ``Ctrl-A x``, and SIGTERM or SIGHUP (which end
+the run like Ctrl-C does, as :class:`Terminated`). A stdin that is not a terminal (a pipe) is
+read as it is.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ if TYPE_CHECKING:
 
 ESCAPE = 0x01  # Ctrl-A
 QUIT_KEY = ord("x")
+MONITOR_KEY = ord("c")
+PROMPT = b"(qemu) "
 HELP_KEYS = (ord("h"), ord("?"))
 HELP = (b"\r\n"
         b"C-a h    print this help\r\n"
         b"C-a x    quit xinterface\r\n"
+        b"C-a c    switch between the guest and the monitor\r\n"
         b"C-a C-a  send C-a to the guest\r\n")
 END_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _READ_SIZE = 4096
@@ -61,11 +66,17 @@ class SerialConsole:
 
     It is the UART's output stream (``write``/``flush``); set ``feed`` before entering it.
     ``stop`` ends the run (``Machine.stop``) on ``Ctrl-A x``; ``quit_requested`` tells.
+    ``monitor`` runs one human monitor command line and gives what it prints; without one,
+    ``Ctrl-A c`` is dropped as any unknown key.
     """
 
     def __init__(self, stop: Callable[[], None], *, stdin: int = 0,
-                 stdout: Output | None = None) -> None:
+                 stdout: Output | None = None,
+                 monitor: Callable[[str], str] | None = None) -> None:
         self.feed: Callable[[bytes], None] | None = None
+        self.monitor = monitor
+        self.in_monitor = False
+        self._line = bytearray()
         self.quit_requested = False
         self._stop = stop
         self._stdin = stdin
@@ -105,7 +116,13 @@ class SerialConsole:
                     self.quit_requested = True
                     self._stop()
                     return
-                if byte in HELP_KEYS:
+                if byte == MONITOR_KEY and self.monitor is not None:
+                    self._send(guest)
+                    guest.clear()
+                    self.in_monitor = not self.in_monitor
+                    self._line.clear()
+                    self.write(b"\r\n" + PROMPT if self.in_monitor else b"\r\n")
+                elif byte in HELP_KEYS:
                     self._send(guest)
                     guest.clear()
                     self.write(HELP)
@@ -114,9 +131,26 @@ class SerialConsole:
                 # Any other key after the escape is dropped, as QEMU's mux does.
             elif byte == ESCAPE:
                 self._escape = True
+            elif self.in_monitor:
+                self._monitor_key(byte)
             else:
                 guest.append(byte)
         self._send(guest)
+
+    def _monitor_key(self, byte: int) -> None:
+        """A key typed at the monitor: a line editor with echo, Enter runs the line."""
+        assert self.monitor is not None
+        if byte in (0x0D, 0x0A):
+            line, self._line = self._line.decode(errors="replace"), bytearray()
+            self.write(b"\r\n")
+            self.write(self.monitor(line).encode(errors="replace") + PROMPT)
+        elif byte in (0x7F, 0x08):
+            if self._line:
+                self._line.pop()
+                self.write(b"\b \b")
+        elif 0x20 <= byte < 0x7F:
+            self._line.append(byte)
+            self.write(bytes([byte]))
 
     def _send(self, data: bytearray) -> None:
         if data and self.feed is not None:

@@ -9,7 +9,22 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import click
 
-from .run_options import ADDRESS, COUNT, FLAG, GDB, MODE, MODES, SECONDS, SERIAL, SIZE, Option
+from .run_options import (
+    ADDRESS,
+    COUNT,
+    FLAG,
+    GDB,
+    LOG_LEVEL,
+    MODE,
+    MODES,
+    PARSERS,
+    PATH,
+    QMP,
+    SECONDS,
+    SERIAL,
+    SIZE,
+    Option,
+)
 from .values import Target, open_target, parse_size, to_address, to_seconds, to_size, to_target
 
 __all__ = ["AddressType", "SecondsType", "SizeType", "TargetType", "click_type", "parse_size",
@@ -62,6 +77,18 @@ class SecondsType(_Parsed[float]):
     parse = staticmethod(to_seconds)
 
 
+class QmpType(_Parsed[str]):
+    """``unix:PATH``, as QEMU's ``-qmp``."""
+
+    name = "unix:PATH"
+    parse = staticmethod(PARSERS[QMP])
+
+
+class LogLevelType(_Parsed[str]):
+    name = "level"
+    parse = staticmethod(PARSERS[LOG_LEVEL])
+
+
 class TargetType(_Param[Target]):
     """``FILE``, ``-`` (stdout), ``none`` (or empty), and with ``interactive``: ``stdio``, the
     terminal both ways. A file is opened here, so an error names the option."""
@@ -90,7 +117,8 @@ def click_type(kind: str) -> _Param[Any]:
     types: dict[str, Callable[[], _Param[Any]]] = {
         ADDRESS: AddressType, MODE: lambda: click.Choice(MODES), SIZE: SizeType,
         COUNT: lambda: click.IntRange(min=1), SERIAL: lambda: TargetType(interactive=True),
-        SECONDS: SecondsType, GDB: lambda: click.STRING}
+        SECONDS: SecondsType, GDB: lambda: click.STRING, QMP: QmpType, LOG_LEVEL: LogLevelType,
+        PATH: lambda: click.Path(dir_okay=False)}
     return types[kind]()
 
 

@@ -35,17 +35,24 @@ def no_limit_when_interactive(serial: Target, timeout: float, timeout_given: boo
 
 def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | None,
               memory: int, vcpus: int, serial: Target, trace: bool, timeout: float,
-              strict: bool, debug: bool, gdb: str | None = None,
-              gdb_wait: bool = False) -> NoReturn:
+              strict: bool, debug: bool, gdb: str | None = None, gdb_wait: bool = False,
+              qmp: str | None = None, log_level: str = "warning",
+              metrics: str | None = None) -> NoReturn:
     """Run ``image`` (``gpa`` None: where the image says, else 0x1000) until it exits, halts,
-    or ``timeout`` seconds pass (0: no limit); exit with the guest's status."""
+    or ``timeout`` seconds pass (0: no limit); exit with the guest's status. ``qmp``,
+    ``log_level``, ``metrics``: the monitoring options (``Session``)."""
     from ..build import build, build_machine
     from ..errors import GuestError, KvmError, XInterfaceError
+    from ..observe.logs import DEFAULT_LEVEL, configure
     from ..spec import Consoles, MachineSpec
     from .image import ImageError, load_image
     from .outputs import Stdout
     from .session import Session
 
+    # A bare machine's only records are --strict's and QMP's: without them, `xinterface
+    # run` starts without importing logging (README, Performance).
+    if strict or qmp is not None or log_level != DEFAULT_LEVEL or "logging" in sys.modules:
+        configure(log_level)
     stdout = Stdout()
     # No board: the machine's debug ports, and COM1 when --serial says where it writes.
     spec = MachineSpec(memory=memory, vcpus=vcpus, board=None, irqchip=False, strict=strict,
@@ -59,8 +66,9 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
                 machine.set_entry(guest.entry)
             if gdb is not None:
                 machine.serve_gdb(gdb, wait=gdb_wait)
-            session = Session(machine, serial, stdout)
+            session = Session(machine, serial, stdout, qmp=qmp, metrics=metrics)
             built = build(spec, machine, serial=session.serial_output())
+            session.platform = built.platform
             if built.feed is not None:
                 session.connect(built.feed)
             result = session.run(timeout or None)

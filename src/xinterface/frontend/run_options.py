@@ -19,8 +19,9 @@ SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x q
                "Ctrl-A h lists the keys) or none.")
 
 # The kinds of option value.
-FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS, GDB = (
-    "flag", "address", "mode", "size", "count", "serial", "seconds", "gdb")
+FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS, GDB, QMP, LOG_LEVEL, PATH = (
+    "flag", "address", "mode", "size", "count", "serial", "seconds", "gdb", "qmp", "log-level",
+    "path")
 
 
 class Option(NamedTuple):
@@ -65,6 +66,16 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("debug", FLAG, False, "Show tracebacks and registers on errors.",
            show_default=False),
 )
+# The monitoring options, on ``run`` and ``boot`` alike (``--log-level`` is ``log_level``).
+MONITOR_OPTIONS: tuple[Option, ...] = (
+    Option("qmp", QMP, None, "Serve QMP on a UNIX socket: unix:PATH (QEMU's -qmp "
+           "unix:PATH,server=on,wait=off).", show_default=False),
+    Option("log_level", LOG_LEVEL, "warning", "Show the VMM's log records from this level on "
+           "(debug, info, warning, error)."),
+    Option("metrics", PATH, None, "Write the machine's counters to FILE as JSON lines, every "
+           "second and at the end.", show_default=False),
+)
+RUN_OPTIONS = RUN_OPTIONS + MONITOR_OPTIONS
 
 
 def to_count(text: str) -> int:
@@ -86,9 +97,22 @@ def to_serial(text: str) -> Target:
     return to_target(text, interactive=True)
 
 
+def to_qmp(text: str) -> str:
+    from ..qmp.server import parse_address
+
+    parse_address(text)
+    return text
+
+
+def to_log_level(text: str) -> str:
+    from ..observe.logs import to_level
+
+    return to_level(text)
+
+
 PARSERS: dict[str, Callable[[str], Any]] = {
     ADDRESS: to_address, MODE: to_mode, SIZE: to_size, COUNT: to_count, SERIAL: to_serial,
-    SECONDS: to_seconds, GDB: str}
+    SECONDS: to_seconds, GDB: str, QMP: to_qmp, LOG_LEVEL: to_log_level, PATH: str}
 
 
 def arguments(parsed: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
@@ -160,5 +184,5 @@ def default_value(option: Option) -> Any:
     return option.default
 
 
-__all__ = ["FLAG", "MODES", "PARSERS", "RUN_OPTIONS", "SERIAL_HELP", "Option",
+__all__ = ["FLAG", "MODES", "MONITOR_OPTIONS", "PARSERS", "RUN_OPTIONS", "SERIAL_HELP", "Option",
            "arguments", "default_value", "parse_fast"]

@@ -303,11 +303,17 @@ class VcpuLoop:
     def _unhandled(self, space: Space, addr: int, size: int, *, write: bool) -> bytes:
         """Nobody claimed the access: all-ones / dropped, or a stop when the machine is strict
         (as it was when this run started)."""
+        import logging  # here, not at the top: `xinterface run` starts without it (README)
+
+        log = logging.getLogger(__name__)
+        kind = "write to" if write else "read from"
         if self._strict:
-            kind = "write to" if write else "read from"
+            log.error("vcpu%d: unhandled %d-byte %s %s (strict mode)", self.index, size, kind,
+                      space.where(addr))
             raise GuestIOError(f"unhandled {size}-byte {kind} {space.where(addr)} (strict mode)",
                                vcpu=self.index, space=space, addr=addr, length=size,
                                regs=self.registers())
+        log.debug("vcpu%d: unclaimed %d-byte %s %s", self.index, size, kind, space.where(addr))
         return b"\xff" * size
 
     def _other_exit(self, exit: exits.VcpuExit) -> bool:

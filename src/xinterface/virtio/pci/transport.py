@@ -3,6 +3,7 @@ registrations following where the guest puts them, its ISR status driving INTx."
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from .layout import (
 from .legacy import LegacyRegisters
 from .modern import ModernRegisters
 from .state import PciState
+
+log = logging.getLogger(__name__)
 
 
 class _IntxGate(InterruptLine):
@@ -147,6 +150,8 @@ class VirtioPci:
                 entry.deassign()
             entries.clear()
             self.stats[f"{what}_map_failed"] += 1
+            log.warning("%s: %s BAR at %#x left dark: %s", self.device.name, what, base,
+                        exc.strerror)
             self.stats[f"last_error: {exc.strerror}"] += 1
 
     def _map_legacy(self, base: int | None) -> None:
