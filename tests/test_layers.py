@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("devices", ("devices",)),
     ("virtio", ("virtio",)),
     ("vhost-user backend", ("vhost_user",)),
-    ("boards", ("boards", "spec", "build")),
+    ("boards", ("boards", "spec", "build", "snapshot")),
     ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "")),
 ]
 
