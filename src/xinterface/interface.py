@@ -283,10 +283,10 @@ class XInterface(Counted):
         ``EEXIST`` if it overlaps another range device on the same bus.
         """
         bus, base, size = self._bus(base, size, flags)
-        for name, call in (("read", read), ("write", write)):
+        for which, call in (("read", read), ("write", write)):
             if call is not None and not callable(call):
-                raise XInterfaceError(errno.EINVAL, f"{name} {call!r} is not callable",
-                                      argument=name, value=call)
+                raise XInterfaceError(errno.EINVAL, f"{which} {call!r} is not callable",
+                                      argument=which, value=call)
         if base + size > bus.limit:
             raise XInterfaceError(errno.EINVAL, f"base {base:#x} + size {size:#x} is past the "
                                   f"end of the {bus.space} bus", argument="size", value=size)

@@ -159,7 +159,7 @@ def save_vm(vmfd: VmFd, irqchip: bool) -> dict[str, bytes]:
 
 def restore_vm(vmfd: VmFd, irqchip: bool, state: dict[str, bytes]) -> None:
     """Load :func:`save_vm`'s state (sizes and chip ids checked first)."""
-    names = [("clock", uapi.kvm_clock_data)]
+    names: list[tuple[str, type[ctypes.Structure]]] = [("clock", uapi.kvm_clock_data)]
     if irqchip:
         names += [(name, uapi.kvm_irqchip) for name, _ in IRQCHIPS]
         names.append(("pit", uapi.kvm_pit_state2))

@@ -36,8 +36,9 @@ def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
             attach: Callable[[Machine], object] | None = None) -> Machine:
     """The machine saved in ``path``, paused at the instruction it was saved at: ``run()``
     continues it. ``attach(machine)`` attaches the devices the saved machine had beyond the
-    debug ports (as it did before the snapshot); their saved state is then loaded into them. Memory is the snapshot's files mapped copy-on-write, so any number of
-    restores of one snapshot run side by side. Anything wrong with the snapshot is one
+    debug ports (as it did before the snapshot); their saved state is then loaded into them.
+    Memory is the snapshot's files mapped copy-on-write, so any number of restores of one
+    snapshot run side by side. Anything wrong with the snapshot is one
     :class:`~xinterface.snapshot.SnapshotError` line, raised before a vCPU runs.
     """
     directory = os.fspath(path)
