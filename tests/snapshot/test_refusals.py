@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def _edit(path: Path, change: object) -> None:
 def test_a_damaged_snapshot_is_one_line(good: Path, tmp_path: Path, what: str, code: int,
                                         words: str) -> None:
     snap = copy(good, tmp_path)
-    attach = CountPort().attach
+    attach: Callable[[Machine], object] = CountPort().attach
     manifest, memory = snap / "manifest.json", snap / "mem-0.bin"
     if what == "version":
         _edit(snap, lambda o: o["body"].update(version=99))
