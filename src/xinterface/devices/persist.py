@@ -9,7 +9,11 @@ guest input is (``XInterfaceError`` ``EINVAL`` naming the field), never trusted.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Protocol, runtime_checkable
+
+from ..checks import is_int
+from ..errors import XInterfaceError
 
 State = dict[str, Any]
 
@@ -22,11 +26,6 @@ class Persistent(Protocol):
 
 def field_int(state: State, name: str, low: int, high: int) -> int:
     """``state[name]`` as an int in ``[low, high]``: ``EINVAL`` naming it otherwise."""
-    import errno
-
-    from ..checks import is_int
-    from ..errors import XInterfaceError
-
     value = state.get(name)
     if not is_int(value) or not low <= value <= high:
         raise XInterfaceError(errno.EINVAL, f"saved device state: {name} {value!r} is not an "
