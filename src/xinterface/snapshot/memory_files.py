@@ -17,6 +17,7 @@ import errno
 import mmap
 import os
 
+from ..kvm.uapi import PAGE_SIZE
 from ..memory import MemoryRegion, mmap_address
 from .format import fail
 
@@ -56,8 +57,10 @@ def write_pages(fd: int, region: MemoryRegion, offsets: range | list[int], size:
     return written
 
 
-def map_private(region: MemoryRegion, path: str, size: int) -> None:
-    """Put ``path``'s pages under ``region``'s host mapping, copy-on-write.
+def map_private(region: MemoryRegion, path: str, size: int,
+                runs: list[tuple[int, int]] | None = None) -> None:
+    """Put ``path``'s pages under ``region``'s host mapping, copy-on-write: all of them, or
+    only the ``(first page, count)`` runs of a diff snapshot.
 
     ``size`` is what the manifest recorded: a file of another size is refused first.
     """
@@ -73,12 +76,14 @@ def map_private(region: MemoryRegion, path: str, size: int) -> None:
         if os.fstat(fd).st_size != size:
             raise fail(errno.EINVAL, f"memory file {path} is {os.fstat(fd).st_size} bytes, "
                        f"the manifest says {size} (truncated?)", path)
-        addr = mmap_address(region.mapping)
-        got = _libc.mmap(addr, size, mmap.PROT_READ | mmap.PROT_WRITE,
-                         mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
-        if got == _MAP_FAILED or got != addr:
-            code = ctypes.get_errno() or errno.ENOMEM
-            raise fail(code, f"memory file {path}: mmap failed: {os.strerror(code)}", path)
+        base = mmap_address(region.mapping)
+        for offset, length in ([(0, size)] if runs is None else
+                               [(first * PAGE_SIZE, count * PAGE_SIZE) for first, count in runs]):
+            got = _libc.mmap(base + offset, length, mmap.PROT_READ | mmap.PROT_WRITE,
+                             mmap.MAP_PRIVATE | _MAP_FIXED, fd, offset)
+            if got == _MAP_FAILED or got != base + offset:
+                code = ctypes.get_errno() or errno.ENOMEM
+                raise fail(code, f"memory file {path}: mmap failed: {os.strerror(code)}", path)
     finally:
         os.close(fd)
 

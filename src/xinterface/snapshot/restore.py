@@ -11,6 +11,7 @@ from ..checks import is_int
 from ..kvm import state as kvm_state
 from ..runner.machine import Machine
 from . import devices as found
+from .diff import check_runs
 from .format import decode, fail, read_manifest
 from .memory_files import map_private
 
@@ -30,6 +31,51 @@ def _check_machine(record: object) -> tuple[int, bool, bool, list[tuple[int, int
             raise fail(errno.EINVAL, f"manifest: memory region {r!r} is malformed")
         out.append((r[0], r[1], r[2]))
     return vcpus, irqchip, strict, out
+
+
+# One memory file of a region: path, size, and the dirty runs of a diff (None: all pages).
+Layer = tuple[str, int, "list[tuple[int, int]] | None"]
+MAX_DIFFS = 64  # a chain of diffs longer than this is refused, so a loop of parents ends
+
+
+def memory_layers(directory: str, body: dict[str, Any],
+                  regions: list[tuple[int, int, bool]], depth: int = 0) -> list[list[Layer]]:
+    """Per region, the files to map in order: the parent's (recursively), then this one's."""
+    memory = body.get("memory")
+    if not isinstance(memory, list) or len(memory) != len(regions):
+        raise fail(errno.EINVAL, f"manifest of {directory}: memory does not list every region")
+    parent = body.get("parent")
+    if parent is None:
+        layers: list[list[Layer]] = [[] for _ in regions]
+    else:
+        if not isinstance(parent, str) or depth >= MAX_DIFFS:
+            raise fail(errno.EINVAL, f"manifest of {directory}: parent {parent!r} is not a "
+                       f"snapshot directory (or diffs chain deeper than {MAX_DIFFS})")
+        parent_body = read_manifest(parent)
+        _, _, _, parent_regions = _check_machine(parent_body.get("machine"))
+        if parent_regions != regions:
+            raise fail(errno.EINVAL, f"snapshot {directory}: its parent {parent} has another "
+                       "memory layout")
+        layers = memory_layers(parent, parent_body, regions, depth + 1)
+    for stack, entry, (gpa, size, _) in zip(layers, memory, regions, strict=True):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or os.path.basename(name) != name or entry.get("gpa") != gpa:
+            raise fail(errno.EINVAL, f"manifest: memory entry {entry!r} is malformed")
+        file = os.path.join(directory, name)
+        try:
+            st = os.stat(file)
+        except OSError as exc:
+            raise fail(exc.errno or errno.EIO, f"memory file {file}: {exc.strerror}",
+                       file) from None
+        if st.st_size != entry.get("size") or st.st_size != size:
+            raise fail(errno.EINVAL, f"memory file {file} is {st.st_size} bytes, the snapshot "
+                       f"wrote {entry.get('size')} (truncated?)", file)
+        if st.st_mtime_ns != entry.get("mtime_ns"):
+            raise fail(errno.EINVAL, f"memory file {file} changed after the snapshot (its "
+                       "modification time differs; copy snapshots with cp -a)", file)
+        runs = None if parent is None else check_runs(entry.get("runs"), size, file)
+        stack.append((file, size, runs))
+    return layers
 
 
 def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
@@ -54,27 +100,7 @@ def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
         raise fail(errno.EINVAL, "manifest: vcpu_state does not list every vCPU")
     states = [decode(s, f"vcpu_state[{i}]") for i, s in enumerate(vcpu_states)]
     vm_state = decode(body.get("vm_state"), "vm_state")
-    memory = body.get("memory")
-    if not isinstance(memory, list) or len(memory) != len(regions):
-        raise fail(errno.EINVAL, "manifest: memory does not list every region")
-    files = []
-    for entry, (gpa, size, _) in zip(memory, regions, strict=True):
-        name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or os.path.basename(name) != name or entry.get("gpa") != gpa:
-            raise fail(errno.EINVAL, f"manifest: memory entry {entry!r} is malformed")
-        file = os.path.join(directory, name)
-        try:
-            st = os.stat(file)
-        except OSError as exc:
-            raise fail(exc.errno or errno.EIO, f"memory file {file}: {exc.strerror}",
-                       file) from None
-        if st.st_size != entry.get("size") or st.st_size != size:
-            raise fail(errno.EINVAL, f"memory file {file} is {st.st_size} bytes, the snapshot "
-                       f"wrote {entry.get('size')} (truncated?)", file)
-        if st.st_mtime_ns != entry.get("mtime_ns"):
-            raise fail(errno.EINVAL, f"memory file {file} changed after the snapshot (its "
-                       "modification time differs; copy snapshots with cp -a)", file)
-        files.append((file, size))
+    layers = memory_layers(directory, body, regions)
     saved = body.get("devices")
     if not isinstance(saved, dict):
         raise fail(errno.EINVAL, "manifest: devices is not a table")
@@ -83,7 +109,7 @@ def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
     try:
         if attach is not None:
             attach(machine)
-        load_into(machine, pieces, states, vm_state, files, saved)
+        load_into(machine, pieces, states, vm_state, layers, saved)
     except BaseException:
         machine.close()
         raise
@@ -92,12 +118,12 @@ def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
 
 def load_into(machine: Machine, pieces: tuple[kvm_state.Piece, ...],
               states: list[dict[str, bytes]], vm_state: dict[str, bytes],
-              files: list[tuple[str, int]], saved: dict[str, Any]) -> None:
+              layers: list[list[Layer]], saved: dict[str, Any]) -> None:
     """Load a snapshot's state into a machine built from its description, not yet run."""
     memory = machine.memory
     assert memory is not None
-    if len(memory.regions) != len(files):
-        raise fail(errno.EINVAL, f"the snapshot has {len(files)} memory regions, the machine "
+    if len(memory.regions) != len(layers):
+        raise fail(errno.EINVAL, f"the snapshot has {len(layers)} memory regions, the machine "
                    f"built from it {len(memory.regions)}")
     present = found.devices(machine)
     missing = sorted(set(saved) - set(present))
@@ -110,8 +136,9 @@ def load_into(machine: Machine, pieces: tuple[kvm_state.Piece, ...],
         if not isinstance(state, dict):
             raise fail(errno.EINVAL, f"manifest: state of {key} is not a table")
         device.load(state)
-    for region, (file, size) in zip(memory.regions, files, strict=True):
-        map_private(region, file, size)
+    for region, stack in zip(memory.regions, layers, strict=True):
+        for file, size, runs in stack:  # the full snapshot first, then each diff over it
+            map_private(region, file, size, runs)
     # The VM's state before the vCPUs': KVM_SET_CLOCK and the irqchip do not depend on them,
     # and a LAPIC restored later reads the IOAPIC routing as saved.
     kvm_state.restore_vm(machine.vm.vmfd, machine.vm.irqchip, vm_state)

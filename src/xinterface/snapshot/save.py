@@ -14,6 +14,7 @@ from ..kvm.system import Kvm
 from ..runner.machine import Machine
 from ..runstate import RunState
 from . import devices as found
+from . import diff as dirty
 from .format import encode, fail, write_manifest
 from .memory_files import file_stamp, write_region
 
@@ -36,14 +37,23 @@ def machine_record(machine: Machine) -> dict[str, Any]:
             "regions": [[r.gpa, r.size, r.readonly] for r in vm.memory.regions]}
 
 
-def snapshot(machine: Machine, path: str | os.PathLike[str]) -> dict[str, Any]:
+def snapshot(machine: Machine, path: str | os.PathLike[str], *,
+             diff: bool = False) -> dict[str, Any]:
     """Write ``machine`` (paused, or idle between runs) to the directory ``path`` (created;
     it must not hold a snapshot already). The machine can be resumed afterwards.
+
+    ``diff``: write only the pages the guest wrote since this machine's last snapshot
+    (:mod:`.diff`), which the restore of this one needs as well (``EINVAL`` if there was
+    none). After any snapshot the machine's RAM logs dirty pages for the next diff.
 
     Refuses, before writing anything: a running machine (``EBUSY``), a device without
     ``save()``/``load()`` (``EOPNOTSUPP``, naming it). Returns the manifest's body.
     """
-    directory = os.fspath(path)
+    directory = os.path.abspath(os.fspath(path))
+    parent = dirty.last_snapshot(machine) if diff else None
+    if diff and parent is None:
+        raise fail(errno.EINVAL, "a diff snapshot needs an earlier snapshot of this machine",
+                   machine)
     if machine.state not in (RunState.PAUSED, RunState.IDLE):
         raise fail(errno.EBUSY, f"snapshot needs a paused machine; it is "
                    f"{machine.state.value}", machine)
@@ -70,16 +80,22 @@ def snapshot(machine: Machine, path: str | os.PathLike[str]) -> dict[str, Any]:
     for region in vm.memory.regions:
         name = f"mem-{region.gpa:x}.bin"
         file = os.path.join(directory, name)
+        entry: dict[str, Any] = {"gpa": region.gpa, "file": name}
         try:
-            write_region(region, file)
+            if parent is None:
+                write_region(region, file)
+            else:
+                entry["runs"] = [] if region.readonly else dirty.dirty_runs(machine, region)
+                entry["written"] = dirty.write_diff(region, entry["runs"], file)
         except OSError as exc:
             raise fail(exc.errno or errno.EIO, f"snapshot {file}: {exc.strerror}",
                        file) from None
-        memory.append({"gpa": region.gpa, "file": name, **file_stamp(file)})
+        memory.append({**entry, **file_stamp(file)})
     body = {"machine": machine_record(machine), "pieces": [p.name for p in pieces],
             "vcpu_state": vcpus, "vm_state": vm_state, "devices": device_states,
-            "memory": memory, "taken": time.time()}
+            "memory": memory, "parent": parent, "taken": time.time()}
     write_manifest(directory, body)
+    dirty.start_logging(machine, directory)
     return body
 
 
