@@ -64,6 +64,7 @@ def continue_from(directory: str) -> tuple[str, list[int]]:
     machine = restore(directory, attach=port.attach)
     with machine:
         result = machine.run(timeout=60)
+    assert result.reason == "exit" and result.exit_code == 1, result
     return result.reason, port.seen
 
 

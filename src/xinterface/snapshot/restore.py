@@ -7,75 +7,12 @@ import os
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from ..checks import is_int
 from ..kvm import state as kvm_state
 from ..runner.machine import Machine
 from . import devices as found
-from .diff import check_runs
 from .format import decode, fail, read_manifest
+from .layers import Layer, check_machine, memory_layers
 from .memory_files import map_private
-
-
-def _check_machine(record: object) -> tuple[int, bool, bool, list[tuple[int, int, bool]]]:
-    if not isinstance(record, dict):
-        raise fail(errno.EINVAL, "manifest: machine is not a table")
-    vcpus, irqchip, strict = record.get("vcpus"), record.get("irqchip"), record.get("strict")
-    regions = record.get("regions")
-    if not is_int(vcpus) or not 1 <= vcpus <= 1024 or not isinstance(irqchip, bool) \
-            or not isinstance(strict, bool) or not isinstance(regions, list) or not regions:
-        raise fail(errno.EINVAL, "manifest: machine record is malformed")
-    out = []
-    for r in regions:
-        if not (isinstance(r, list) and len(r) == 3 and is_int(r[0]) and is_int(r[1])
-                and isinstance(r[2], bool)):
-            raise fail(errno.EINVAL, f"manifest: memory region {r!r} is malformed")
-        out.append((r[0], r[1], r[2]))
-    return vcpus, irqchip, strict, out
-
-
-# One memory file of a region: path, size, and the dirty runs of a diff (None: all pages).
-Layer = tuple[str, int, "list[tuple[int, int]] | None"]
-MAX_DIFFS = 64  # a chain of diffs longer than this is refused, so a loop of parents ends
-
-
-def memory_layers(directory: str, body: dict[str, Any],
-                  regions: list[tuple[int, int, bool]], depth: int = 0) -> list[list[Layer]]:
-    """Per region, the files to map in order: the parent's (recursively), then this one's."""
-    memory = body.get("memory")
-    if not isinstance(memory, list) or len(memory) != len(regions):
-        raise fail(errno.EINVAL, f"manifest of {directory}: memory does not list every region")
-    parent = body.get("parent")
-    if parent is None:
-        layers: list[list[Layer]] = [[] for _ in regions]
-    else:
-        if not isinstance(parent, str) or depth >= MAX_DIFFS:
-            raise fail(errno.EINVAL, f"manifest of {directory}: parent {parent!r} is not a "
-                       f"snapshot directory (or diffs chain deeper than {MAX_DIFFS})")
-        parent_body = read_manifest(parent)
-        _, _, _, parent_regions = _check_machine(parent_body.get("machine"))
-        if parent_regions != regions:
-            raise fail(errno.EINVAL, f"snapshot {directory}: its parent {parent} has another "
-                       "memory layout")
-        layers = memory_layers(parent, parent_body, regions, depth + 1)
-    for stack, entry, (gpa, size, _) in zip(layers, memory, regions, strict=True):
-        name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or os.path.basename(name) != name or entry.get("gpa") != gpa:
-            raise fail(errno.EINVAL, f"manifest: memory entry {entry!r} is malformed")
-        file = os.path.join(directory, name)
-        try:
-            st = os.stat(file)
-        except OSError as exc:
-            raise fail(exc.errno or errno.EIO, f"memory file {file}: {exc.strerror}",
-                       file) from None
-        if st.st_size != entry.get("size") or st.st_size != size:
-            raise fail(errno.EINVAL, f"memory file {file} is {st.st_size} bytes, the snapshot "
-                       f"wrote {entry.get('size')} (truncated?)", file)
-        if st.st_mtime_ns != entry.get("mtime_ns"):
-            raise fail(errno.EINVAL, f"memory file {file} changed after the snapshot (its "
-                       "modification time differs; copy snapshots with cp -a)", file)
-        runs = None if parent is None else check_runs(entry.get("runs"), size, file)
-        stack.append((file, size, runs))
-    return layers
 
 
 def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
@@ -89,7 +26,7 @@ def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
     """
     directory = os.fspath(path)
     body = read_manifest(directory)
-    vcpus, irqchip, strict, regions = _check_machine(body.get("machine"))
+    vcpus, irqchip, strict, regions = check_machine(body.get("machine"))
     pieces_named = body.get("pieces")
     known = {p.name: p for p in (*kvm_state.VCPU_PIECES, kvm_state.FPU)}
     if not isinstance(pieces_named, list) or any(n not in known for n in pieces_named):

@@ -15,7 +15,8 @@ from ..runner.machine import Machine
 from ..runstate import RunState
 from . import devices as found
 from . import diff as dirty
-from .format import encode, fail, write_manifest
+from .format import encode, fail, read_manifest, write_manifest
+from .layers import check_machine, memory_layers
 from .memory_files import file_stamp, write_region
 
 
@@ -44,7 +45,7 @@ def snapshot(machine: Machine, path: str | os.PathLike[str], *,
 
     ``diff``: write only the pages the guest wrote since this machine's last snapshot
     (:mod:`.diff`), which the restore of this one needs as well (``EINVAL`` if there was
-    none). After any snapshot the machine's RAM logs dirty pages for the next diff.
+    none).
 
     Refuses, before writing anything: a running machine (``EBUSY``), a device without
     ``save()``/``load()`` (``EOPNOTSUPP``, naming it). Returns the manifest's body.
@@ -76,16 +77,24 @@ def snapshot(machine: Machine, path: str | os.PathLike[str], *,
                    directory) from None
     if os.path.exists(os.path.join(directory, "manifest.json")):
         raise fail(errno.EEXIST, f"snapshot {directory} exists already", directory)
+    parent_layers = None
+    if parent is not None:
+        parent_body = read_manifest(parent)
+        parent_layers = memory_layers(parent, parent_body, check_machine(
+            parent_body.get("machine"))[3])
+        if len(parent_layers) != len(vm.memory.regions):
+            raise fail(errno.EINVAL, f"the parent snapshot {parent} has another memory layout",
+                       parent)
     memory = []
-    for region in vm.memory.regions:
+    for index, region in enumerate(vm.memory.regions):
         name = f"mem-{region.gpa:x}.bin"
         file = os.path.join(directory, name)
         entry: dict[str, Any] = {"gpa": region.gpa, "file": name}
         try:
-            if parent is None:
+            if parent_layers is None:
                 write_region(region, file)
             else:
-                entry["runs"] = [] if region.readonly else dirty.dirty_runs(machine, region)
+                entry["runs"] = dirty.changed_runs(region, parent_layers[index])
                 entry["written"] = dirty.write_diff(region, entry["runs"], file)
         except OSError as exc:
             raise fail(exc.errno or errno.EIO, f"snapshot {file}: {exc.strerror}",
@@ -95,7 +104,7 @@ def snapshot(machine: Machine, path: str | os.PathLike[str], *,
             "vcpu_state": vcpus, "vm_state": vm_state, "devices": device_states,
             "memory": memory, "parent": parent, "taken": time.time()}
     write_manifest(directory, body)
-    dirty.start_logging(machine, directory)
+    dirty.remember(machine, directory)
     return body
 
 
