@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 from ..kvm import state as kvm_state
 from ..runner.machine import Machine
 from . import devices as found
+from .diff import remember
 from .format import decode, fail, read_manifest
 from .layers import Layer, check_machine, memory_layers
 from .memory_files import map_private
@@ -24,7 +25,7 @@ def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
     snapshot run side by side. Anything wrong with the snapshot is one
     :class:`~xinterface.snapshot.SnapshotError` line, raised before a vCPU runs.
     """
-    directory = os.fspath(path)
+    directory = os.path.abspath(os.fspath(path))
     body = read_manifest(directory)
     vcpus, irqchip, strict, regions = check_machine(body.get("machine"))
     pieces_named = body.get("pieces")
@@ -47,6 +48,7 @@ def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
         if attach is not None:
             attach(machine)
         load_into(machine, pieces, states, vm_state, layers, saved)
+        remember(machine, directory)  # a diff of it is a diff of this snapshot
     except BaseException:
         machine.close()
         raise
