@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("devices", ("devices",)),
     ("virtio", ("virtio",)),
     ("vhost-user backend and frontend", ("vhost_user",)),
-    ("boards", ("boards", "spec", "build")),
+    ("boards", ("boards", "spec", "build", "snapshot")),
     ("monitoring", ("qmp", "observe")),
     ("front ends", ("console", "frontend", "cli", "launch", "bench", "__main__", "pytest_plugin",
                     "testing", "")),

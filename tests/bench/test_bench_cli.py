@@ -26,6 +26,9 @@ NAMES = {
     "virtio.blk.qd1.sync", "virtio.blk.qd1.eventfd", "virtio.blk.qd32.sync",
     "virtio.blk.qd32.eventfd",
     "net.tx.sync", "net.tx.eventfd", "net.rx.sync", "net.rx.eventfd", "startup.run",
+    "snapshot.restore.64m", "snapshot.restore.1g", "snapshot.restore_process.64m",
+    "snapshot.restore_process.1g", "snapshot.size.64m", "snapshot.size.1g",
+    "snapshot.diff_size.64m",
 }
 # .ci/run installs Debian's qemu-system-x86, so CI always measures the peer.
 PEER = {"qemu.pio.1", "bootsector.pio.1", "qemu.virtio.blk.qd1", "qemu.virtio.blk.qd32",

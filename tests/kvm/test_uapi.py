@@ -20,7 +20,8 @@ CType = type[ctypes.Structure] | type[ctypes.Union]
 Kernel = dict[str, int | None]  # None: the macro is not defined by the headers
 
 # ctypes declares these without their flexible array: C member name and element type.
-FLEXIBLE: dict[str, tuple[str, type[ctypes.Structure]]] = {
+FLEXIBLE: dict[str, tuple[str, type[ctypes._CData]]] = {
+    "kvm_msr_list": ("indices", ctypes.c_uint32),
     "kvm_cpuid2": ("entries", uapi.kvm_cpuid_entry2),
     "kvm_msrs": ("entries", uapi.kvm_msr_entry),
     "kvm_coalesced_mmio_ring": ("coalesced_mmio", uapi.kvm_coalesced_mmio),

@@ -22,6 +22,7 @@ from .memory_ops import sample as memory_sample
 from .net import figure_samples as net_figure_samples
 from .paths import dispatch_cost, latency, write_cost
 from .peer import QEMU, own_write_cost, qemu_write_cost
+from .snapshot import diff_kib, process_restore_ms, restore_ms, snapshot_mib
 from .startup import own_start_us, qemu_start_us
 from .vhost_user_blk import request_ns as vhost_user_request_ns
 from .virtio_blk import request_ns
@@ -201,6 +202,14 @@ def figures(quick: bool, scale: float = 1.0,
             ]
     out.append(Figure("startup.run", "µs/process", own_start_us,
                       "qemu.startup" if any(f.name == "qemu.startup" for f in out) else None))
+    for label in ("64m", "1g"):
+        out += [Figure(f"snapshot.restore.{label}", "ms", partial(restore_ms, label)),
+                Figure(f"snapshot.restore_process.{label}", "ms/process",
+                       partial(process_restore_ms, label)),
+                Figure(f"snapshot.size.{label}", "MiB", partial(snapshot_mib, label))]
+    # A diff compares the whole region with its parent's files: a 1 GiB one takes about a
+    # minute on a loaded host (docs/snapshot.md), so only the small guest is a figure.
+    out.append(Figure("snapshot.diff_size.64m", "KiB", partial(diff_kib, "64m")))
     net_figs, net_notices = net_figure_samples(quick, scale, peers)
     notices += net_notices
     out += [Figure(name, "ns/packet", sample, reference)

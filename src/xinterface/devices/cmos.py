@@ -7,9 +7,12 @@ RAM above 16 MiB in 64 KiB units and 0x5b-0x5d above 4 GiB), which SeaBIOS reads
 
 from __future__ import annotations
 
+import errno
 import time
 
+from ..errors import XInterfaceError
 from ..interface import XInterface, XIOEventFlags, XIORange
+from .persist import State, field_int
 
 INDEX_PORT = 0x70
 DATA_PORT = 0x71
@@ -63,6 +66,23 @@ class Cmos:
         if self._range is not None:
             self._range.deassign()
             self._range = None
+
+    # --- snapshot (devices/persist.py): the 128 bytes and the index register ---------------
+    def save(self) -> State:
+        return {"ram": self.ram.hex(), "index": self.index}
+
+    def load(self, state: State) -> None:
+        index = field_int(state, "index", 0, 0x7F)
+        ram = state.get("ram")
+        try:
+            data = bytes.fromhex(ram) if isinstance(ram, str) else b""
+        except ValueError:
+            data = b""
+        if len(data) != len(self.ram):
+            raise XInterfaceError(errno.EINVAL, "saved CMOS state: ram must be hex of "
+                                  f"{len(self.ram)} bytes", argument="ram", value=ram)
+        self.ram[:] = data
+        self.index = index
 
     def _write(self, offset: int, data: bytes) -> None:
         if offset == 0:

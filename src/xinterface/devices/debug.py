@@ -62,6 +62,13 @@ class DebugConsole:
     def _read(self, offset: int, size: int) -> bytes:
         return bytes([DEBUGCON_READBACK]) * size
 
+    # The port keeps no guest-visible state: a snapshot records that it is there.
+    def save(self) -> dict[str, object]:
+        return {}
+
+    def load(self, state: dict[str, object]) -> None:
+        pass
+
 
 class DebugExit:
     """Port 0xf4: a write of ``v`` (any width, little-endian) ends the run, status (v<<1)|1."""
@@ -80,6 +87,12 @@ class DebugExit:
         if self._range is not None:
             self._range.deassign()
             self._range = None
+
+    def save(self) -> dict[str, object]:
+        return {}
+
+    def load(self, state: dict[str, object]) -> None:
+        pass
 
     def _write(self, offset: int, data: bytes) -> None:
         assert self._control is not None

@@ -32,6 +32,13 @@ class ResetControl:
             ev.deassign()
         self._events = []
 
+    # Both ports are write-only triggers: nothing to save (devices/persist.py).
+    def save(self) -> dict[str, object]:
+        return {}
+
+    def load(self, state: dict[str, object]) -> None:
+        pass
+
     def _cf9(self, ev: XIOEvent, payload: bytes) -> None:
         if payload[0] & RESET_CONTROL_RST_CPU:
             self._reset()

@@ -10,15 +10,21 @@ edge-triggered, the line gets one edge when the condition becomes active.
 
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 from collections import deque
 
+from ..errors import XInterfaceError
 from ..interface import XInterface, XIOEventFlags, XIORange
 from .interrupt import InterruptLine
 from .output import Output
+from .persist import State, field_int
 
 COM1_BASE = 0x3F8
+# Received bytes a restored UART takes from a snapshot: its FIFO has no limit of its own, a
+# file's claim is bounded.
+RX_LIMIT = 1 << 16
 COM1_IRQ = 4
 
 # Register offsets (DLAB=0 unless noted).
@@ -73,6 +79,39 @@ class Uart16550:
         if self._range is not None:
             self._range.deassign()
         self._range = None
+
+    # --- snapshot (devices/persist.py) -------------------------------------------------------
+    _REGISTERS = ("ier", "lcr", "mcr", "scr", "fcr", "dll", "dlm")
+
+    def save(self) -> State:
+        """The registers, the bytes received and not yet read, the pending THRE interrupt."""
+        with self._lock:
+            state: State = {name: getattr(self, name) for name in self._REGISTERS}
+            state["rx"] = bytes(self._rx).hex()
+            state["thre_pending"] = self._thre_pending
+            return state
+
+    def load(self, state: State) -> None:
+        """Registers from ``state`` (each a byte, IER's and MCR's within their writable bits);
+        then the interrupt line is set as they imply."""
+        limits = {"ier": 0x0F, "mcr": 0x1F}
+        values = {name: field_int(state, name, 0, limits.get(name, 0xFF))
+                  for name in self._REGISTERS}
+        rx, pending = state.get("rx"), state.get("thre_pending")
+        try:
+            received = bytes.fromhex(rx) if isinstance(rx, str) else None
+        except ValueError:
+            received = None
+        if received is None or len(received) > RX_LIMIT or not isinstance(pending, bool):
+            raise XInterfaceError(errno.EINVAL, "saved UART state: rx must be hex of at most "
+                                  f"{RX_LIMIT} bytes and thre_pending a bool", argument="rx",
+                                  value=rx)
+        with self._lock:
+            for name, value in values.items():
+                setattr(self, name, value)
+            self._rx = deque(received)
+            self._thre_pending = pending
+            self._update_irq()
 
     def feed(self, data: bytes) -> None:
         """Bytes arriving on the line, in order."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -73,6 +74,20 @@ class Kvm:
                     continue
                 raise
             return [uapi.kvm_cpuid_entry2.from_buffer_copy(e) for e in uapi.cpuid2_entries(buf)]
+
+    def get_msr_index_list(self) -> list[int]:
+        """The MSRs KVM saves and restores for a guest (``KVM_GET_MSR_INDEX_LIST``)."""
+        nmsrs = 64
+        while True:
+            buf = (ctypes.c_uint32 * (1 + nmsrs))(nmsrs)
+            try:
+                ioctl(self.fd, uapi.KVM_GET_MSR_INDEX_LIST, buf)
+            except KvmError as exc:
+                if exc.errno == errno.E2BIG and nmsrs < 65536:
+                    nmsrs = max(buf[0], nmsrs * 2)
+                    continue
+                raise
+            return list(buf[1:1 + buf[0]])
 
     def create_vm(self, machine_type: int = 0) -> VmFd:
         mmap_size = self.get_vcpu_mmap_size()

@@ -264,6 +264,149 @@ KVM_COALESCED_MMIO_PAGE_OFFSET = 2
 KVM_PIO_PAGE_OFFSET = 1
 
 
+# --- state save and restore (arch/x86/include/uapi/asm/kvm.h) ----------------------------------
+
+
+class kvm_msr_list(Structure):
+    """Header of ``struct kvm_msr_list``; ``nmsrs`` u32 indices follow it."""
+
+    _fields_ = (("nmsrs", c_uint32),)
+
+
+class kvm_xsave(Structure):
+    # The 4 KiB legacy size: KVM_GET_XSAVE fills only that much (KVM_GET_XSAVE2 for more).
+    _fields_ = (("region", c_uint32 * 1024),)
+
+
+class kvm_xcr(Structure):
+    _fields_ = (("xcr", c_uint32), ("reserved", c_uint32), ("value", c_uint64))
+
+
+class kvm_xcrs(Structure):
+    _fields_ = (
+        ("nr_xcrs", c_uint32),
+        ("flags", c_uint32),
+        ("xcrs", kvm_xcr * 16),
+        ("padding", c_uint64 * 16),
+    )
+
+
+class kvm_debugregs(Structure):
+    _fields_ = (
+        ("db", c_uint64 * 4),
+        ("dr6", c_uint64),
+        ("dr7", c_uint64),
+        ("flags", c_uint64),
+        ("reserved", c_uint64 * 9),
+    )
+
+
+class kvm_mp_state(Structure):
+    _fields_ = (("mp_state", c_uint32),)
+
+
+class kvm_lapic_state(Structure):
+    _fields_ = (("regs", c_uint8 * 1024),)
+
+
+class _events_exception(Structure):
+    _fields_ = (("injected", c_uint8), ("nr", c_uint8), ("has_error_code", c_uint8),
+                ("pending", c_uint8), ("error_code", c_uint32))
+
+
+class _events_interrupt(Structure):
+    _fields_ = (("injected", c_uint8), ("nr", c_uint8), ("soft", c_uint8), ("shadow", c_uint8))
+
+
+class _events_nmi(Structure):
+    _fields_ = (("injected", c_uint8), ("pending", c_uint8), ("masked", c_uint8),
+                ("pad", c_uint8))
+
+
+class _events_smi(Structure):
+    _fields_ = (("smm", c_uint8), ("pending", c_uint8), ("smm_inside_nmi", c_uint8),
+                ("latched_init", c_uint8))
+
+
+class _events_triple_fault(Structure):
+    _fields_ = (("pending", c_uint8),)
+
+
+class kvm_vcpu_events(Structure):
+    _fields_ = (
+        ("exception", _events_exception),
+        ("interrupt", _events_interrupt),
+        ("nmi", _events_nmi),
+        ("sipi_vector", c_uint32),
+        ("flags", c_uint32),
+        ("smi", _events_smi),
+        ("triple_fault", _events_triple_fault),
+        ("reserved", c_uint8 * 26),
+        ("exception_has_payload", c_uint8),
+        ("exception_payload", c_uint64),
+    )
+
+
+class kvm_clock_data(Structure):
+    _fields_ = (
+        ("clock", c_uint64),
+        ("flags", c_uint32),
+        ("pad0", c_uint32),
+        ("realtime", c_uint64),
+        ("host_tsc", c_uint64),
+        ("pad", c_uint32 * 4),
+    )
+
+
+class kvm_pit_channel_state(Structure):
+    _fields_ = (
+        ("count", c_uint32),
+        ("latched_count", c_uint16),
+        ("count_latched", c_uint8),
+        ("status_latched", c_uint8),
+        ("status", c_uint8),
+        ("read_state", c_uint8),
+        ("write_state", c_uint8),
+        ("write_latch", c_uint8),
+        ("rw_mode", c_uint8),
+        ("mode", c_uint8),
+        ("bcd", c_uint8),
+        ("gate", c_uint8),
+        ("count_load_time", ctypes.c_int64),
+    )
+
+
+class kvm_pit_state2(Structure):
+    _fields_ = (
+        ("channels", kvm_pit_channel_state * 3),
+        ("flags", c_uint32),
+        ("reserved", c_uint32 * 9),
+    )
+
+
+class _irqchip_u(Union):
+    _fields_ = (("dummy", ctypes.c_char * 512),)
+
+
+class kvm_irqchip(Structure):
+    _fields_ = (("chip_id", c_uint32), ("pad", c_uint32), ("chip", _irqchip_u))
+
+
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+KVM_CLOCK_TSC_STABLE = 2
+
+
+class _dirty_log_u(Union):
+    _fields_ = (("dirty_bitmap", c_uint64), ("padding2", c_uint64))
+
+
+class kvm_dirty_log(Structure):
+    _anonymous_ = ("u",)
+    _fields_ = (("slot", c_uint32), ("padding1", c_uint32), ("u", _dirty_log_u))
+
+
 # --- struct kvm_run ------------------------------------------------------------------------
 
 
@@ -410,6 +553,13 @@ KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IRQFD_RESAMPLE = 82
 KVM_CAP_COALESCED_PIO = 162
+KVM_CAP_MP_STATE = 14
+KVM_CAP_PIT_STATE2 = 35
+KVM_CAP_ADJUST_CLOCK = 39
+KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_DEBUGREGS = 50
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
 
 # --- ioctls ----------------------------------------------------------------------------------
 # System (on /dev/kvm).
@@ -418,6 +568,7 @@ KVM_CREATE_VM = _io(0x01)
 KVM_CHECK_EXTENSION = _io(0x03)
 KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
 KVM_GET_SUPPORTED_CPUID = _iowr(0x05, kvm_cpuid2)
+KVM_GET_MSR_INDEX_LIST = _iowr(0x02, kvm_msr_list)
 
 # VM.
 KVM_CREATE_VCPU = _io(0x41)
@@ -431,6 +582,13 @@ KVM_UNREGISTER_COALESCED_MMIO = _iow(0x68, kvm_coalesced_mmio_zone)
 KVM_IRQFD = _iow(0x76, kvm_irqfd)
 KVM_CREATE_PIT2 = _iow(0x77, kvm_pit_config)
 KVM_IOEVENTFD = _iow(0x79, kvm_ioeventfd)
+KVM_GET_DIRTY_LOG = _iow(0x42, kvm_dirty_log)
+KVM_GET_IRQCHIP = _iowr(0x62, kvm_irqchip)
+KVM_SET_IRQCHIP = _ior(0x63, kvm_irqchip)
+KVM_SET_CLOCK = _iow(0x7B, kvm_clock_data)
+KVM_GET_CLOCK = _ior(0x7C, kvm_clock_data)
+KVM_GET_PIT2 = _ior(0x9F, kvm_pit_state2)
+KVM_SET_PIT2 = _iow(0xA0, kvm_pit_state2)
 
 # Guest debugging (api.rst: KVM_SET_GUEST_DEBUG, KVM_TRANSLATE).
 KVM_GUESTDBG_ENABLE = 0x00000001
@@ -467,6 +625,18 @@ KVM_GET_FPU = _ior(0x8C, kvm_fpu)
 KVM_SET_FPU = _iow(0x8D, kvm_fpu)
 KVM_SET_CPUID2 = _iow(0x90, kvm_cpuid2)
 KVM_GET_CPUID2 = _iowr(0x91, kvm_cpuid2)
+KVM_GET_LAPIC = _ior(0x8E, kvm_lapic_state)
+KVM_SET_LAPIC = _iow(0x8F, kvm_lapic_state)
+KVM_GET_MP_STATE = _ior(0x98, kvm_mp_state)
+KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
+KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
+KVM_GET_DEBUGREGS = _ior(0xA1, kvm_debugregs)
+KVM_SET_DEBUGREGS = _iow(0xA2, kvm_debugregs)
+KVM_GET_XSAVE = _ior(0xA4, kvm_xsave)
+KVM_SET_XSAVE = _iow(0xA5, kvm_xsave)
+KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
+KVM_SET_XCRS = _iow(0xA7, kvm_xcrs)
 
 IOCTL_NAMES: dict[int, str] = {
     value: name

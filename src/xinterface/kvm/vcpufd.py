@@ -14,7 +14,7 @@ import mmap
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import kvm_error
 from . import uapi
@@ -58,6 +58,7 @@ def _raise_errno(result: Any, func: Any, args: Any) -> Any:
     return result
 
 
+_S = TypeVar("_S", bound=ctypes.Structure)
 _KVM_RUN = uapi.KVM_RUN
 _IMMEDIATE_EXIT = uapi.kvm_run.immediate_exit.offset
 
@@ -138,3 +139,15 @@ class VcpuFd:
 
     def set_msrs(self, values: dict[int, int]) -> int:
         return ioctl(self.fd, uapi.KVM_SET_MSRS, uapi.msrs_buffer(list(values.items())))
+
+    # --- state save and restore: each a structure KVM fills or reads whole -----------------
+    def get_state(self, request: int, ctype: type[_S]) -> _S:
+        """One ``KVM_GET_*`` of the state ioctls (``KVM_GET_XSAVE``, ``KVM_GET_LAPIC``, ...)
+        into a new ``ctype``."""
+        value = ctype()
+        ioctl(self.fd, request, value, f"vCPU {self.index}")
+        return value
+
+    def set_state(self, request: int, value: ctypes.Structure) -> None:
+        """The matching ``KVM_SET_*``."""
+        ioctl(self.fd, request, value, f"vCPU {self.index}")

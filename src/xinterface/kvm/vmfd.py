@@ -73,3 +73,19 @@ class VmFd:
         zone = uapi.kvm_coalesced_mmio_zone(addr=addr, size=size)
         zone.pio = int(pio)
         ioctl(self.fd, uapi.KVM_UNREGISTER_COALESCED_MMIO, zone, f"addr {addr:#x} size {size}")
+
+    def get_state(self, request: int, value: ctypes.Structure) -> None:
+        """A VM-wide ``KVM_GET_*`` (``KVM_GET_IRQCHIP``, ``KVM_GET_PIT2``, ``KVM_GET_CLOCK``),
+        filling ``value`` in place (an irqchip's ``chip_id`` is read from it)."""
+        ioctl(self.fd, request, value)
+
+    def set_state(self, request: int, value: ctypes.Structure) -> None:
+        """The matching ``KVM_SET_*``."""
+        ioctl(self.fd, request, value)
+
+    def get_dirty_log(self, slot: int, bitmap: ctypes.Array[ctypes.c_uint64]) -> None:
+        """``KVM_GET_DIRTY_LOG``: the pages of ``slot`` written since the last call, one bit
+        each, into ``bitmap`` (the slot must have ``KVM_MEM_LOG_DIRTY_PAGES``)."""
+        log = uapi.kvm_dirty_log(slot=slot)
+        log.dirty_bitmap = ctypes.addressof(bitmap)
+        ioctl(self.fd, uapi.KVM_GET_DIRTY_LOG, log, f"slot {slot}")

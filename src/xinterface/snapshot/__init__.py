@@ -1,0 +1,13 @@
+"""Snapshot and restore: a paused machine written to a directory, and built again from it.
+
+:func:`snapshot` (:mod:`.save`) writes a manifest (:mod:`.format`) and one file per memory
+region (:mod:`.memory_files`); :func:`restore` (:mod:`.restore`) builds the same machine and
+maps the memory files back copy-on-write, so a restore costs the same for any RAM size and
+any number of clones can run from one snapshot. docs/snapshot.md says what is saved.
+"""
+
+from .format import FORMAT_VERSION, SnapshotError
+from .restore import restore
+from .save import snapshot
+
+__all__ = ["FORMAT_VERSION", "SnapshotError", "restore", "snapshot"]
