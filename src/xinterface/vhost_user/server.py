@@ -42,11 +42,20 @@ def listen(path: str | os.PathLike[str]) -> socket.socket:
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    # Bound under a temporary name and renamed once listening: a frontend that waits for the
+    # path to appear (as QEMU's users do) must never find it before listen(), when connect()
+    # is refused with ECONNREFUSED.
+    staging = target.with_name(f".{target.name}.{os.getpid()}")
     try:
-        sock.bind(str(target))
+        with contextlib.suppress(FileNotFoundError):
+            staging.unlink()
+        sock.bind(str(staging))
         sock.listen(1)
+        os.rename(staging, target)
     except OSError as exc:
         sock.close()
+        with contextlib.suppress(OSError):
+            staging.unlink()
         raise XInterfaceError(exc.errno or errno.EINVAL, f"cannot listen on {target}: "
                               f"{exc.strerror}", argument="socket_path",
                               value=str(target)) from None
