@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -15,6 +17,7 @@ GUESTS = Path(__file__).parent / "guests"
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 Assemble = Callable[..., bytes]
+T = TypeVar("T")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -54,3 +57,24 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.001)
     return True
+
+
+def finish(body: Callable[[], T], seconds: float) -> T:
+    """``body()`` on a daemon thread: its result, or a test failure if it hangs."""
+    out: list[T] = []
+    err: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            out.append(body())
+        except BaseException as exc:
+            err.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"hung: not done after {seconds} s")
+    if err:
+        raise err[0]
+    return out[0]

@@ -7,11 +7,7 @@ reliably; a scenario that used to hang runs on a daemon thread and fails when no
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
 from typing import TypeVar
-
-import pytest
 
 import xinterface as xi
 
@@ -21,26 +17,6 @@ P_PORT, S_PORT = 0x5A0, 0x5A4
 FLAG = 0x8000
 T = TypeVar("T")
 
-
-def finish(body: Callable[[], T], seconds: float) -> T:
-    """``body()`` on a daemon thread: its result, or a test failure if it hangs."""
-    out: list[T] = []
-    err: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            out.append(body())
-        except BaseException as exc:
-            err.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"hung: not done after {seconds} s")
-    if err:
-        raise err[0]
-    return out[0]
 
 
 def open_fds() -> int:

@@ -18,16 +18,8 @@ from typing import Any
 import pytest
 
 import xinterface as xi
-from tests.conftest import Assemble, needs_kvm, wait_for
-from tests.guarantees.helpers import (
-    EVENTFD,
-    P_PORT,
-    PIO,
-    POSTED,
-    SYNC,
-    finish,
-    open_fds,
-)
+from tests.conftest import Assemble, finish, needs_kvm, wait_for
+from tests.guarantees.helpers import EVENTFD, P_PORT, PIO, POSTED, SYNC, open_fds
 from xinterface import accel
 from xinterface.kvm import vcpufd as kvm_vcpu
 from xinterface.runner import vcpu_loop

@@ -12,16 +12,8 @@ import time
 import pytest
 
 import xinterface as xi
-from tests.conftest import Assemble, needs_kvm, wait_for
-from tests.guarantees.helpers import (
-    EVENTFD,
-    FLAG,
-    P_PORT,
-    PIO,
-    POSTED,
-    S_PORT,
-    finish,
-)
+from tests.conftest import Assemble, finish, needs_kvm, wait_for
+from tests.guarantees.helpers import EVENTFD, FLAG, P_PORT, PIO, POSTED, S_PORT
 
 pytestmark = needs_kvm
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 import pytest
 
 import xinterface as xi
-from tests.conftest import needs_kvm, wait_for
+from tests.conftest import finish, needs_kvm, wait_for
 from tests.virtio.helpers import BUF, MEMORY, RINGS, Echo
 from tests.virtio.test_net import HDR, RX_BUF, RX_RING, SIZE, TX_BUF, TX_RING, frame
 from xinterface.virtio import Interrupt, Status, VirtQueue
@@ -41,26 +41,6 @@ def thread_errors() -> Iterator[list[BaseException]]:
     finally:
         threading.excepthook = old
 
-
-def finish(body: Callable[[], T], seconds: float) -> T:
-    """``body()`` on a daemon thread: its result, or a test failure if it hangs."""
-    out: list[T] = []
-    err: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            out.append(body())
-        except BaseException as exc:
-            err.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"hung: not done after {seconds} s")
-    if err:
-        raise err[0]
-    return out[0]
 
 
 class SlowWire(SocketBackend):
