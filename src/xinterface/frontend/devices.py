@@ -6,15 +6,29 @@ message a user sees; the record's own rules are the description's (``check_disk`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from ..errors import XInterfaceError
 from ..spec import IPXE_VIRTIO_ROM, Disk, Net, VhostUser, check_disk, check_net, check_vhost_user
 
+R = TypeVar("R", Disk, Net, VhostUser)
 DISK_FLAGS = ("readonly", "ro")
 NET_KEYS = ("tap", "mac", "rom")
 VHOST_USER = "vhost-user="
 # What each option's vhost-user form takes after the socket's path.
 VHOST_USER_KEYS = {"blk": ("reconnect",), "net": ("reconnect", "mac"), "rng": ("reconnect",)}
 _VHOST_USER_OPTIONS = {"blk": "--disk", "net": "--net", "rng": "--rng"}
+
+
+def _checked(check: Callable[[R], None], record: R, given: str) -> R:
+    """``record`` once the description's own rule ``check`` accepts it; else ``ValueError``
+    with the user's words (``given``) and the rule's reason."""
+    try:
+        check(record)
+    except XInterfaceError as exc:
+        raise ValueError(f"{given}: {exc.strerror}") from None
+    return record
 
 
 def is_vhost_user(text: str) -> bool:
@@ -45,11 +59,7 @@ def parse_vhost_user(kind: str, text: str) -> VhostUser:
         except ValueError:
             raise ValueError(f"{option} {text!r}: reconnect is a number of seconds") from None
     vu = VhostUser(kind, options["vhost-user"], reconnect, options.get("mac"))
-    try:
-        check_vhost_user(vu)
-    except XInterfaceError as exc:
-        raise ValueError(f"{option} {text!r}: {exc.strerror}") from None
-    return vu
+    return _checked(check_vhost_user, vu, f"{option} {text!r}")
 
 
 def parse_disk(text: str) -> Disk:
@@ -59,11 +69,7 @@ def parse_disk(text: str) -> Disk:
     if flags - set(DISK_FLAGS) or not path:
         raise ValueError(f"--disk {text!r}: expected FILE or FILE,readonly")
     disk = Disk(path, bool(flags))
-    try:
-        check_disk(disk)
-    except XInterfaceError as exc:
-        raise ValueError(f"--disk {text!r}: {exc.strerror}") from None
-    return disk
+    return _checked(check_disk, disk, f"--disk {text!r}")
 
 
 def parse_net(text: str) -> Net:
@@ -82,8 +88,4 @@ def parse_net(text: str) -> Net:
                                   else ""))
     rom = options.get("rom")
     net = Net(options["tap"], options.get("mac"), IPXE_VIRTIO_ROM if rom == "ipxe" else rom)
-    try:
-        check_net(net)
-    except XInterfaceError as exc:
-        raise ValueError(f"--net {text!r}: {exc.strerror}") from None
-    return net
+    return _checked(check_net, net, f"--net {text!r}")
