@@ -16,7 +16,8 @@
  *                     -errno          KVM_RUN failed (-EINTR, -EAGAIN included: Python
  *                                     decides, nothing is retried here)
  *                     STOPPING        owner.stopping was set before a KVM_RUN
- *                     UNHANDLED       an access nobody claimed while ``strict``
+ *                     UNHANDLED       an access nobody claimed: Python counts it and applies
+ *                                     the unhandled policy (all-ones, dropped, or strict's stop)
  *   drain()         the coalesced ring in batches (``first`` moved once per batch), every entry
  *                   dispatched by the same bus_write, in ring order, each entry once even when
  *                   a handler re-enters the drain; one nobody claimed goes to Python's
@@ -165,7 +166,6 @@ static int signal_event(PyObject *event, PyObject *payload)
 typedef struct {
 	PyObject_HEAD
 	int fd;
-	int strict;
 	PyObject *run;      /* the vCPU's kvm_run mmap */
 	PyObject *owner;    /* vcpu_loop.LoopOwner: .stopping */
 	PyObject *loop;     /* the VcpuLoop, passed to drain */
@@ -223,19 +223,18 @@ static void ExitLoop_dealloc(ExitLoop *self)
 static int ExitLoop_init(ExitLoop *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"fd", "run", "owner", "loop", "counts", "slot", "ring", "drain",
-				 "pio_bus", "mmio_bus", "strict", NULL};
-	int fd, strict;
+				 "pio_bus", "mmio_bus", NULL};
+	int fd;
 	PyObject *run, *owner, *loop, *counts, *slot, *ring, *drain, *pio_bus, *mmio_bus;
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOO!OOOOOp:ExitLoop", kwlist, &fd, &run,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOO!OOOOO:ExitLoop", kwlist, &fd, &run,
 					 &owner, &loop, &PyList_Type, &counts, &slot, &ring,
-					 &drain, &pio_bus, &mmio_bus, &strict))
+					 &drain, &pio_bus, &mmio_bus))
 		return -1;
 	if (PyList_GET_SIZE(counts) <= EXIT_MASK) {
 		PyErr_Format(PyExc_ValueError, "counts must hold %d entries", EXIT_MASK + 1);
 		return -1;
 	}
 	self->fd = fd;
-	self->strict = strict;
 	self->handled = 0;
 	Py_XSETREF(self->count_descr, count_descriptor(slot));
 	PyObject *pio_read = PyObject_GetAttr(pio_bus, str_read);
@@ -476,7 +475,7 @@ static enum served serve_write(ExitLoop *self, PyObject *bus, uint64_t addr,
 	int claimed = bus_write(bus, addr, size, payload, NULL);
 	if (claimed < 0 || bump(self) < 0)
 		goto done;
-	out = (claimed || !self->strict) ? SERVED : SERVED_UNHANDLED;
+	out = claimed ? SERVED : SERVED_UNHANDLED;
 done:
 	Py_DECREF(payload);
 	return out;
@@ -504,11 +503,9 @@ static enum served serve_read(ExitLoop *self, PyObject *read, uint64_t addr, uin
 		return SERVED_ERROR;
 	}
 	if (value == Py_None) {
+		/* Rare, so left to Python: it counts the access and gives all-ones or stops. */
 		Py_DECREF(value);
-		if (self->strict)
-			return SERVED_UNHANDLED;
-		memset(dest, 0xFF, size); /* all-ones: what an empty bus reads as */
-		return SERVED;
+		return SERVED_UNHANDLED;
 	}
 	Py_buffer view;
 	if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) < 0) {

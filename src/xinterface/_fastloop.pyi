@@ -19,7 +19,6 @@ class ExitLoop:
         drain: Callable[[Any], None],
         pio_bus: Any,
         mmio_bus: Any,
-        strict: bool,
     ) -> None: ...
     def run(self) -> int: ...
     @property

@@ -37,6 +37,7 @@ def test_metrics_lines_on_an_interval_and_at_the_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     (last,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert last["exits"]["io"] >= 3 and last["exits"]["hlt"] == 1
+    assert last["unclaimed"] == {"pio_write": 1}     # port 0x99, dropped
     assert last["devices"] == {}                     # no board, no virtio device
     timed = xinterface("run", GUESTS / "count_in_rax.S", "--metrics", out, "--timeout", "2.5")
     assert timed.returncode == 124
@@ -50,5 +51,9 @@ def test_metrics_name_each_virtio_device() -> None:
     spec = MachineSpec(memory=16 << 20, board="microvm", rng=True, boot=Boot(firmware=SEABIOS))
     with build_machine(spec) as machine:
         built = build(spec, machine)
+        assert built.feed is not None
+        built.feed(b"typed")                        # COM1 (no virtio-console here)
         devices = sample(machine, built.platform)["devices"]
-    assert list(devices) == ["VirtioRng"]
+    assert list(devices) == ["uart", "fw_cfg", "VirtioRng"]
+    assert devices["uart"] == {"tx_bytes": 0, "rx_bytes": 5}
+    assert devices["fw_cfg"] == {"dma_errors": 0}

@@ -69,6 +69,7 @@ class Uart16550:
         self.dll, self.dlm = 0x0C, 0x00  # 9600 baud
         self._thre_pending = False
         self._line = False
+        self.tx_bytes = self.rx_bytes = 0  # what crossed the line, for --metrics
         self._range: XIORange | None = None
 
     def attach(self, intf: XInterface) -> None:
@@ -117,6 +118,7 @@ class Uart16550:
         """Bytes arriving on the line, in order."""
         with self._lock:
             self._rx.extend(data)
+            self.rx_bytes += len(data)
             self._update_irq()
 
     # --- registers ------------------------------------------------------------------------------
@@ -148,6 +150,7 @@ class Uart16550:
                 else:
                     out = self.out if self.out is not None else sys.stdout.buffer
                     out.write(bytes([value]))
+                    self.tx_bytes += 1
                     if value == 0x0A:
                         out.flush()
                 self._thre_pending = True  # sent at once: the holding register is empty

@@ -2,9 +2,10 @@
 once more at the end (Firecracker's metrics in spirit: one object per line, counters since
 the start, so a reader takes differences).
 
-A line: ``{"utc": ..., "elapsed": ..., "exits": {kind: n}, "devices": {name: {...}}}``;
-exits by kind summed over the vCPUs, each virtio device's counters (requests, bytes, errors)
-and its transport's.
+A line: ``{"utc": ..., "elapsed": ..., "exits": {kind: n}, "unclaimed": {kind: n},
+"devices": {name: {...}}}``; exits by kind and the accesses no device claimed (``pio_write``,
+``mmio_read``, ...) summed over the vCPUs; the board's COM1 (bytes each way) and fw_cfg (DMA
+errors); each virtio device's counters (requests, bytes, errors) and its transport's.
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ def sample(machine: Machine, platform: Platform | None) -> dict[str, Any]:
     from ..kvm import uapi
 
     exits: Counter[str] = Counter()
+    unclaimed: Counter[str] = Counter()
     for loop in machine.vcpus:
         for code, count in enumerate(loop.counts):
             if count:
                 exits[uapi.EXIT_REASON_NAMES.get(code, str(code)).lower()] += count
+        unclaimed.update(dict(loop.unclaimed))  # a copy: the vCPU thread may add a key
     devices: dict[str, dict[str, int]] = {}
+    if platform is not None:
+        devices["uart"] = {"tx_bytes": platform.uart.tx_bytes,
+                           "rx_bytes": platform.uart.rx_bytes}
+        devices["fw_cfg"] = {"dma_errors": platform.fw_cfg.dma_errors}
     for transport in platform.virtio if platform is not None else ():
         device = transport.device
         counters = dict(device.stats)
@@ -40,7 +47,7 @@ def sample(machine: Machine, platform: Platform | None) -> dict[str, Any]:
         # Two devices of a kind (two disks) are told apart by their slot order.
         name = device.name if device.name not in devices else f"{device.name}.{len(devices)}"
         devices[name] = counters
-    return {"exits": dict(exits), "devices": devices}
+    return {"exits": dict(exits), "unclaimed": dict(unclaimed), "devices": devices}
 
 
 class MetricsWriter:

@@ -7,7 +7,7 @@ Two implementations of one loop, chosen by :mod:`xinterface.accel`:
   through the raw layouts of :mod:`xinterface.kvm.exits`;
 - the compiled loop (``xinterface._fastloop``, :meth:`VcpuLoop._exits_compiled`): the same
   steps in C for single PIO/MMIO reads and writes, returning to this module for every other
-  exit, for ``EINTR``, and for an access strict mode refuses.
+  exit, for ``EINTR``, and for an access nobody claimed (counted and decided here).
 
 Neither decides who gets an access: the bus does (:mod:`xinterface.iobus`, whose ``write``
 and ``read`` the Python loop calls through ``write_in``/``read_in``, and whose ``routes`` the
@@ -103,6 +103,9 @@ class VcpuLoop:
         self.counts = [0] * (_EXIT_MASK + 1)
         self.halted = False
         self.emulated = 0
+        # Accesses no device claimed, by kind ("pio_write", "mmio_read", ...): what a guest
+        # probed or got wrong, read by --metrics without a lock (plain int increments).
+        self.unclaimed: dict[str, int] = {}
         self.thread_id: int | None = None
         self.native_exits = 0  # exits the compiled loop served without returning to Python
         self._buses: tuple[Bus, Bus] = owner.buses()
@@ -177,7 +180,6 @@ class VcpuLoop:
         unpack_io = exits.IO.unpack_from
         unpack_mmio = exits.MMIO.unpack_from
         pio, mmio = self._buses
-        strict = self._strict
         slot = self.slot
         ring = self.ring
         drain = owner.drain_posted
@@ -219,7 +221,7 @@ class VcpuLoop:
                 return
             else:
                 continue
-            if not write_in(slot, bus, addr, data) and strict:
+            if not write_in(slot, bus, addr, data):
                 self._unhandled(bus.space, addr, size, write=True)
 
     def _exits_compiled(self, fast: ModuleType) -> None:
@@ -228,7 +230,7 @@ class VcpuLoop:
         pio, mmio = self._buses
         loop = fast.ExitLoop(
             self.vcpu.fd, self.vcpu.run_mmap, self.owner, self, self.counts, self.slot,
-            self.ring, self.owner.drain_posted, pio, mmio, self._strict)
+            self.ring, self.owner.drain_posted, pio, mmio)
         run = loop.run
         stopping, unhandled = fast.STOPPING, fast.UNHANDLED
         try:
@@ -277,7 +279,7 @@ class VcpuLoop:
 
     def _write(self, space: Space, addr: int, data: bytes) -> None:
         """A guest write: the bus's rule, else the unhandled policy."""
-        if not write_in(self.slot, self._bus(space), addr, data) and self._strict:
+        if not write_in(self.slot, self._bus(space), addr, data):
             self._unhandled(space, addr, len(data), write=True)
 
     def _read(self, space: Space, addr: int, size: int) -> bytes:
@@ -288,7 +290,7 @@ class VcpuLoop:
         return value
 
     def _unhandled_exit(self) -> None:
-        """The compiled loop found nobody for the access the kvm_run page describes (strict)."""
+        """The compiled loop found nobody for the access the kvm_run page describes."""
         access = exits.decode(self.vcpu.run_mmap)
         assert isinstance(access, exits.Access)  # UNHANDLED comes only for an access
         value = self._unhandled(access.space, access.addr, access.size, write=access.is_write)
@@ -307,6 +309,8 @@ class VcpuLoop:
 
         log = logging.getLogger(__name__)
         kind = "write to" if write else "read from"
+        counter = f"{space.value}_{'write' if write else 'read'}"
+        self.unclaimed[counter] = self.unclaimed.get(counter, 0) + 1
         if self._strict:
             log.error("vcpu%d: unhandled %d-byte %s %s (strict mode)", self.index, size, kind,
                       space.where(addr))
