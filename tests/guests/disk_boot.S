@@ -2,15 +2,11 @@
 # BIOS (INT 13h, AH=42h extended read), prints "sum=XXXX\n" (the 16-bit sum of their words) on
 # the debug console (port 0xe9) and ends the run through the debug-exit port (0xf4): status
 # 0x21 after a good read, 0x23 when the BIOS reported an error.
+        .include "bootsector.inc"
         .code16
         .globl  _start
 _start:
-        cli
-        xor     %ax, %ax
-        mov     %ax, %ds
-        mov     %ax, %es
-        mov     %ax, %ss
-        mov     $0x7c00, %sp
+        BOOT_SETUP
         mov     $0x42, %ah              # DL still holds the boot drive SeaBIOS passed
         mov     $dap, %si
         int     $0x13
