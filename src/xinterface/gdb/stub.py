@@ -13,11 +13,23 @@ it (``KVM_EXIT_DEBUG`` #BP), both are recognised by the address. ``Z1`` uses DR0
 watchpoints (``Z2``-``Z4``) are refused: the measured host does not fire them, so GDB says
 so, and ``set can-use-hw-watchpoints 0`` gives GDB's own single-stepping watchpoints.
 With no breakpoint set, guest debugging is off and the guest runs at full speed.
+
+An exception that is not the stub's (the guest's own ``int3``, its own TF or debug registers)
+is declined by :meth:`Stub.stop` and goes to the guest (:mod:`xinterface.runner.vcpu_loop`,
+:mod:`xinterface.runner.emulate`). Two vCPUs that stop in one pause are both kept: one is
+reported, the others are reported at the following resumes without running (as gdbserver
+does), while each still sits at its breakpoint.
+
+A step into ``HLT``: without an in-kernel irqchip the vCPU halts for good (KVM_EXIT_HLT)
+and the step ends there; with one, ``KVM_RUN`` waits for an interrupt, so a step of a
+halted vCPU runs with a watcher that ends it at Ctrl-C (``T02``) or when GDB leaves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -25,13 +37,27 @@ from typing import Protocol
 from ..errors import XInterfaceError
 from ..kvm import debug, exits
 from ..memory import GuestMemory
-from ..runner.vcpu_loop import VcpuLoop
+from ..runner.vcpu_loop import KICK_SIGNAL, VcpuLoop
 from ..runstate import IN_RUN, RunState
 from . import target
 
 SIGINT, SIGTRAP = 2, 5
 _DR7_ENABLE = 0x1  # L0; slot i is bit 2*i (Intel SDM vol. 3, 18.2.4, execute, length 1)
-_DR6_HITS = 0xF
+_HLT = 0xF4
+
+# Runs a step that may block in KVM_RUN: calls its argument (which ends the step) at Ctrl-C
+# or when the client leaves.
+Watch = Callable[[Callable[[], None]], contextlib.AbstractContextManager[None]]
+
+
+class Stop:
+    """A vCPU's stop at a breakpoint: its index, ``kind`` (``swbreak``/``hwbreak``, ``""``
+    for a hold at the start) and the linear PC it stopped at."""
+
+    __slots__ = ("kind", "pc", "thread")
+
+    def __init__(self, thread: int, kind: str, pc: int = 0) -> None:
+        self.thread, self.kind, self.pc = thread, kind, pc
 
 
 class Debuggee(Protocol):
@@ -65,7 +91,8 @@ class Stub:
         self.hold_start = wait         # vCPUs wait at their first instruction for GDB
         self.software: dict[int, int] = {}   # linear address -> original byte
         self.hardware: list[int] = []        # linear addresses in DR0..DR3
-        self.stops: list[tuple[int, str]] = []  # (vCPU index, stop kind) not yet reported
+        self.stops: list[Stop] = []          # taken by vCPU threads, not yet seen
+        self.pending: list[Stop] = []        # seen in a pause with a reported one
         self.current = 0                     # Hg's vCPU
         self.last_stop = (0, "")
         self.monitor = monitor
@@ -76,7 +103,7 @@ class Stub:
         with self.lock:
             if not self.hold_start:
                 return False
-            self.stops.append((loop.index, ""))
+            self.stops.append(Stop(loop.index, ""))
             self.lock.notify_all()
         return self.machine.request_pause()
 
@@ -86,21 +113,26 @@ class Stub:
         except OSError:
             return False
         with self.lock:
-            kind = ""
-            if pc in self.software:
-                kind = "swbreak"
-            elif isinstance(exit, exits.Debug) and exit.dr6 & _DR6_HITS and self.hardware:
-                kind = "hwbreak"
+            kind = self._kind(pc, exit)
             if not kind:
-                return False  # not the stub's: the run goes on as without it
-            self.stops.append((loop.index, kind))
+                return False  # not the stub's: the guest's own, delivered to it
+            self.stops.append(Stop(loop.index, kind, pc))
             self.lock.notify_all()
         return self.machine.request_pause()
+
+    def _kind(self, pc: int, exit: exits.Debug | exits.InternalError) -> str:
+        """``swbreak``/``hwbreak`` for a stop at a breakpoint of the stub's, else ``""``."""
+        if isinstance(exit, exits.InternalError) or exit.exception == debug.BP_VECTOR:
+            # An int3 the emulator failed (RIP at it) or KVM reported: ours if we planted it.
+            return "swbreak" if pc in self.software else ""
+        # A #DB: ours only for a debug-register hit at one of our addresses; a single step
+        # (DR6.BS) outside a step of ours is the guest's own TF.
+        return "hwbreak" if exit.dr6 & debug.DR6_HITS and pc in self.hardware else ""
 
     def close(self) -> None:
         with self.lock:
             self.hold_start = False
-            self.stops.append((-1, "closed"))
+            self.stops.append(Stop(-1, "closed"))
             self.lock.notify_all()
 
     # --- the guest's state ---------------------------------------------------------------
@@ -214,47 +246,115 @@ class Stub:
             debug.set_guest_debug(loop.vcpu, control, dr)
 
     # --- running ---------------------------------------------------------------------------
-    def step(self, thread: int) -> str:
+    def step(self, thread: int, watch: Watch | None = None) -> str:
         """One instruction of vCPU ``thread`` on this thread (the others stay parked); the
-        stop reply. A breakpoint under it is taken out for that instruction."""
+        stop reply. A breakpoint under it is taken out for that instruction. A stop of that
+        vCPU still pending is reported instead. ``watch`` guards a step that may wait in
+        ``KVM_RUN`` (a halted vCPU) so Ctrl-C can end it."""
+        pending = self._take_pending(thread)
+        if pending is not None:
+            return self._report(pending)
         loop = self._loop(thread)
         vcpu = loop.vcpu
+        if loop.halted:  # halted for good (no irqchip): nothing more to run
+            self.last_stop = (thread, "")
+            return self.stop_reply(thread, SIGTRAP)
         pc = self._linear_pc(loop)
         original = self.software.get(pc)
         if original is not None:
             self._memory().write(self._physical(pc), bytes((original,)))
         control, dr = self._control(step=True, skip=pc)
         debug.set_guest_debug(vcpu, control & ~debug.GUESTDBG_USE_SW_BP, dr)
+        kicked = threading.Event()
+        me = threading.get_ident()
+
+        def kick() -> None:
+            kicked.set()
+            vcpu.set_immediate_exit(True)
+            signal.pthread_kill(me, KICK_SIGNAL)
+
+        guard: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if watch is not None and self._may_wait(loop, pc, original):
+            guard = watch(kick)
         vcpu.set_immediate_exit(False)
-        kind = ""
+        kind, signo = "", SIGTRAP
         try:
-            while True:
-                try:
-                    vcpu.run()
-                except (InterruptedError, BlockingIOError):
-                    continue
-                exit = exits.decode(vcpu.run_mmap)
-                if isinstance(exit, exits.Debug):
-                    break
-                if isinstance(exit, exits.InternalError) and original is None and \
-                        self._linear_pc(loop) in self.software:
-                    kind = "swbreak"
-                    break
-                if isinstance(exit, exits.Halt):
-                    break  # HLT: the step is over, the vCPU waits there
-                if loop._exit(exit):  # an access (or an ending) the instruction made
-                    break
+            with guard:
+                kind, signo = self._step_once(loop, original, kicked)
         finally:
             vcpu.set_immediate_exit(True)
             if original is not None:
                 self._memory().write(self._physical(pc), b"\xcc")
             self._arm([loop])
         self.last_stop = (thread, kind)
-        return self.stop_reply(thread, SIGTRAP, kind)
+        return self.stop_reply(thread, signo, kind)
 
-    def cont(self) -> None:
-        """Step every vCPU that sits on a breakpoint off it, then resume the run."""
+    def _step_once(self, loop: VcpuLoop, original: int | None,
+                   kicked: threading.Event) -> tuple[str, int]:
+        vcpu = loop.vcpu
+        while True:
+            try:
+                vcpu.run()
+            except (InterruptedError, BlockingIOError):
+                if kicked.is_set():
+                    return "", SIGINT
+                continue
+            exit = exits.decode(vcpu.run_mmap)
+            if isinstance(exit, exits.Debug):
+                return "", SIGTRAP
+            if isinstance(exit, exits.InternalError) and original is None and \
+                    self._linear_pc(loop) in self.software:
+                return "swbreak", SIGTRAP
+            if isinstance(exit, exits.Halt):
+                # No in-kernel irqchip: nothing can wake it, the vCPU is done (as in the
+                # exit loop); its thread ends at the next resume.
+                loop.halted = True
+                return "", SIGTRAP
+            if loop._exit(exit):  # an access (or an ending) the instruction made
+                return "", SIGTRAP
+
+    def _may_wait(self, loop: VcpuLoop, pc: int, original: int | None) -> bool:
+        """The step's ``KVM_RUN`` may wait for an interrupt: the vCPU is halted, or is at an
+        ``HLT``."""
+        try:
+            if debug.halted(loop.vcpu):
+                return True
+            byte = original if original is not None else self.read_memory(pc, 1)[0]
+        except OSError:
+            return False
+        return byte == _HLT
+
+    def _take_pending(self, thread: int | None = None) -> Stop | None:
+        """The next pending stop (of ``thread`` only, if given) that still holds: its vCPU
+        is still at that breakpoint. Stale ones (the breakpoint removed, the PC moved) go."""
+        with self.lock:
+            candidates = [p for p in self.pending if thread is None or p.thread == thread]
+        for stop in candidates:
+            with self.lock:
+                self.pending.remove(stop)
+            try:
+                pc = self._linear_pc(self._loop(stop.thread))
+            except OSError:
+                continue
+            if pc == stop.pc and pc in (self.software if stop.kind == "swbreak"
+                                         else self.hardware):
+                return stop
+        return None
+
+    def _report(self, stop: Stop) -> str:
+        self.current = stop.thread
+        self.last_stop = (stop.thread, stop.kind)
+        return self.stop_reply(stop.thread, SIGTRAP, stop.kind)
+
+    def cont(self) -> str | None:
+        """A pending stop's reply if one holds (nothing runs); else step every vCPU that sits
+        on a breakpoint off it, resume the run and return None."""
+        pending = self._take_pending()
+        if pending is not None:
+            return self._report(pending)
         for loop in self.machine.vcpus:
+            if loop.halted:
+                continue
             try:
                 pc = self._linear_pc(loop)
             except OSError:
@@ -264,12 +364,23 @@ class Stub:
         self._arm(self.machine.vcpus)
         with self.lock:
             self.stops.clear()
+            self.pending.clear()
             self.hold_start = False
         self.machine.resume()
+        return None
 
     def stop_reply(self, thread: int, signal: int, kind: str = "") -> str:
         reason = f"{kind}:;" if kind else ""
         return f"T{signal:02x}thread:{thread + 1:x};{reason}"
+
+    def _seen(self) -> Stop | None:
+        """After a pause: the first breakpoint stop its vCPUs took (reported now), the others
+        kept pending; None when there is none."""
+        with self.lock:
+            stops = [stop for stop in self.stops if stop.kind and stop.thread >= 0]
+            self.stops.clear()
+            self.pending += stops[1:]
+        return stops[0] if stops else None
 
     def wait_stop(self, interrupted: Callable[[], bool]) -> str | None:
         """After a resume: wait for a vCPU's stop, an interrupt (``interrupted()`` true) or
@@ -278,24 +389,25 @@ class Stub:
             with self.lock:
                 if not self.stops:
                     self.lock.wait(0.05)
-                stop = self.stops[0] if self.stops else None
-                self.stops.clear()
-            if stop is not None:
-                thread, kind = stop
-                if thread < 0:  # the machine closes: its run is over
-                    return self.ended()
+                if any(stop.thread < 0 for stop in self.stops):
+                    return self.ended()  # the machine closes: its run is over
+                hit = bool(self.stops)
+            if hit:
                 if not self.machine.pause():
                     return self.ended()
-                self.current = thread
-                self.last_stop = stop
-                return self.stop_reply(thread, SIGTRAP, kind)
+                stop = self._seen()
+                if stop is not None:
+                    return self._report(stop)
+                self.machine.resume()  # nothing to report after all: run on
+                continue
             if self.machine.state not in IN_RUN or self.machine.state is RunState.STOPPING:
                 return self.ended()
             if interrupted():
                 if not self.machine.pause():
                     return self.ended()
-                with self.lock:
-                    self.stops.clear()
+                stop = self._seen()  # a breakpoint taken meanwhile is the better answer
+                if stop is not None:
+                    return self._report(stop)
                 self.last_stop = (self.current, "")
                 return self.stop_reply(self.current, SIGINT)
 
@@ -309,21 +421,26 @@ class Stub:
         """A debugger connects: the run stops (or is held at its start) for it."""
         while self.machine.state is RunState.IDLE:
             with self.lock:
-                if self.stops and self.stops[-1][0] < 0:
+                if any(stop.thread < 0 for stop in self.stops):
                     return self.ended()
             self.machine.wait_for(RunState.RUNNING, 0.05)
         if not self.machine.pause():
             return self.ended()
         with self.lock:
-            stop = self.stops[0] if self.stops else (self.current, "")
-            self.stops.clear()
+            first = self.stops[0].thread if self.stops and self.stops[0].thread >= 0 \
+                else self.current
+            self.stops.clear()  # holds at the start: no breakpoint is set before attach
+            self.pending.clear()
         self.attached = True
-        self.last_stop = stop
-        return self.stop_reply(stop[0], SIGTRAP if stop[1] else SIGINT, stop[1])
+        self.current = first
+        self.last_stop = (first, "")
+        return self.stop_reply(first, SIGINT)
 
     def detach(self) -> None:
         """Take every breakpoint out and let the guest go on (also when GDB just leaves)."""
         self.attached = False
+        with self.lock:
+            self.pending.clear()
         if self.machine.state is not RunState.PAUSED:
             return
         try:
