@@ -5,8 +5,10 @@ UNIX sockets (in the test's directory) keep parallel runs from fighting over TCP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -15,9 +17,12 @@ from typing import NamedTuple
 
 import pytest
 
+from xinterface.gdb.packets import frame
+
 GUESTS = Path(__file__).parent.parent / "guests"
 # Generous: a deadline only turns a hang into a failure, it measures nothing.
 DEADLINE = 120.0
+PEER_DEADLINE = 30.0
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="Debian's gdb is missing")
 
@@ -26,7 +31,8 @@ def link_elf(name: str, out: Path) -> Path:
     """tests/guests/NAME.S assembled with line numbers and linked the ordinary way."""
     obj = out / f"{name}.o"
     elf = out / f"{name}.elf"
-    subprocess.run(["as", "--32", "-g", "-o", obj, GUESTS / f"{name}.S"], check=True)
+    subprocess.run(["as", "--32", "-g", "-I", GUESTS, "-o", obj, GUESTS / f"{name}.S"],
+                   check=True)
     subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-o", elf, obj], check=True)
     return elf
 
@@ -64,3 +70,59 @@ def debug(command: list[str | Path], script: str, sock: Path,
             proc.kill()
             proc.wait()
     return Session(gdb.stdout + gdb.stderr, proc.returncode, output)
+
+
+class Peer:
+    """A raw protocol client over a UNIX socket, for what GDB itself never sends (or sends
+    only at a keypress: Ctrl-C)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(PEER_DEADLINE)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send(self, raw: bytes) -> None:
+        self.sock.sendall(raw)
+
+    def packet(self, body: bytes) -> bytes:
+        """Send one packet and return the reply's body (acks skipped)."""
+        self.send(frame(body))
+        reply = self.reply()
+        assert reply is not None
+        return reply
+
+    def reply(self, timeout: float | None = None) -> bytes | None:
+        """The next reply's body (acked); None if ``timeout`` passes first."""
+        while True:
+            start = self.buf.find(b"$")
+            end = self.buf.find(b"#", start)
+            if start >= 0 and end >= 0 and len(self.buf) >= end + 3:
+                body, self.buf = self.buf[start + 1 : end], self.buf[end + 3 :]
+                with contextlib.suppress(OSError):  # after D the stub has closed already
+                    self.send(b"+")
+                return body
+            self.sock.settimeout(timeout or PEER_DEADLINE)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                if timeout is None:
+                    raise
+                return None
+            finally:
+                self.sock.settimeout(PEER_DEADLINE)
+            if not data:
+                raise EOFError
+            self.buf += data
+
+    def closed(self) -> bool:
+        """The stub closed the connection (EOF) rather than answering."""
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
+    def close(self) -> None:
+        self.sock.close()

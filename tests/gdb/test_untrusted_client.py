@@ -7,8 +7,6 @@ over the UNIX socket and leaves it running.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,55 +16,14 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import GUESTS, needs_kvm
+from tests.gdb.harness import PEER_DEADLINE as DEADLINE
+from tests.gdb.harness import Peer
 from xinterface.errors import XInterfaceError
 from xinterface.gdb.packets import MAX_PACKET, frame
 from xinterface.loader.asm import assemble
 from xinterface.runstate import RunState
 
 pytestmark = needs_kvm
-DEADLINE = 30.0
-
-
-class Peer:
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(DEADLINE)
-        self.sock.connect(str(path))
-        self.buf = b""
-
-    def send(self, raw: bytes) -> None:
-        self.sock.sendall(raw)
-
-    def packet(self, body: bytes) -> bytes:
-        """Send one packet and return the reply's body (acks skipped)."""
-        self.send(frame(body))
-        return self.reply()
-
-    def reply(self) -> bytes:
-        while True:
-            start = self.buf.find(b"$")
-            end = self.buf.find(b"#", start)
-            if start >= 0 and end >= 0 and len(self.buf) >= end + 3:
-                body, self.buf = self.buf[start + 1 : end], self.buf[end + 3 :]
-                with contextlib.suppress(OSError):  # after D the stub has closed already
-                    self.send(b"+")
-                return body
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError
-            self.buf += data
-
-    def closed(self) -> bool:
-        """The stub closed the connection (EOF) rather than answering."""
-        try:
-            while True:
-                if not self.sock.recv(65536):
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,17 @@
 # A guest that debugs itself: its own #BP and #DB handlers (IDT vectors 3 and 1) count what
 # they get and keep the return EIP and DR6 they saw. 1. its own int3; 2. EFLAGS.TF over two
-# nops; 3. its own DR0 execute breakpoint. Exits with bp_count | db_count << 4.
+# nops; 3. its own DR0 execute breakpoint. Exits with bp_count | db_count << 4: one #BP,
+# six #DB (TF traps after nop, nop, pushfl, andl and the popfl that clears it; DR0).
         .code32
         .include "interrupts.inc"
-        .globl _start, own_int3, after_int3, tf_on, dr_target, bp_handler, db_handler
+        .globl _start, before_int3, own_int3, after_int3, tf_on, dr_target, finish, bp_handler, db_handler
 _start:
         mov     $0x9000, %esp
         idt_gate 1, db_handler
         idt_gate 3, bp_handler
         lidt    idt_desc
+before_int3:
+        nop
 own_int3:
         int3
 after_int3:
@@ -28,6 +31,7 @@ dr_target:
         nop
         xor     %eax, %eax
         mov     %eax, %dr7
+finish:
         mov     db_count, %eax
         shl     $4, %eax
         or      bp_count, %eax

@@ -242,7 +242,7 @@ class Session:
         return self._continue()
 
     def _continue(self) -> str | None:
-        pending = self.stub.cont()
+        pending = self.stub.cont(self.watch)
         if pending is not None:
             return pending
         reply = self.stub.wait_stop(self._interrupted)

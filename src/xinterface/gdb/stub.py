@@ -30,12 +30,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import signal
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..errors import XInterfaceError
-from ..kvm import debug, exits
+from ..kvm import VcpuFd, debug, exits
 from ..memory import GuestMemory
 from ..runner.vcpu_loop import KICK_SIGNAL, VcpuLoop
 from ..runstate import IN_RUN, RunState
@@ -43,7 +44,7 @@ from . import target
 
 SIGINT, SIGTRAP = 2, 5
 _DR7_ENABLE = 0x1  # L0; slot i is bit 2*i (Intel SDM vol. 3, 18.2.4, execute, length 1)
-_HLT = 0xF4
+_HLT, _INT3 = 0xF4, 0xCC
 
 # Runs a step that may block in KVM_RUN: calls its argument (which ends the step) at Ctrl-C
 # or when the client leaves.
@@ -97,6 +98,10 @@ class Stub:
         self.last_stop = (0, "")
         self.monitor = monitor
         self.attached = False
+        self.stepping_from: int | None = None  # a breakpoint's address while stepped off
+        self.block_irq = True                # until KVM refuses KVM_GUESTDBG_BLOCKIRQ
+        vm = getattr(machine, "vm", None)
+        self.irqchip = bool(getattr(vm, "irqchip", False))
 
     # --- the vCPU threads' side (vcpu_loop.DebugHook) --------------------------------------
     def hold(self, loop: VcpuLoop) -> bool:
@@ -122,6 +127,8 @@ class Stub:
 
     def _kind(self, pc: int, exit: exits.Debug | exits.InternalError) -> str:
         """``swbreak``/``hwbreak`` for a stop at a breakpoint of the stub's, else ``""``."""
+        if pc == self.stepping_from:
+            return ""  # the guest's own int3 under a breakpoint of ours, run by a step
         if isinstance(exit, exits.InternalError) or exit.exception == debug.BP_VECTOR:
             # An int3 the emulator failed (RIP at it) or KVM reported: ours if we planted it.
             return "swbreak" if pc in self.software else ""
@@ -225,12 +232,17 @@ class Stub:
             self.remove(0, addr)
         self.hardware.clear()
 
-    def _control(self, step: bool = False, skip: int | None = None) -> tuple[int, tuple[int, ...]]:
+    def _control(self, step: bool = False, skip: int | None = None,
+                 first: int | None = None) -> tuple[int, tuple[int, ...]]:
+        """Guest debugging for the breakpoints set, without the hardware one at ``skip``,
+        with one at ``first`` in DR0 (the others after it, four in all)."""
         control = 0
         dr: list[int] = [0] * 8
         if self.software:
             control |= debug.GUESTDBG_ENABLE | debug.GUESTDBG_USE_SW_BP
-        hardware = [a for a in self.hardware if a != skip]
+        hardware = [a for a in self.hardware if a not in (skip, first)]
+        if first is not None:
+            hardware = [first, *hardware][:4]
         if hardware:
             control |= debug.GUESTDBG_ENABLE | debug.GUESTDBG_USE_HW_BP
             for i, addr in enumerate(hardware):
@@ -250,21 +262,33 @@ class Stub:
         """One instruction of vCPU ``thread`` on this thread (the others stay parked); the
         stop reply. A breakpoint under it is taken out for that instruction. A stop of that
         vCPU still pending is reported instead. ``watch`` guards a step that may wait in
-        ``KVM_RUN`` (a halted vCPU) so Ctrl-C can end it."""
+        ``KVM_RUN`` (over ``HLT``) so that Ctrl-C or the client's leaving ends it."""
         pending = self._take_pending(thread)
         if pending is not None:
             return self._report(pending)
+        signo, kind = self._step(thread, watch)
+        self.last_stop = (thread, kind)
+        return self.stop_reply(thread, signo, kind)
+
+    def _step(self, thread: int, watch: Watch | None) -> tuple[int, str]:
+        """:meth:`step`'s instruction: the signal and stop kind it ends with."""
         loop = self._loop(thread)
         vcpu = loop.vcpu
         if loop.halted:  # halted for good (no irqchip): nothing more to run
-            self.last_stop = (thread, "")
-            return self.stop_reply(thread, SIGTRAP)
+            return SIGTRAP, ""
         pc = self._linear_pc(loop)
         original = self.software.get(pc)
+        # Over HLT (or from its wait): run to the next instruction instead of stepping.
+        until = pc if debug.halted(vcpu) else pc + 1 if self._at_hlt(pc, original) else None
         if original is not None:
             self._memory().write(self._physical(pc), bytes((original,)))
-        control, dr = self._control(step=True, skip=pc)
-        debug.set_guest_debug(vcpu, control & ~debug.GUESTDBG_USE_SW_BP, dr)
+        if until is None:
+            control, dr = self._control(step=True, skip=pc)
+            control &= ~debug.GUESTDBG_USE_SW_BP
+            self._set_step_debug(vcpu, control, dr)
+        else:
+            control, dr = self._control(skip=pc, first=until)
+            debug.set_guest_debug(vcpu, control, dr)
         kicked = threading.Event()
         me = threading.get_ident()
 
@@ -274,23 +298,26 @@ class Stub:
             signal.pthread_kill(me, KICK_SIGNAL)
 
         guard: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-        if watch is not None and self._may_wait(loop, pc, original):
+        if watch is not None and until is not None:
             guard = watch(kick)
         vcpu.set_immediate_exit(False)
         kind, signo = "", SIGTRAP
+        self.stepping_from = pc if original is not None else None
         try:
             with guard:
-                kind, signo = self._step_once(loop, original, kicked)
+                kind, signo = self._step_once(loop, original, kicked, until)
         finally:
+            self.stepping_from = None
             vcpu.set_immediate_exit(True)
             if original is not None:
                 self._memory().write(self._physical(pc), b"\xcc")
             self._arm([loop])
-        self.last_stop = (thread, kind)
-        return self.stop_reply(thread, signo, kind)
+        return signo, kind
 
-    def _step_once(self, loop: VcpuLoop, original: int | None,
-                   kicked: threading.Event) -> tuple[str, int]:
+    def _step_once(self, loop: VcpuLoop, original: int | None, kicked: threading.Event,
+                   until: int | None) -> tuple[str, int]:
+        """Run until the step's end: a single-step exit, or (``until``) the hardware
+        breakpoint there, or a breakpoint of ours met on the way; Ctrl-C (``kicked``)."""
         vcpu = loop.vcpu
         while True:
             try:
@@ -301,28 +328,76 @@ class Stub:
                 continue
             exit = exits.decode(vcpu.run_mmap)
             if isinstance(exit, exits.Debug):
-                return "", SIGTRAP
-            if isinstance(exit, exits.InternalError) and original is None and \
+                pc = self._linear_pc(loop)
+                if until is None or pc == until:
+                    return "", SIGTRAP
+                if pc in self.hardware and exit.dr6 & debug.DR6_HITS:
+                    return "hwbreak", SIGTRAP
+            elif isinstance(exit, exits.InternalError) and original is None and \
                     self._linear_pc(loop) in self.software:
                 return "swbreak", SIGTRAP
-            if isinstance(exit, exits.Halt):
+            elif isinstance(exit, exits.Halt):
                 # No in-kernel irqchip: nothing can wake it, the vCPU is done (as in the
                 # exit loop); its thread ends at the next resume.
                 loop.halted = True
                 return "", SIGTRAP
+            handler = None
+            if until is None and isinstance(exit, exits.InternalError):
+                handler = self._own_int3_handler(loop)
             if loop._exit(exit):  # an access (or an ending) the instruction made
                 return "", SIGTRAP
+            if until is None and isinstance(exit, exits.InternalError):
+                if handler is None:
+                    return "", SIGTRAP  # finished in userspace (emulate.py): stepped
+                # The guest's own int3, injected as #BP: stepping into it would push our
+                # TF in its frame (and kvm_pvm drops the event under BLOCKIRQ), so the step
+                # runs to the handler's first instruction instead, as a CPU steps into it.
+                until = handler
+                control, dr = self._control(first=handler)
+                debug.set_guest_debug(vcpu, control, dr)
 
-    def _may_wait(self, loop: VcpuLoop, pc: int, original: int | None) -> bool:
-        """The step's ``KVM_RUN`` may wait for an interrupt: the vCPU is halted, or is at an
-        ``HLT``."""
+    def _own_int3_handler(self, loop: VcpuLoop) -> int | None:
+        """At the guest's own ``int3`` outside real mode: the linear address of its #BP
+        handler by the IDT gate (SDM vol. 3, 6.14.1 and 6.11: 16-byte gates in long mode,
+        8-byte ones else; the handler's segment taken to have CS's base). Else None."""
+        pc = self._linear_pc(loop)
+        sregs = loop.vcpu.get_sregs()
+        if not sregs.cr0 & target.CR0_PE or self.read_memory(pc, 1)[0] != _INT3:
+            return None
+        wide = bool(sregs.efer & target.EFER_LMA)
+        size = 16 if wide else 8
+        if (debug.BP_VECTOR + 1) * size - 1 > sregs.idt.limit:
+            return None
+        gate = self.read_memory(int(sregs.idt.base) + debug.BP_VECTOR * size, size)
+        low, _, _, _, high = struct.unpack_from("<HHBBH", gate)
+        offset = int(low) | int(high) << 16
+        if wide:
+            return offset | int(struct.unpack_from("<I", gate, 8)[0]) << 32
+        return (int(sregs.cs.base) + offset) & 0xFFFFFFFF
+
+    def _at_hlt(self, pc: int, original: int | None) -> bool:
+        """The instruction at ``pc`` is ``HLT``. A single-stepped HLT ends with
+        ``KVM_EXIT_DEBUG`` and the halt is lost (kvm_pvm keeps it pending, to strike at a
+        later instruction): it is run to the next instruction instead, which it reaches
+        when an interrupt wakes it (in-kernel irqchip), or it halts for good
+        (``KVM_EXIT_HLT``)."""
         try:
-            if debug.halted(loop.vcpu):
-                return True
             byte = original if original is not None else self.read_memory(pc, 1)[0]
         except OSError:
             return False
         return byte == _HLT
+
+    def _set_step_debug(self, vcpu: VcpuFd, control: int, dr: tuple[int, ...]) -> None:
+        """Guest debugging for a step, with interrupts held off where KVM can."""
+        if self.block_irq:
+            try:
+                debug.set_guest_debug(vcpu, control | debug.GUESTDBG_BLOCKIRQ, dr)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.block_irq = False  # an older KVM: steps may enter interrupt handlers
+        debug.set_guest_debug(vcpu, control, dr)
 
     def _take_pending(self, thread: int | None = None) -> Stop | None:
         """The next pending stop (of ``thread`` only, if given) that still holds: its vCPU
@@ -346,9 +421,11 @@ class Stub:
         self.last_stop = (stop.thread, stop.kind)
         return self.stop_reply(stop.thread, SIGTRAP, stop.kind)
 
-    def cont(self) -> str | None:
+    def cont(self, watch: Watch | None = None) -> str | None:
         """A pending stop's reply if one holds (nothing runs); else step every vCPU that sits
-        on a breakpoint off it, resume the run and return None."""
+        on a breakpoint off it, resume the run and return None. A step off that ends
+        otherwise (a breakpoint on the way, Ctrl-C while it waits in ``HLT``) is the
+        reply, and nothing resumes."""
         pending = self._take_pending()
         if pending is not None:
             return self._report(pending)
@@ -360,7 +437,11 @@ class Stub:
             except OSError:
                 continue
             if pc in self.software or pc in self.hardware:
-                self.step(loop.index)
+                signo, kind = self._step(loop.index, watch)
+                if signo != SIGTRAP or kind:
+                    self.current = loop.index
+                    self.last_stop = (loop.index, kind)
+                    return self.stop_reply(loop.index, signo, kind)
         self._arm(self.machine.vcpus)
         with self.lock:
             self.stops.clear()

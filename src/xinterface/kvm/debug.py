@@ -23,6 +23,9 @@ GUESTDBG_ENABLE = uapi.KVM_GUESTDBG_ENABLE
 GUESTDBG_SINGLESTEP = uapi.KVM_GUESTDBG_SINGLESTEP
 GUESTDBG_USE_SW_BP = uapi.KVM_GUESTDBG_USE_SW_BP
 GUESTDBG_USE_HW_BP = uapi.KVM_GUESTDBG_USE_HW_BP
+# No interrupt is injected while single-stepping: else the step lands in the handler, and
+# the frame it pushes carries the TF that stepping set (api.rst, KVM_CAP_SET_GUEST_DEBUG2).
+GUESTDBG_BLOCKIRQ = uapi.KVM_GUESTDBG_BLOCKIRQ
 DB_VECTOR, BP_VECTOR = 1, 3
 MP_STATE_HALTED = 3  # KVM_MP_STATE_HALTED (api.rst, KVM_GET_MP_STATE)
 # DR6 (Intel SDM vol. 3, 18.2.3): B0-B3 and BS say why a #DB came; the rest reads as 1.
@@ -79,6 +82,7 @@ __all__ = [
     "DR6_BS",
     "DR6_FIXED",
     "DR6_HITS",
+    "GUESTDBG_BLOCKIRQ",
     "GUESTDBG_ENABLE",
     "GUESTDBG_SINGLESTEP",
     "GUESTDBG_USE_HW_BP",
