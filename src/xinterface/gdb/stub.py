@@ -92,6 +92,7 @@ class Stub:
         self.hold_start = wait         # vCPUs wait at their first instruction for GDB
         self.software: dict[int, int] = {}   # linear address -> original byte
         self.hardware: list[int] = []        # linear addresses in DR0..DR3
+        self.backed: set[int] = set()        # software ones also in a free debug register
         self.stops: list[Stop] = []          # taken by vCPU threads, not yet seen
         self.pending: list[Stop] = []        # seen in a pause with a reported one
         self.current = 0                     # Hg's vCPU
@@ -134,7 +135,9 @@ class Stub:
             return "swbreak" if pc in self.software else ""
         # A #DB: ours only for a debug-register hit at one of our addresses; a single step
         # (DR6.BS) outside a step of ours is the guest's own TF.
-        return "hwbreak" if exit.dr6 & debug.DR6_HITS and pc in self.hardware else ""
+        if not exit.dr6 & debug.DR6_HITS:
+            return ""
+        return "hwbreak" if pc in self.hardware else "swbreak" if pc in self.backed else ""
 
     def close(self) -> None:
         with self.lock:
@@ -181,7 +184,7 @@ class Stub:
             addr, length = addr + chunk, length - chunk
         start = addr - len(out)
         for bp, byte in self.software.items():
-            if start <= bp < start + len(out):
+            if start <= bp < start + len(out) and out[bp - start] == 0xCC:
                 out[bp - start] = byte
         return bytes(out)
 
@@ -202,12 +205,32 @@ class Stub:
             at += chunk
 
     # --- breakpoints -----------------------------------------------------------------------
+    def _byte(self, addr: int) -> int:
+        """The byte in guest memory at linear ``addr`` (an int3 of ours shows as 0xcc)."""
+        return self._memory().read(self._physical(addr), 1)[0]
+
+    def _replant(self) -> None:
+        """A guest that wrote over a planted int3 (firmware loading code there) has its new
+        byte kept as the original and the int3 planted again: the breakpoint stays."""
+        for addr in list(self.software):
+            try:
+                byte = self._byte(addr)
+                if byte != 0xCC:
+                    self.software[addr] = byte
+                    self._memory().write(self._physical(addr), b"\xcc")
+            except OSError:
+                continue  # not mapped now
+
     def insert(self, kind: int, addr: int) -> str:
         if kind == 0:
             if addr not in self.software:
                 original = self.read_memory(addr, 1)[0]
                 self.write_memory(addr, b"\xcc")
                 self.software[addr] = original
+                # In real mode KVM's emulator runs an int3 itself, through the guest's IVT
+                # (no exit): a free debug register catches the breakpoint there.
+                if not self._loop().vcpu.get_sregs().cr0 & target.CR0_PE:
+                    self.backed.add(addr)
             return "OK"
         if kind == 1:
             if addr not in self.hardware:
@@ -220,7 +243,9 @@ class Stub:
     def remove(self, kind: int, addr: int) -> str:
         if kind == 0 and addr in self.software:
             original = self.software.pop(addr)
-            self.write_memory(addr, bytes((original,)))
+            self.backed.discard(addr)
+            if self._byte(addr) == 0xCC:  # else the guest wrote there since: keep its byte
+                self._memory().write(self._physical(addr), bytes((original,)))
         elif kind == 1 and addr in self.hardware:
             self.hardware.remove(addr)
         elif kind > 1:
@@ -240,9 +265,10 @@ class Stub:
         dr: list[int] = [0] * 8
         if self.software:
             control |= debug.GUESTDBG_ENABLE | debug.GUESTDBG_USE_SW_BP
-        hardware = [a for a in self.hardware if a not in (skip, first)]
+        hardware = [a for a in [*self.hardware, *sorted(self.backed)] if a not in (skip, first)]
         if first is not None:
-            hardware = [first, *hardware][:4]
+            hardware = [first, *hardware]
+        hardware = hardware[:4]
         if hardware:
             control |= debug.GUESTDBG_ENABLE | debug.GUESTDBG_USE_HW_BP
             for i, addr in enumerate(hardware):
@@ -331,8 +357,9 @@ class Stub:
                 pc = self._linear_pc(loop)
                 if until is None or pc == until:
                     return "", SIGTRAP
-                if pc in self.hardware and exit.dr6 & debug.DR6_HITS:
-                    return "hwbreak", SIGTRAP
+                kind = self._kind(pc, exit)
+                if kind:
+                    return kind, SIGTRAP
             elif isinstance(exit, exits.InternalError) and original is None and \
                     self._linear_pc(loop) in self.software:
                 return "swbreak", SIGTRAP
@@ -417,6 +444,7 @@ class Stub:
         return None
 
     def _report(self, stop: Stop) -> str:
+        self._replant()
         self.current = stop.thread
         self.last_stop = (stop.thread, stop.kind)
         return self.stop_reply(stop.thread, SIGTRAP, stop.kind)
