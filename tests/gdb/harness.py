@@ -43,22 +43,40 @@ class Session(NamedTuple):
     output: str       # xinterface's stdout
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    # A connection that leaves before its first packet changes nothing (test_untrusted_client).
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def debug(command: list[str | Path], script: str, sock: Path,
-          program: Path | None = None, deadline: float = DEADLINE) -> Session:
-    """Start ``xinterface COMMAND --gdb unix:SOCK --gdb-wait``, run GDB's ``script`` (after
-    ``target remote SOCK``) against it, wait for both."""
+          program: Path | None = None, deadline: float = DEADLINE,
+          tcp: bool = False) -> Session:
+    """Start ``xinterface COMMAND --gdb unix:SOCK --gdb-wait`` (``tcp``: ``--gdb tcp::PORT``
+    on a free port; ``sock`` then only names the script), run GDB's ``script`` (after
+    ``target remote``) against it, wait for both."""
+    port = free_port() if tcp else 0
     proc = subprocess.Popen([sys.executable, "-m", "xinterface", *map(str, command),
-                             "--gdb", f"unix:{sock}", "--gdb-wait"],
+                             "--gdb", f"tcp::{port}" if tcp else f"unix:{sock}",
+                             "--gdb-wait"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace")
     try:
         until = time.monotonic() + deadline
-        while not sock.exists():
+        while not (listening(port) if tcp else sock.exists()):
             if proc.poll() is not None or time.monotonic() > until:
                 raise AssertionError(f"no GDB socket: {proc.communicate()[0]}")
             time.sleep(0.05)
         commands = sock.parent / f"{sock.name}.gdb"
-        commands.write_text(f"set confirm off\nset pagination off\ntarget remote {sock}\n"
+        where = f":{port}" if tcp else sock
+        commands.write_text(f"set confirm off\nset pagination off\ntarget remote {where}\n"
                             + script)
         gdb = subprocess.run(["gdb", "-batch", "-nx", "-x", commands,
                               *([program] if program else [])],
