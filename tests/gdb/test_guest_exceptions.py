@@ -18,7 +18,11 @@ import xinterface as xi
 from tests.conftest import GUESTS, needs_kvm
 from tests.gdb.harness import PEER_DEADLINE, Peer, debug, link_elf, needs_gdb
 from xinterface.gdb.packets import frame
+from xinterface.gdb.server import GdbServer
+from xinterface.kvm import debug as kvm_debug
+from xinterface.kvm import exits
 from xinterface.loader.asm import assemble
+from xinterface.runner.vcpu_loop import VcpuLoop
 from xinterface.runstate import RunState
 
 pytestmark = needs_kvm
@@ -54,6 +58,55 @@ def test_the_guests_own_int3_tf_and_dr0_reach_its_handlers_without_a_debugger(
     # TF traps report BS (DR6 bit 14); the DR0 hit is a fault at its address with B0.
     assert all(dr6 & 0x4000 for dr6 in db_dr6[:5]) and db_dr6[5] & 0xF == 1, db_dr6
     assert db_eip[0] == sym["tf_on"] - delta + 1 and db_eip[5] == sym["dr_target"] - delta
+
+
+def test_a_debug_exit_that_is_not_the_stubs_is_injected_back_into_the_guest(
+        tmp_path: Path) -> None:
+    # Where KVM hands the guest's own #DB to userspace (hardware KVM while the stub uses
+    # debug registers), the stub declines it and the exit loop injects it back. Made to
+    # happen here with a debug register the stub did not set, at `finish`.
+    elf = link_elf("guest_debug", tmp_path)
+    delta = 0x100000 - 0x1000
+    sym = {k: v - delta for k, v in symbols(elf).items()}
+    with xi.Machine(memory=1 << 20) as m:
+        m.load_flat(assemble(GUESTS / "guest_debug.S", gpa=0x1000, bits=32, defines={}),
+                    gpa=0x1000, mode="protected")
+        server = m.serve_gdb(f"unix:{tmp_path / 'gdb.sock'}")
+        assert isinstance(server, GdbServer)
+        hook: GdbServer = server
+        vcpu = m.vcpus[0].vcpu
+        debug_regs = (sym["finish"], 0, 0, 0, 0, 0, 0, 1)
+        kvm_debug.set_guest_debug(vcpu, kvm_debug.GUESTDBG_ENABLE
+                                  | kvm_debug.GUESTDBG_USE_HW_BP, debug_regs)
+        declined: list[int] = []
+
+        class OneShot:
+            """The server's hook; the foreign debug register goes after its first exit (a
+            debugger's breakpoint ignores the RF the guest's handler sets, so it would fire
+            again at once)."""
+
+            def hold(self, loop: VcpuLoop) -> bool:
+                return hook.hold(loop)
+
+            def stop(self, loop: VcpuLoop, exit: exits.Debug | exits.InternalError) -> bool:
+                taken = hook.stop(loop, exit)
+                if isinstance(exit, exits.Debug) and not taken:
+                    declined.append(exit.pc)
+                    kvm_debug.set_guest_debug(vcpu, 0)
+                return taken
+
+        m.debugger = OneShot()
+        result = m.run(timeout=60)
+        m.debugger = server
+        memory = m.memory
+        assert memory is not None
+        db_eip = struct.unpack("<7I", memory.read(sym["db_eip"], 28))
+        db_dr6 = struct.unpack("<7I", memory.read(sym["db_dr6"], 28))
+    # One more #DB than without it, at `finish`, with B0 in DR6; its handler's RF lets the
+    # guest go on.
+    assert declined == [sym["finish"]]
+    assert result.reason == "exit" and result.exit_code == (1 | 7 << 4) << 1 | 1, result
+    assert db_eip[6] == sym["finish"] and db_dr6[6] & 0xF == 1, (db_eip, db_dr6)
 
 
 @needs_gdb
@@ -200,6 +253,8 @@ def test_a_step_into_hlt_with_irqchip_ends_at_a_tick_or_at_ctrl_c(
     waits_then_ctrl_c_ends_it(peer, b"s")
     waits_then_ctrl_c_ends_it(peer, b"vCont;s:1")
     assert peer.packet(b"qC") == b"QC1"
-    peer.packet(b"D")
+    # A client that leaves while a step waits: the step ends, the stub detaches.
+    peer.send(frame(b"s"))
+    assert peer.reply(timeout=1.0) is None
     peer.close()
     assert m.wait_for(RunState.RUNNING, PEER_DEADLINE)
