@@ -20,9 +20,14 @@ is declined by :meth:`Stub.stop` and goes to the guest (:mod:`xinterface.runner.
 reported, the others are reported at the following resumes without running (as gdbserver
 does), while each still sits at its breakpoint.
 
-A step into ``HLT``: without an in-kernel irqchip the vCPU halts for good (KVM_EXIT_HLT)
-and the step ends there; with one, ``KVM_RUN`` waits for an interrupt, so a step of a
-halted vCPU runs with a watcher that ends it at Ctrl-C (``T02``) or when GDB leaves.
+Steps hold interrupts off (``KVM_GUESTDBG_BLOCKIRQ``). A step over ``HLT`` is not
+single-stepped (see :meth:`Stub._at_hlt`): the vCPU runs to the next instruction (a
+debug register there), which it reaches once an interrupt woke it (in-kernel irqchip), or
+it halts for good (``KVM_EXIT_HLT``, no irqchip). Such a step may wait for ever, so it runs
+with a watcher on the connection that ends it at Ctrl-C (``T02``) or when GDB leaves.
+A software breakpoint set in real mode also takes a free debug register (KVM's emulator
+runs a real-mode ``int3`` through the guest's IVT); an ``int3`` the guest wrote over is
+planted again, with the guest's new byte as the original.
 """
 
 from __future__ import annotations

@@ -6,17 +6,17 @@ not PVM-aware goes that way), an instruction it does not implement ends ``KVM_RU
 ``KVM_EXIT_INTERNAL_ERROR`` (suberror ``KVM_INTERNAL_ERROR_EMULATION``), RIP still at the
 instruction and, with ``KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES``, its bytes.
 
-The one done here is **IRET in protected mode, to the same privilege level**: the emulator
-implements IRET in real mode only, so any 32-bit firmware that takes an interrupt in
-protected mode (iPXE's interrupt wrappers, a test guest's handler) dies on its return. The
-steps are those of the IRET pseudocode (Intel SDM Vol. 2A, "IRET/IRETD/IRETQ",
+Two are done here. The first is **IRET in protected mode, to the same privilege level**:
+the emulator implements IRET in real mode only, so any 32-bit firmware that takes an
+interrupt in protected mode (iPXE's interrupt wrappers, a test guest's handler) dies on
+its return. The steps are those of the IRET pseudocode (Intel SDM Vol. 2A, "IRET/IRETD/IRETQ",
 protected-mode RETURN-TO-SAME-PRIVILEGE-LEVEL): pop EIP, CS and EFLAGS, load CS from its
 GDT descriptor, update the flags the current privilege may change. Anything else (a task
 return with NT, a return to virtual-8086 mode or to an outer level, paging or long mode, an
 LDT selector, a descriptor that would fault) is left alone: the run then ends with the
 original error, as before.
 
-The other is **INT3 outside real mode**: the emulator implements software interrupts in
+The second is **INT3 outside real mode**: the emulator implements software interrupts in
 real mode only, so a guest's own ``int3`` (a breakpoint of its own debugger, a kernel's
 BUG trap) fails the same way. It is delivered as the CPU does: #BP is a trap, so RIP moves
 past the one-byte instruction and the exception is injected (``KVM_SET_VCPU_EVENTS``); the
