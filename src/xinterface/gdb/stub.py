@@ -96,6 +96,7 @@ class Stub:
         self.lock = threading.Condition(threading.Lock())
         self.hold_start = wait         # vCPUs wait at their first instruction for GDB
         self.software: dict[int, int] = {}   # linear address -> original byte
+        self.planted: dict[int, int] = {}    # linear address -> where its int3 is (gpa)
         self.hardware: list[int] = []        # linear addresses in DR0..DR3
         self.backed: set[int] = set()        # software ones also in a free debug register
         self.stops: list[Stop] = []          # taken by vCPU threads, not yet seen
@@ -129,7 +130,10 @@ class Stub:
                 return False  # not the stub's: the guest's own, delivered to it
             self.stops.append(Stop(loop.index, kind, pc))
             self.lock.notify_all()
-        return self.machine.request_pause()
+        # Ours even when the run is ending instead (no pause to begin): this vCPU leaves
+        # KVM_RUN either way, and its breakpoint is never handed to the guest.
+        self.machine.request_pause()
+        return True
 
     def _kind(self, pc: int, exit: exits.Debug | exits.InternalError) -> str:
         """``swbreak``/``hwbreak`` for a stop at a breakpoint of the stub's, else ``""``."""
@@ -210,28 +214,24 @@ class Stub:
             at += chunk
 
     # --- breakpoints -----------------------------------------------------------------------
-    def _byte(self, addr: int) -> int:
-        """The byte in guest memory at linear ``addr`` (an int3 of ours shows as 0xcc)."""
-        return self._memory().read(self._physical(addr), 1)[0]
-
     def _replant(self) -> None:
         """A guest that wrote over a planted int3 (firmware loading code there) has its new
         byte kept as the original and the int3 planted again: the breakpoint stays."""
-        for addr in list(self.software):
-            try:
-                byte = self._byte(addr)
-                if byte != 0xCC:
-                    self.software[addr] = byte
-                    self._memory().write(self._physical(addr), b"\xcc")
-            except OSError:
-                continue  # not mapped now
+        memory = self._memory()
+        for addr, gpa in self.planted.items():
+            byte = memory.read(gpa, 1)[0]
+            if byte != 0xCC:
+                self.software[addr] = byte
+                memory.write(gpa, b"\xcc")
 
     def insert(self, kind: int, addr: int) -> str:
         if kind == 0:
             if addr not in self.software:
                 original = self.read_memory(addr, 1)[0]
-                self.write_memory(addr, b"\xcc")
+                gpa = self._physical(addr)
+                self._memory().write(gpa, b"\xcc")
                 self.software[addr] = original
+                self.planted[addr] = gpa  # taken out there, whatever maps it by then
                 # In real mode KVM's emulator runs an int3 itself, through the guest's IVT
                 # (no exit): a free debug register catches the breakpoint there.
                 if not self._loop().vcpu.get_sregs().cr0 & target.CR0_PE:
@@ -248,9 +248,11 @@ class Stub:
     def remove(self, kind: int, addr: int) -> str:
         if kind == 0 and addr in self.software:
             original = self.software.pop(addr)
+            gpa = self.planted.pop(addr)
             self.backed.discard(addr)
-            if self._byte(addr) == 0xCC:  # else the guest wrote there since: keep its byte
-                self._memory().write(self._physical(addr), bytes((original,)))
+            memory = self._memory()
+            if memory.read(gpa, 1)[0] == 0xCC:  # else the guest wrote there since: its byte
+                memory.write(gpa, bytes((original,)))
         elif kind == 1 and addr in self.hardware:
             self.hardware.remove(addr)
         elif kind > 1:
@@ -312,7 +314,7 @@ class Stub:
         # Over HLT (or from its wait): run to the next instruction instead of stepping.
         until = pc if debug.halted(vcpu) else pc + 1 if self._at_hlt(pc, original) else None
         if original is not None:
-            self._memory().write(self._physical(pc), bytes((original,)))
+            self._memory().write(self.planted[pc], bytes((original,)))
         if until is None:
             control, dr = self._control(step=True, skip=pc)
             control &= ~debug.GUESTDBG_USE_SW_BP
@@ -341,7 +343,7 @@ class Stub:
             self.stepping_from = None
             vcpu.set_immediate_exit(True)
             if original is not None:
-                self._memory().write(self._physical(pc), b"\xcc")
+                self._memory().write(self.planted[pc], b"\xcc")
             self._arm([loop])
         return signo, kind
 
