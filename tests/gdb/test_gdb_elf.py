@@ -95,3 +95,24 @@ def test_the_guest_ends_with_its_own_status(session: tuple[Session, Path]) -> No
     # counter: 100 set by GDB, + 1 by each call of func.
     assert run.status == (102 << 1) | 1, run
     assert "exited with code 0315" in run.gdb, run.gdb
+
+
+def test_over_tcp_control_registers_set_a_register_and_kill(tmp_path: Path) -> None:
+    elf = link_elf("gdb_prog", tmp_path)
+    run = debug(["run", elf], """\
+show architecture
+break func
+continue
+info registers cr0 cs efer
+set $edi = 0x1234
+printf "edi %#x\\n", $edi
+kill
+""", tmp_path / "gdb.sock", elf, tcp=True)
+    out = run.gdb
+    assert '(currently "i386")' in out, out   # protected mode, 32-bit: i386
+    assert "Breakpoint 1, func () at" in out, out
+    assert re.search(r"cr0\s+0x[0-9a-f]*[13579bdf]\s", out), out   # CR0.PE: protected mode
+    assert re.search(r"cs\s+0x8\s", out) and re.search(r"efer\s+0x0\s", out), out
+    assert "edi 0x1234" in out, out
+    assert "[Inferior 1 (Remote target) killed]" in out, out
+    assert run.status is not None and run.status != (7 << 1) | 1, run  # stopped, not run out

@@ -7,8 +7,6 @@ over the UNIX socket and leaves it running.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,55 +16,15 @@ import pytest
 
 import xinterface as xi
 from tests.conftest import GUESTS, needs_kvm
+from tests.gdb.harness import PEER_DEADLINE as DEADLINE
+from tests.gdb.harness import Peer
 from xinterface.errors import XInterfaceError
+from xinterface.gdb import target
 from xinterface.gdb.packets import MAX_PACKET, frame
 from xinterface.loader.asm import assemble
 from xinterface.runstate import RunState
 
 pytestmark = needs_kvm
-DEADLINE = 30.0
-
-
-class Peer:
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(DEADLINE)
-        self.sock.connect(str(path))
-        self.buf = b""
-
-    def send(self, raw: bytes) -> None:
-        self.sock.sendall(raw)
-
-    def packet(self, body: bytes) -> bytes:
-        """Send one packet and return the reply's body (acks skipped)."""
-        self.send(frame(body))
-        return self.reply()
-
-    def reply(self) -> bytes:
-        while True:
-            start = self.buf.find(b"$")
-            end = self.buf.find(b"#", start)
-            if start >= 0 and end >= 0 and len(self.buf) >= end + 3:
-                body, self.buf = self.buf[start + 1 : end], self.buf[end + 3 :]
-                with contextlib.suppress(OSError):  # after D the stub has closed already
-                    self.send(b"+")
-                return body
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError
-            self.buf += data
-
-    def closed(self) -> bool:
-        """The stub closed the connection (EOF) rather than answering."""
-        try:
-            while True:
-                if not self.sock.recv(65536):
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +141,31 @@ def test_ctrl_c_stops_a_continued_guest(machine: tuple[xi.Machine, Path]) -> Non
     assert running(m)
 
 
+def test_registers_by_g_G_p_P_and_the_thread_by_Hg(machine: tuple[xi.Machine, Path]) -> None:
+    m, path = machine
+    peer = Peer(path)
+    assert peer.packet(b"qC") == b"QC1"
+    regs = peer.packet(b"g")
+    assert peer.packet(b"G" + regs) == b"OK"     # the x87 part (xx) is left alone
+    assert peer.packet(b"g") == regs
+    eax = peer.packet(b"p0")
+    assert peer.packet(b"P0=78563412") == b"OK" and peer.packet(b"p0") == b"78563412"
+    assert m.vcpus[0].vcpu.get_regs().rax == 0x12345678
+    assert peer.packet(b"P0=" + eax) == b"OK"
+    cr0 = target.I386.number("cr0")
+    assert int.from_bytes(bytes.fromhex(peer.packet(b"p%x" % cr0).decode()), "little") & 1
+    assert peer.packet(b"p%x" % 999) == b"E16"
+    # Hg picks the vCPU that g/p/m read: thread 2 is vCPU 1.
+    assert peer.packet(b"Hg2") == b"OK" and peer.packet(b"qC") == b"QC2"
+    assert peer.packet(b"P0=efbeadde") == b"OK"
+    assert m.vcpus[1].vcpu.get_regs().rax == 0xDEADBEEF
+    assert m.vcpus[0].vcpu.get_regs().rax != 0xDEADBEEF
+    assert peer.packet(b"Hc-1") == b"OK" and peer.packet(b"Hg1") == b"OK"
+    peer.packet(b"D")
+    peer.close()
+    assert running(m)
+
+
 def test_threads_hammering_the_socket_never_wedge_it(machine: tuple[xi.Machine, Path]) -> None:
     m, path = machine
 
@@ -228,3 +211,24 @@ def test_a_bad_address_is_einval_naming_it(tmp_path: Path) -> None:
         with pytest.raises(XInterfaceError) as info:
             m.serve_gdb("tcp:1234")
         assert info.value.argument == "gdb"
+
+
+def test_k_stops_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "gdb.sock"
+    with xi.Machine(memory=1 << 20) as m:
+        m.load_flat(assemble(GUESTS / "spin.S", gpa=0x1000, bits=32, defines={}), gpa=0x1000,
+                    mode="protected")
+        m.serve_gdb(f"unix:{path}", wait=True)
+        results: list[object] = []
+        runner = threading.Thread(target=lambda: results.append(m.run(timeout=300)))
+        runner.start()
+        peer = Peer(path)
+        assert peer.packet(b"?").startswith(b"T")
+        assert peer.packet(b"Z0,1000,1") == b"OK"
+        peer.send(frame(b"k"))
+        runner.join(DEADLINE)
+        assert not runner.is_alive()
+        assert results[0].reason == "stopped"  # type: ignore[attr-defined]
+        memory = m.memory
+        assert memory is not None and memory.read(0x1000, 1) != b"\xcc"  # taken out
+        peer.close()

@@ -1,6 +1,8 @@
 """GDB stub figures, ours against QEMU's (``-gdb tcp::PORT -S``) on the same guest: single
 steps per second (``s`` round trips) and the time from ``c`` to the stop at a hardware
-breakpoint (``Z1``; a software one kills QEMU on kvm_pvm). One run, a raw protocol client:
+breakpoint (``Z1``; a software one kills QEMU on kvm_pvm). A raw protocol client; the two
+stubs are measured in turn, ROUNDS times, and each figure is the median of its rounds (on
+a shared host one round alone swings several times over):
 ``python -m xinterface.bench.gdb_stub``.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +25,7 @@ from .startup import xinterface_command
 GUEST = Path(__file__).parent / "guests" / "gdb_loop.S"
 STEPS = 300
 COUNT = 1000
+ROUNDS = 5
 TARGET_OFFSET = 0xA  # mov $COUNT,%ecx (6 bytes), dec %ecx (2), jnz (2): `target`
 
 
@@ -93,19 +97,26 @@ def main() -> None:
         flat, bios = work / "loop.bin", work / "loop-bios.bin"
         flat.write_bytes(assemble(GUEST, gpa=0x1000, defines={"RESET": 0, "COUNT": COUNT}))
         bios.write_bytes(assemble(GUEST, gpa=0, defines={"RESET": 1, "COUNT": COUNT}))
-        port = _free_port()
-        ours = measure([*xinterface_command(), "run", "--gdb", f"tcp::{port}", "--gdb-wait",
-                        str(flat)], port, 0x1000 + TARGET_OFFSET)
-        port = _free_port()
-        qemu = measure([QEMU, "-accel", "kvm", "-M", "microvm", "-nodefaults", "-display",
-                        "none", "-bios", str(bios), "-device",
-                        "isa-debug-exit,iobase=0xf4,iosize=1", "-gdb", f"tcp:127.0.0.1:{port}",
-                        "-S"], port, 0xFFFF0000 + TARGET_OFFSET)
+        rounds: dict[str, list[tuple[float, float]]] = {"xinterface": [], "qemu": []}
+        for _ in range(ROUNDS):
+            port = _free_port()
+            rounds["xinterface"].append(measure(
+                [*xinterface_command(), "run", "--gdb", f"tcp::{port}", "--gdb-wait",
+                 str(flat)], port, 0x1000 + TARGET_OFFSET))
+            port = _free_port()
+            rounds["qemu"].append(measure(
+                [QEMU, "-accel", "kvm", "-M", "microvm", "-nodefaults", "-display", "none",
+                 "-bios", str(bios), "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
+                 "-gdb", f"tcp:127.0.0.1:{port}", "-S"], port, 0xFFFF0000 + TARGET_OFFSET))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'stub':<12}{'steps/s':>10}{'c to break (ms)':>18}")
-    for name, (steps, ms) in (("xinterface", ours), ("qemu", qemu)):
-        print(f"{name:<12}{steps:>10.0f}{ms:>18.2f}")
+    print(f"{'stub':<12}{'steps/s':>10}{'c to break (ms)':>18}   (median of {ROUNDS}; "
+          "steps/s min-max)")
+    for name, figures in rounds.items():
+        steps = [f[0] for f in figures]
+        ms = statistics.median(f[1] for f in figures)
+        print(f"{name:<12}{statistics.median(steps):>10.0f}{ms:>18.2f}   "
+              f"{min(steps):.0f}-{max(steps):.0f}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ detaches: breakpoints out, the guest running on.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from . import target
 from .packets import PACKET_SIZE, ProtocolError, Reader, frame, unescape
@@ -59,6 +61,36 @@ class Session:
             return True
         hit, self.interrupt = self.interrupt, False
         return hit
+
+    @contextlib.contextmanager
+    def watch(self, kick: Callable[[], None]) -> Iterator[None]:
+        """While the body runs (a step that may wait in ``KVM_RUN``), a thread reads the
+        peer: Ctrl-C or the end of the connection calls ``kick``, which ends the step.
+        Packets that come meanwhile are kept for after it."""
+        done = threading.Event()
+
+        def look() -> None:
+            try:
+                while not done.is_set():
+                    if not self._receive(0.05):
+                        self.done = True
+                        kick()
+                        return
+                    if self.interrupt:
+                        self.interrupt = False
+                        kick()
+                        return
+            except (OSError, ProtocolError):
+                self.done = True
+                kick()
+
+        watcher = threading.Thread(target=look, name="xinterface-gdb-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
 
     def serve(self) -> None:
         try:
@@ -178,7 +210,7 @@ class Session:
         if head in ("c", "C"):
             return self._continue()
         if head in ("s", "S"):
-            return stub.step(stub.current)
+            return stub.step(stub.current, self.watch)
         if head == "D":
             stub.detach()
             return "OK"
@@ -206,11 +238,13 @@ class Session:
                     int(thread, 16) - 1
                 if not 0 <= index < len(self.stub.machine.vcpus):
                     return _ERR_INVALID
-                return self.stub.step(index)
+                return self.stub.step(index, self.watch)
         return self._continue()
 
     def _continue(self) -> str | None:
-        self.stub.cont()
+        pending = self.stub.cont(self.watch)
+        if pending is not None:
+            return pending
         reply = self.stub.wait_stop(self._interrupted)
         if self.done:
             return None

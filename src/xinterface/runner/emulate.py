@@ -6,15 +6,21 @@ not PVM-aware goes that way), an instruction it does not implement ends ``KVM_RU
 ``KVM_EXIT_INTERNAL_ERROR`` (suberror ``KVM_INTERNAL_ERROR_EMULATION``), RIP still at the
 instruction and, with ``KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES``, its bytes.
 
-The one done here is **IRET in protected mode, to the same privilege level**: the emulator
-implements IRET in real mode only, so any 32-bit firmware that takes an interrupt in
-protected mode (iPXE's interrupt wrappers, a test guest's handler) dies on its return. The
-steps are those of the IRET pseudocode (Intel SDM Vol. 2A, "IRET/IRETD/IRETQ",
+Two are done here. The first is **IRET in protected mode, to the same privilege level**:
+the emulator implements IRET in real mode only, so any 32-bit firmware that takes an
+interrupt in protected mode (iPXE's interrupt wrappers, a test guest's handler) dies on
+its return. The steps are those of the IRET pseudocode (Intel SDM Vol. 2A, "IRET/IRETD/IRETQ",
 protected-mode RETURN-TO-SAME-PRIVILEGE-LEVEL): pop EIP, CS and EFLAGS, load CS from its
 GDT descriptor, update the flags the current privilege may change. Anything else (a task
 return with NT, a return to virtual-8086 mode or to an outer level, paging or long mode, an
 LDT selector, a descriptor that would fault) is left alone: the run then ends with the
 original error, as before.
+
+The second is **INT3 outside real mode**: the emulator implements software interrupts in
+real mode only, so a guest's own ``int3`` (a breakpoint of its own debugger, a kernel's
+BUG trap) fails the same way. It is delivered as the CPU does: #BP is a trap, so RIP moves
+past the one-byte instruction and the exception is injected (``KVM_SET_VCPU_EVENTS``); the
+guest's handler sees the return address after the ``int3``.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from __future__ import annotations
 import struct
 
 from ..errors import XInterfaceError
-from ..kvm import VcpuFd, uapi
+from ..kvm import VcpuFd, debug, uapi
 from ..memory import GuestMemory
 
 IRET = 0xCF
+INT3 = 0xCC
 OPERAND_SIZE = 0x66            # SDM Vol. 2A 2.1.1: the operand-size override prefix
 CR0_PE, CR0_PG = 1 << 0, 1 << 31
 EFER_LMA = 1 << 10
@@ -47,12 +54,22 @@ def emulate(vcpu: VcpuFd, memory: GuestMemory, insn: bytes) -> bool:
     while at < len(insn) and insn[at] == OPERAND_SIZE:
         operand32 = False   # toggled below against CS.D
         at += 1
+    if at == 0 and insn[:1] == bytes((INT3,)):
+        return _int3(vcpu)
     if at >= len(insn) or insn[at] != IRET:
         return False
     try:
         return _iret(vcpu, memory, override=operand32 is not None)
     except XInterfaceError:
         return False        # the stack or the GDT is not RAM: leave it to the original error
+
+
+def _int3(vcpu: VcpuFd) -> bool:
+    regs = vcpu.get_regs()
+    regs.rip += 1
+    vcpu.set_regs(regs)
+    debug.inject_exception(vcpu, debug.BP_VECTOR)
+    return True
 
 
 def _iret(vcpu: VcpuFd, memory: GuestMemory, *, override: bool) -> bool:

@@ -37,9 +37,7 @@ from ..kvm import uapi
 from ..memory import GuestMemory
 from ..runstate import IN_RUN, RunControl, RunState, RunStates
 from ..vm import Vm
-from .vcpu_loop import DebugHook, VcpuLoop
-
-KICK_SIGNAL = signal.SIGRTMIN + 1
+from .vcpu_loop import KICK_SIGNAL, DebugHook, VcpuLoop
 
 # Something that attaches devices to a new Machine (see Machine.default_devices).
 DeviceFactory = Callable[["Machine"], object]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import threading
 from types import ModuleType
 from typing import Protocol
@@ -40,6 +41,9 @@ from ..kvm import VcpuFd, exits, uapi
 from ..kvm.exits import Space
 from ..memory import GuestMemory
 
+# The signal that takes a thread out of KVM_RUN with EINTR (its handler: runner.machine);
+# also a debugger's, whose step runs KVM_RUN on its own thread.
+KICK_SIGNAL = signal.SIGRTMIN + 1
 _EXIT_MASK = 0xFF  # exit reasons are small integers; counts is indexed by them
 
 
@@ -124,10 +128,12 @@ class VcpuLoop:
         between loops while the run is paused. Errors end the run; ``run()`` re-raises them."""
         self.thread_id = self.slot.thread_id = threading.get_ident()
         try:
+            self.halted = False
             hook = self.owner.debugger
             if hook is not None and hook.hold(self) and not self.owner.park(self):
                 return
-            while True:
+            # Not while halted: a debugger's step may have run it into HLT while parked.
+            while not self.halted:
                 self._loop()
                 # Out of KVM_RUN for a stop or a pause: the owner says which.
                 if self.halted or not self.owner.park(self):
@@ -339,8 +345,17 @@ class VcpuLoop:
             if hook is not None and hook.stop(self, exit):
                 return True  # the debugger's stop: park (run() asks the owner)
             if isinstance(exit, exits.Debug):
-                raise GuestError(f"debug exit (#{exit.exception}) at {exit.pc:#x} with no "
-                                 "debugger", vcpu=self.index, regs=self.registers())
+                if hook is None:
+                    raise GuestError(f"debug exit (#{exit.exception}) at {exit.pc:#x} with "
+                                     "no debugger", vcpu=self.index, regs=self.registers())
+                # Not the debugger's: the guest's own #DB or #BP, which guest debugging
+                # diverts to userspace (api.rst, KVM_SET_GUEST_DEBUG), goes to the guest.
+                from ..kvm import debug
+
+                dr6 = exit.dr6 & (debug.DR6_HITS | debug.DR6_BS)
+                debug.inject_exception(self.vcpu, exit.exception,
+                                       dr6 if exit.exception == debug.DB_VECTOR else None)
+                return False
         if isinstance(exit, exits.InternalError):
             # Imported here: most runs never stop this way (start-up: docs/performance.md).
             from ..kvm import internal_error
