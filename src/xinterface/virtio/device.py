@@ -385,10 +385,14 @@ class VirtioDevice:
         (legacy or not), the configuration space and its generation, the error state, and
         every queue (:mod:`.persist`)."""
         with self._lock:
+            queues = []
+            for q in self.queues:
+                with q.lock:   # not mid-way through a round of processing (an iothread's)
+                    queues.append(save_queue(q))
             return {"status": self.status, "driver_features": self.driver_features,
                     "legacy": self.legacy, "config": self.config.hex(),
                     "config_generation": self.config_generation, "error": self.error,
-                    "queues": [save_queue(q) for q in self.queues]}
+                    "queues": queues}
 
     def load_state(self, state: State) -> None:
         """Reset, then take ``state`` (connected to its transport, before any vCPU runs);

@@ -25,7 +25,6 @@ from ..interface import XInterface, XIOEvent, XIORange
 from .device import Interrupt, VirtioDevice
 from .transport import (
     InterruptStatus,
-    check_offered,
     configurable_queue,
     feature_word,
     load_device,
@@ -294,7 +293,6 @@ class VirtioMmio:
         pfn = [field_int({"pfn": v}, "pfn", 0, 0xFFFFFFFF) for v in field_list(state, "pfn", n)]
         status = field_int(state, "interrupt_status", 0, int(Interrupt.USED | Interrupt.CONFIG))
         load_device(self.device, state, repr(self))
-        check_offered(self.device, state)
         with self._lock:
             for name, value in registers.items():
                 setattr(self, name, value)

@@ -195,12 +195,19 @@ def save_device(device: VirtioDevice, what: str) -> State:
 
 
 def load_device(device: VirtioDevice, state: State, what: str) -> None:
+    """The device's state (its own load()), then the features it offers checked against
+    the saved ones."""
     if not isinstance(device, Persistent):
         raise XInterfaceError(errno.EOPNOTSUPP, f"cannot restore: device {device.name} "
                               f"({what}) has no save()/load()", argument="device",
                               value=device.name)
     with nested("device"):
         device.load(field_table(state, "device"))
+    try:
+        check_offered(device, state)
+    except BaseException:
+        device.reset()   # nothing half loaded
+        raise
 
 
 def check_offered(device: VirtioDevice, state: State) -> None:

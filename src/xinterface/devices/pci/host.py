@@ -185,10 +185,12 @@ class PciHost:
             raise bad_field("functions", sorted(functions), "are not the board's functions "
                             f"{[name for name, _ in named]}")
         for name, fn in named:
+            entry = functions[name]
+            if not isinstance(entry, dict):
+                raise bad_field(f"functions[{name}]", entry, "is not a table")
             with nested(f"functions[{name}]"):
-                entry = field_table(functions, name)
-                fn.load_config(field_bytes(entry, "config", len(fn.config)),
-                               f"functions[{name}]")
+                config = field_bytes(entry, "config", len(fn.config))
+            fn.load_config(config, f"functions[{name}]")
         self._check_windows(named)
         for name, fn in named:
             if fn.persist is not None:

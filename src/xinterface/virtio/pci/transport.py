@@ -17,7 +17,6 @@ from ...interface import XInterface, XIOEvent, XIOEventFlags, XIORange
 from ..device import Interrupt, VirtioDevice
 from ..transport import (
     InterruptStatus,
-    check_offered,
     load_device,
     register_doorbells,
     save_device,
@@ -226,7 +225,6 @@ class VirtioPci:
         queue_select = field_int(state, "queue_select", 0, 0xFFFF)
         isr = field_int(state, "isr", 0, int(Interrupt.USED | Interrupt.CONFIG))
         load_device(self.device, state, repr(self))
-        check_offered(self.device, state)
         pci = self._state
         with pci.lock:
             pci.device_feature_select = selects["device_feature_select"]
