@@ -104,7 +104,7 @@ def test_pci_bars_load_and_register_where_the_state_says(pc: tuple[Machine, Plat
 
 def test_pci_refuses_a_bar_on_ram_on_a_device_or_malformed(pc: tuple[Machine, Platform]
                                                            ) -> None:
-    _, platform = pc
+    machine, platform = pc
     host = platform.pci
     assert host is not None
     saved = host.save()
@@ -123,6 +123,9 @@ def test_pci_refuses_a_bar_on_ram_on_a_device_or_malformed(pc: tuple[Machine, Pl
     missing = copy.deepcopy(saved)
     del missing["functions"]["00:03.0"]
     refused(host.load, missing, "functions")
+    # Each refusal left the registers as they were, and nothing registered.
+    assert host.save() == saved
+    assert not [d for d in machine.mmio_bus.routes.devices if "virtio-pci" in d.name]
 
 
 def _queue(state: dict[str, Any], **values: Any) -> dict[str, Any]:
