@@ -244,10 +244,13 @@ def _hang_up(conn: socket.socket) -> None:
     conn.recv(HEADER.size)
 
 
-@pytest.mark.parametrize("behave", [_garbage, _silent, _hang_up],
-                         ids=["garbage", "never-replies", "hangs-up"])
+@pytest.mark.parametrize(("behave", "words"), [
+    (_garbage, "are not those of a reply"),
+    (_silent, "the backend did not reply within 1.0 s"),
+    (_hang_up, "the backend closed the connection instead of replying"),
+], ids=["garbage", "never-replies", "hangs-up"])
 def test_a_broken_backend_is_refused_in_one_line(
-        tmp_path: Path, behave: Callable[[socket.socket], None]) -> None:
+        tmp_path: Path, behave: Callable[[socket.socket], None], words: str) -> None:
     sock = tmp_path / "bad.sock"
     fds = os.listdir("/proc/self/fd")
     peer = HostileBackend(sock, behave)
@@ -260,6 +263,8 @@ def test_a_broken_backend_is_refused_in_one_line(
     assert time.monotonic() - started < 2.5
     assert caught.value.argument == "disks[0]"
     assert str(sock) in str(caught.value) and "\n" not in str(caught.value)
+    # The frontend's errors speak of the backend, its peer.
+    assert words in str(caught.value) and "frontend" not in str(caught.value)
     assert os.listdir("/proc/self/fd") == fds            # nothing half-made stays open
 
 

@@ -58,7 +58,7 @@ def connect(path: str, *, timeout: float = MESSAGE_TIMEOUT,
         raise XInterfaceError(exc.errno or errno.ECONNREFUSED,
                               f"vhost-user socket {path}: {exc.strerror or exc}",
                               argument=argument, value=path) from None
-    return BackendConnection(Channel(sock, timeout=timeout), path)
+    return BackendConnection(Channel(sock, timeout=timeout, peer="backend"), path)
 
 
 class BackendConnection:
