@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xinterface.vhost_user.memory import MemoryTable
 from xinterface.vhost_user.protocol import (
     HEADER,
     MAX_PAYLOAD,
@@ -27,7 +28,6 @@ from xinterface.vhost_user.protocol import (
     Region,
     Request,
 )
-from xinterface.vhost_user.memory import MemoryTable
 from xinterface.virtio import VirtioRng
 from xinterface.virtio.driver import QueueDriver
 
