@@ -7,7 +7,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from tests.netns import inside, needs_netns, netns, tap
+from xinterface.vhost_user.protocol import VRING_STATE, Request
 from xinterface.virtio.driver import QueueDriver
 from xinterface.virtio.net import TapBackend, VirtioNet
 from xinterface.virtio.net.device import NET_HDR
@@ -59,3 +62,54 @@ def test_frames_cross_the_tap_both_ways(tmp_path: Path) -> None:
             peer.close()
             net.close()
     assert net.stats["tx_packets"] == 1 and net.stats["rx_packets"] == 1
+
+
+@needs_netns
+def test_a_disabled_ring_discards_transmits_and_receives_nothing(tmp_path: Path) -> None:
+    """Spec, "Ring states": a started but disabled ring; the backend must not supply new
+    receive frames, and must process and discard transmitted ones."""
+    with netns() as ns:
+        tap(ns, "xivhost0", "10.0.2.2/24")
+        with inside(ns):
+            net = VirtioNet(TapBackend("xivhost0"))
+            peer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
+            peer.bind(("xivhost0", 0))
+        peer.settimeout(0.5)
+        try:
+            with Backend(net, tmp_path) as backend, backend.connect() as fe:
+                fe.negotiate()
+                assert fe.mem_table() == 0
+                rx, tx = QueueDriver(fe.intf, RX, 16), QueueDriver(fe.intf, TX, 16)
+                assert fe.start_ring(0, rx) == 0 and fe.start_ring(1, tx) == 0
+                for ring in (0, 1):
+                    assert fe.ack(Request.SET_VRING_ENABLE, VRING_STATE.pack(ring, 0)) == 0
+                # Transmit on the disabled ring: the chain comes back used, nothing leaves.
+                out = frame(b"\xff" * 6, MAC, 3)
+                fe.intf.copy_to(TX_BUF, bytes(HDR) + out)
+                fe.submit(1, tx, [(TX_BUF, HDR + len(out), False)])
+                assert fe.wait_call(1)
+                assert tx.used() == [(0, 0)]
+                with pytest.raises(TimeoutError):
+                    peer.recv(2048)
+                # A frame for the guest while its receive ring is disabled stays out of it.
+                fe.submit(0, rx, [(RX_BUF, 2048, True)])
+                into = frame(MAC, b"\x02" * 6, 4)
+                peer.send(into)
+                assert not fe.wait_call(0, timeout=0.5)
+                assert rx.used() == []
+                # Enabled again: the waiting frame is received, the next transmit sent.
+                for ring in (0, 1):
+                    assert fe.ack(Request.SET_VRING_ENABLE, VRING_STATE.pack(ring, 1)) == 0
+                assert fe.wait_call(0)
+                [(_, length)] = rx.used()
+                assert fe.intf.copy_from(RX_BUF + HDR, len(into)) == into
+                out = frame(b"\xff" * 6, MAC, 5)
+                fe.intf.copy_to(TX_BUF, bytes(HDR) + out)
+                fe.submit(1, tx, [(TX_BUF, HDR + len(out), False)])
+                assert fe.wait_call(1)
+                assert peer.recv(2048) == out
+                assert backend.lines == []
+        finally:
+            peer.close()
+            net.close()
+    assert net.stats["tx_discarded_disabled"] == 1 and net.stats["tx_packets"] == 1
