@@ -102,6 +102,7 @@ def test_a_disabled_ring_discards_transmits_and_receives_nothing(tmp_path: Path)
                     assert fe.ack(Request.SET_VRING_ENABLE, VRING_STATE.pack(ring, 1)) == 0
                 assert fe.wait_call(0)
                 [(_, length)] = rx.used()
+                assert length == HDR + len(into)
                 assert fe.intf.copy_from(RX_BUF + HDR, len(into)) == into
                 out = frame(b"\xff" * 6, MAC, 5)
                 fe.intf.copy_to(TX_BUF, bytes(HDR) + out)
