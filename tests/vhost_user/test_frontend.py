@@ -331,3 +331,40 @@ def test_a_config_write_goes_to_the_backend_and_reads_back_what_it_holds(
         finally:
             device.disconnect()
             device.close()
+
+
+def test_a_legacy_driver_reads_through_qemu_storage_daemon(tmp_path: Path,
+                                                           backend: Backend) -> None:
+    """A legacy (virtio 0.9.5) driver, as our legacy virtio-pci interface gives it: no
+    VERSION_1, no FEATURES_OK. libvhost-user refuses a device without VERSION_1 (and drops
+    the connection); its split ring and requests are laid out as a modern driver's on this
+    little-endian host, so the proxy tells the backend VERSION_1 and the reads are served."""
+    image, sock = tmp_path / "disk.img", tmp_path / "blk.sock"
+    image.write_bytes(b"".join(bytes([i]) * 512 for i in range(8)))
+    backend(qsd_command(image, sock), sock)
+    interrupts: list[Interrupt] = []
+    with xi.Machine(memory=4 << 20) as m:
+        intf = xi.bind(m)
+        device = VhostUserBlk(str(sock), timeout=2.0)
+        try:
+            device.connect(intf, interrupts.append, legacy=True)
+            assert not device.device_features >> 32          # no VERSION_1 offered
+            device.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
+            device.set_driver_features(0, device.device_features)
+            q = QueueDriver(intf, 0x10000, 64)
+            vq = device.queues[0]
+            vq.size, vq.desc_addr, vq.avail_addr, vq.used_addr = (
+                q.size, q.desc_addr, q.avail_addr, q.used_addr)
+            device.set_queue_ready(0, True)
+            device.set_status(Status.ACKNOWLEDGE | Status.DRIVER | Status.DRIVER_OK)
+            assert not device.status & Status.DEVICE_NEEDS_RESET, device.error
+            for sector in (2, 7):
+                head = read_request(intf, q, 0x20000, sector)
+                device.notify(0)
+                assert wait_for(lambda: q.used_idx != q.last_used, 10)
+                assert q.used() == [(head, 513)]
+                assert intf.copy_from(0x20200, 513) == bytes([sector]) * 512 + b"\0"
+            assert device.connected and not device.stats["backend_lost"]
+        finally:
+            device.disconnect()
+            device.close()

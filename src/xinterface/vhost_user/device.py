@@ -164,6 +164,11 @@ class VhostUserDevice(VirtioDevice):
         """Device type bits this process implements itself (a net's MAC)."""
         return 0
 
+    def legacy_layout_is_modern(self, features: int) -> bool:
+        """Whether a legacy driver with ``features`` lays out its buffers exactly as a
+        modern one (true of blk and rng)."""
+        return True
+
     def doorbell_eventfd(self, index: int) -> int | None:
         return self._kicks[index] if 0 <= index < len(self._kicks) else None
 
@@ -212,6 +217,14 @@ class VhostUserDevice(VirtioDevice):
             return
         features = self.driver_features & conn.features
         missing = self.driver_features & ~conn.features & ~self.local_features()
+        if (self.legacy and conn.features >> VIRTIO_F_VERSION_1 & 1
+                and self.legacy_layout_is_modern(features)):
+            # A legacy (virtio 0.9.5) driver on our transport, a virtio 1 backend: on a
+            # little-endian host the driver's split rings and requests are laid out as a
+            # modern driver's (§2.7, and the legacy interface sections of each device type),
+            # so the backend is told VERSION_1: libvhost-user's backends (qemu-storage-
+            # daemon) refuse a device without it, and drop the connection.
+            features |= 1 << VIRTIO_F_VERSION_1
         try:
             if missing:
                 raise ProtocolError(f"the backend lacks negotiated features {missing:#x}")
@@ -362,6 +375,7 @@ class VhostUserBlk(VhostUserDevice):
 
 
 VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_MRG_RXBUF = 15
 MAC_SIZE = 6
 # Features that need the control queue, more queue pairs or a status register that this
 # proxy does not have (§5.1.3): STATUS 16, CTRL_VQ 17, CTRL_RX 18, CTRL_VLAN 19,
@@ -387,6 +401,11 @@ class VhostUserNet(VhostUserDevice):
 
     def local_features(self) -> int:
         return 1 << VIRTIO_NET_F_MAC
+
+    def legacy_layout_is_modern(self, features: int) -> bool:
+        # §5.1.6.1 (legacy): without VIRTIO_NET_F_MRG_RXBUF a legacy driver's header lacks
+        # num_buffers (10 bytes, not 12): the backend must be told the legacy features.
+        return bool(features >> VIRTIO_NET_F_MRG_RXBUF & 1)
 
     def config_write(self, offset: int, data: bytes) -> None:
         # §5.1.4.3 (legacy): a legacy driver may set the MAC by writing it; the MAC is ours.
