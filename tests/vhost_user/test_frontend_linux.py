@@ -44,7 +44,7 @@ class Run:
     backend_errors: dict[str, str]     # each backend's stderr
 
 
-def _tap_packets(ns: str, name: str) -> tuple[int, int]:
+def tap_packets(ns: str, name: str) -> tuple[int, int]:
     [link] = json.loads(ip("-n", ns, "-s", "-j", "link", "show", name))
     return int(link["stats64"]["rx"]["packets"]), int(link["stats64"]["tx"]["packets"])
 
@@ -84,7 +84,7 @@ def run(linux: dict[str, str], tmp_path_factory: pytest.TempPathFactory  # noqa:
                  "--rng", f"vhost-user={socks['rng']}"],
                 capture_output=True, text=True, errors="replace", timeout=RUN_TIMEOUT,
                 check=False, env=ENV)
-            packets = _tap_packets(ns, "xitap0")
+            packets = tap_packets(ns, "xitap0")
         finally:
             for process in backends:
                 process.terminate()

@@ -2,7 +2,12 @@
 qemu-system-x86_64 runs Debian's iPXE from the ROM BAR of a ``virtio-net-pci`` whose netdev
 is ``-netdev vhost-user`` to our backend; iPXE's own virtio-net driver asks dnsmasq for an
 address by DHCP and fetches a script by TFTP, which fetches one more file. dnsmasq and the
-backend's TAP are in a network namespace the test creates: no frame leaves it."""
+backend's TAP are in a network namespace the test creates: no frame leaves it.
+
+Not on kvm_pvm: there QEMU stops at iPXE's first protected-mode IRET, before any frame
+(``KVM internal error. Suberror: 1``, emulation failure, ``Code=... <cf>``), with its own
+``-netdev user`` as with ours; our VMM finishes that IRET itself (docs/boards.md). Under
+QEMU on this host, ``serve net`` is tested with Linux (test_qemu_linux.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +16,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import needs_kvm, wait_for
 from tests.netns import needs_netns, netns, tap
 from tests.vhost_user.test_qemu import QEMU, SEABIOS
 
-pytestmark = [needs_kvm, needs_netns]
+pytestmark = [
+    needs_kvm, needs_netns,
+    pytest.mark.skipif(Path("/sys/module/kvm_pvm").exists(),
+                       reason="kvm_pvm: QEMU cannot finish iPXE's protected-mode IRET"),
+]
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 IPXE_ROM = "/usr/lib/ipxe/qemu/pxe-virtio.rom"   # package ipxe-qemu: 1af4:1041 in its header
@@ -27,9 +38,8 @@ def qemu_ipxe_args(sock: Path, top: Path) -> list[str]:
     sercon = top / "sercon-port"
     sercon.write_bytes((0x3F8).to_bytes(2, "little"))   # SeaBIOS's screen on COM1
     # disable-legacy=on: the modern device (1af4:1041), the one the ROM's header names (SeaBIOS
-    # runs a PCI ROM only for its device). +invtsc: iPXE's timer is the TSC only when it is
-    # invariant; its BIOS tick fallback does not advance here.
-    return [QEMU, "-accel", "kvm", "-M", "pc", "-cpu", "qemu64,+invtsc", "-m", "64",
+    # runs a PCI ROM only for its device).
+    return [QEMU, "-accel", "kvm", "-M", "pc", "-m", "64",
             "-nodefaults", "-display", "none", "-bios", str(SEABIOS),
             "-object", "memory-backend-memfd,id=mem,size=64M,share=on",
             "-numa", "node,memdev=mem",
