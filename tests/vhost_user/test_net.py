@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.netns import inside, needs_netns, netns, tap
-from xinterface.vhost_user.protocol import VRING_STATE, Request
+from xinterface.vhost_user.protocol import U64, VRING_STATE, Request
 from xinterface.virtio.driver import QueueDriver
 from xinterface.virtio.net import TapBackend, VirtioNet
-from xinterface.virtio.net.device import NET_HDR
+from xinterface.virtio.net.device import LEGACY_NET_HDR_SIZE, NET_HDR, VIRTIO_NET_F_MRG_RXBUF
 
 from .frontend import Backend
 
 HDR = NET_HDR.size
+LEGACY_HDR = LEGACY_NET_HDR_SIZE
 ETHERTYPE = 0x88B5            # IEEE local experimental: nothing in the namespace answers it
 MAC = bytes.fromhex("525400123456")
 RX, TX, RX_BUF, TX_BUF = 0x1000, 0x3000, 0x10000, 0x20000
@@ -114,3 +116,46 @@ def test_a_disabled_ring_discards_transmits_and_receives_nothing(tmp_path: Path)
             peer.close()
             net.close()
     assert net.stats["tx_discarded_disabled"] == 1 and net.stats["tx_packets"] == 1
+
+
+@needs_netns
+def test_a_legacy_frontend_gets_the_10_byte_header(tmp_path: Path) -> None:
+    """A frontend whose guest driver is legacy leaves VERSION_1 out (QEMU passes the
+    driver's features as they are); without MRG_RXBUF its virtio_net_hdr has no
+    num_buffers, 10 bytes (§5.1.6.1), both ways. The next frontend is offered VERSION_1."""
+    with netns() as ns:
+        tap(ns, "xivhost0", "10.0.2.2/24")
+        with inside(ns):
+            net = VirtioNet(TapBackend("xivhost0"))
+            peer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
+            peer.bind(("xivhost0", 0))
+        peer.settimeout(10)
+        try:
+            with Backend(net, tmp_path) as backend:
+                with backend.connect() as fe:
+                    offered = U64.unpack(fe.call(Request.GET_FEATURES))[0]
+                    legacy = offered & 0xFFFFFFFF & ~(1 << VIRTIO_NET_F_MRG_RXBUF)
+                    fe.negotiate(legacy)
+                    assert fe.mem_table() == 0
+                    rx, tx = QueueDriver(fe.intf, RX, 16), QueueDriver(fe.intf, TX, 16)
+                    assert fe.start_ring(0, rx) == 0 and fe.start_ring(1, tx) == 0
+                    out = frame(b"\xff" * 6, MAC, 6)
+                    fe.intf.copy_to(TX_BUF, bytes(LEGACY_HDR) + out)
+                    fe.submit(1, tx, [(TX_BUF, LEGACY_HDR + len(out), False)])
+                    assert fe.wait_call(1)
+                    assert peer.recv(2048) == out
+                    fe.submit(0, rx, [(RX_BUF, 2048, True)])
+                    into = frame(MAC, b"\x02" * 6, 7)
+                    peer.send(into)
+                    assert fe.wait_call(0)
+                    [(_, length)] = rx.used()
+                    assert length == LEGACY_HDR + len(into)
+                    assert fe.intf.copy_from(RX_BUF + LEGACY_HDR, len(into)) == into
+                    assert net.legacy
+                assert wait_for(lambda: net.status == 0)
+                with backend.connect() as fe:
+                    assert U64.unpack(fe.call(Request.GET_FEATURES))[0] == offered
+                assert backend.lines == []
+        finally:
+            peer.close()
+            net.close()

@@ -236,7 +236,7 @@ class Session:
         if value != self.features and any(r.started for r in self.rings):
             raise ProtocolError("features cannot change while a ring runs")
         if value != self.features and self.device.status:
-            self.device.reset()   # the next start negotiates the new set
+            self._reset_device()   # the next start negotiates the new set
         self.features = value
 
     def _get_protocol_features(self, message: Message) -> bytes:
@@ -256,7 +256,7 @@ class Session:
     def _reset(self, message: Message) -> None:
         for ring in self.rings:
             self._stop(ring)
-        self.device.reset()
+        self._reset_device()
         self.features = 0
 
     def _get_queue_num(self, message: Message) -> bytes:
@@ -361,7 +361,7 @@ class Session:
         ring = self._ring(index, message.name)
         self._stop(ring)
         if not any(r.started for r in self.rings):
-            self.device.reset()
+            self._reset_device()
         return VRING_STATE.pack(index, ring.base)
 
     def _fd_request(self, message: Message) -> tuple[Ring, int]:
@@ -485,17 +485,26 @@ class Session:
         frontend negotiated with the guest, this replays the outcome."""
         device = self.device
         if device.status:
-            device.reset()
-        # A legacy driver behind the frontend leaves VERSION_1 out; the ring layout is the
-        # same on a little-endian host, so the device runs as a modern one.
-        features = (self.features & device.device_features) | 1 << VIRTIO_F_VERSION_1
+            self._reset_device()
+        # A legacy driver behind the frontend leaves VERSION_1 out: the device runs as a
+        # legacy one (a transport's legacy interface: no FEATURES_OK), which matters where
+        # the layouts differ (virtio-net's 10-byte header without MRG_RXBUF, §5.1.6.1).
+        device.legacy = not self.features >> VIRTIO_F_VERSION_1 & 1
+        features = self.features & device.device_features
         device.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
         device.set_driver_features(0, features & 0xFFFFFFFF)
-        device.set_driver_features(1, features >> 32)
-        device.set_status(Status.FEATURES_OK)
-        if not device.status & Status.FEATURES_OK:
-            raise ProtocolError(f"the device refused the features {features:#x}")
-        device.set_status(Status.DRIVER_OK)
+        if not device.legacy:
+            device.set_driver_features(1, features >> 32)
+            device.set_status(Status.FEATURES_OK)
+            if not device.status & Status.FEATURES_OK:
+                raise ProtocolError(f"the device refused the features {features:#x}")
+        device.set_status(device.status | Status.DRIVER_OK)
+
+    def _reset_device(self) -> None:
+        """Reset the device, and offer a modern one again (the next frontend negotiates
+        anew: GET_FEATURES offers VERSION_1)."""
+        self.device.reset()
+        self.device.legacy = False
 
     def _stop(self, ring: Ring) -> None:
         """Stop ``ring`` (if it runs): no kick is served after this, its next available
