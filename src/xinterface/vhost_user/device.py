@@ -186,9 +186,10 @@ class VhostUserDevice(VirtioDevice):
         field then holds what the backend reads back (GET_CONFIG): a backend may keep
         another value. A backend that refuses the write leaves the field as it was."""
         end = offset + len(data)
+        writable = any(start <= offset and end <= start + size
+                       for start, size in self.writable_config)
         conn = self._conn
-        if conn is None or end > self.config_size or not any(start <= offset and end <= start + size
-                                   for start, size in self.writable_config):
+        if conn is None or not writable or end > self.config_size:
             self.stats["config_write_dropped"] += 1
             return
         try:
