@@ -8,14 +8,17 @@ mount -t proc proc /proc
 read -r cmdline < /proc/cmdline
 echo "cmdline: $cmdline"
 # Asked for on the command line: xinterface.write (mount the disk read-write, write a file,
-# unmount it so the image is clean), xinterface.hwrng (read 16 bytes of /dev/hwrng).
+# unmount it so the image is clean), xinterface.hwrng (read 16 bytes of /dev/hwrng),
+# xinterface.net (eth0 as 10.0.2.15/24, one ping to 10.0.2.2: the test's TAP).
 write=
 mode=ro
 hwrng=
+net=
 for word in $cmdline; do
     case "$word" in
         xinterface.write) write=1 mode=rw ;;
         xinterface.hwrng) hwrng=1 ;;
+        xinterface.net) net=1 ;;
     esac
 done
 disk=
@@ -38,6 +41,14 @@ if [ -n "$disk" ]; then
 fi
 if [ -n "$hwrng" ]; then
     echo "hwrng:$(od -An -tx1 -N16 /dev/hwrng)"
+fi
+if [ -n "$net" ]; then
+    if ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up && ping -c 1 -W 60 10.0.2.2 > /dev/null
+    then
+        echo "net: 10.0.2.2 answered"
+    else
+        echo "net: no answer from 10.0.2.2"
+    fi
 fi
 echo "XINTERFACE-INIT-DONE"
 # reboot -f asks the kernel to restart at once; with reboot=k on the command line it pulses

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,14 @@ def default_layout(size: int) -> list[tuple[int, int]]:
     if size <= LOW_RAM_TOP:
         return [(0, size)]
     return [(0, LOW_RAM_TOP), (HIGH_RAM_BASE, size - LOW_RAM_TOP)]
+
+
+def seal_size(fd: int) -> None:
+    """Fix the size of the memfd ``fd`` for good (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL):
+    a process it is shared with (a vhost-user backend) can map it without a truncation ever
+    turning its accesses into SIGBUS, and the backend can see so (F_GET_SEALS)."""
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
 
 
 def mmap_address(mapping: mmap.mmap) -> int:
@@ -122,12 +131,14 @@ class GuestMemory:
             raise XInterfaceError(errno.EEXIST, f"gpa {gpa:#x}+{size:#x} overlaps guest memory",
                                   argument="gpa", value=gpa)
         if memfd is None:
-            fd = os.memfd_create(f"xinterface-ram-{gpa:#x}", os.MFD_CLOEXEC)
+            fd = os.memfd_create(f"xinterface-ram-{gpa:#x}",
+                                 os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         else:
             fd = os.dup(memfd)
         try:
             if memfd is None:
                 os.ftruncate(fd, size)
+                seal_size(fd)
             mapping = mmap.mmap(fd, size, mmap.MAP_SHARED,
                                 mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
         except BaseException:

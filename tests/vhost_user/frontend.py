@@ -51,25 +51,30 @@ def new_eventfd() -> int:
 class Frontend:
     """One connection to a backend. ``memfd``: the guest memory shared with it."""
 
-    def __init__(self, sock: socket.socket, memory: int = MEMORY) -> None:
+    def __init__(self, sock: socket.socket, memory: int = MEMORY, *,
+                 sealing: bool = True) -> None:
         self.sock = sock
         sock.settimeout(TIMEOUT)
-        self.memfd = os.memfd_create("vhost-user-test-ram", os.MFD_CLOEXEC)
+        # Sealable but not sealed: the backend seals it against shrinking itself.
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing else 0)
+        self.memfd = os.memfd_create("vhost-user-test-ram", flags)
         os.ftruncate(self.memfd, memory)
         self.memory = memory
         # Our own view of the guest memory, for the driver.
         self.host = MemoryHost()
-        self.host.memory = MemoryTable([Region(0, memory, USER_BASE, 0)], [os.dup(self.memfd)])
+        self.host.memory = MemoryTable([Region(0, memory, USER_BASE, 0)], [os.dup(self.memfd)]) \
+            if sealing else None
         self.intf = SessionInterface(self.host)
         self.kicks: dict[int, int] = {}
         self.calls: dict[int, int] = {}
 
     @classmethod
-    def connect(cls, path: str | os.PathLike[str], memory: int = MEMORY) -> Frontend:
+    def connect(cls, path: str | os.PathLike[str], memory: int = MEMORY, *,
+                sealing: bool = True) -> Frontend:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(TIMEOUT)
         sock.connect(str(path))
-        return cls(sock, memory)
+        return cls(sock, memory, sealing=sealing)
 
     # --- messages -------------------------------------------------------------------------
     def send_raw(self, data: bytes, fds: Sequence[int] = ()) -> None:
@@ -181,8 +186,8 @@ class Frontend:
             os.close(fd)
         self.kicks, self.calls = {}, {}
         self.intf.put()
-        assert self.host.memory is not None
-        self.host.memory.close()
+        if self.host.memory is not None:
+            self.host.memory.close()
         os.close(self.memfd)
 
     def __enter__(self) -> Frontend:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from xinterface.vhost_user.protocol import U64, Request
+from xinterface.vhost_user.protocol import CONFIG_HEADER, U64, Request, encode_config
 
 from .frontend import Frontend
 
@@ -100,3 +101,29 @@ def test_fd_takes_a_listening_socket_too(tmp_path: Path) -> None:
         p.kill()
         p.wait()
     assert p.returncode == 0 and err == b""
+
+
+def test_set_config_reaches_the_served_device(tmp_path: Path) -> None:
+    """SET_CONFIG to ``serve console``: a byte written to ``emerg_write`` (virtio-console's
+    VIRTIO_CONSOLE_F_EMERG_WRITE, §5.3.4) is the guest's output, on the program's stdout;
+    a write outside the configuration space is refused in one line."""
+    path = tmp_path / "con.sock"
+    p = serve("console", "--socket-path", str(path))
+    try:
+        assert wait_for(path.exists, timeout=30)
+        with Frontend.connect(path) as fe:
+            fe.negotiate()
+            for byte in b"hi\n":
+                assert fe.ack(Request.SET_CONFIG, encode_config(8, bytes([byte, 0, 0, 0]))) == 0
+            assert fe.ack(Request.SET_CONFIG, encode_config(250, bytes(8))) == 1
+            # The read-only fields are as they were: cols, rows, one port.
+            reply = fe.call(Request.GET_CONFIG, encode_config(0, bytes(8)))
+            assert reply[CONFIG_HEADER.size:] == struct.pack("<HHI", 0, 0, 1)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == 0 and out == b"hi\n"
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and "SET_CONFIG refused" in lines[0] and "outside" in lines[0], lines

@@ -29,7 +29,7 @@ from tests.conftest import Assemble, needs_kvm, wait_for
 from xinterface.boards import attach_microvm, attach_pc
 from xinterface.errors import XInterfaceError
 from xinterface.spec import VhostUser
-from xinterface.vhost_user.device import VhostUserBlk
+from xinterface.vhost_user.device import BLK_WRITEBACK, VhostUserBlk
 from xinterface.vhost_user.protocol import HEADER
 from xinterface.virtio.blk import VIRTIO_BLK_T_IN
 from xinterface.virtio.device import Interrupt, Status
@@ -39,6 +39,7 @@ pytestmark = needs_kvm
 PC_BIOS = "/usr/share/seabios/bios.bin"
 MICROVM_BIOS = "/usr/share/seabios/bios-microvm.bin"
 SECTORS = 8
+VIRTIO_BLK_F_CONFIG_WCE = 11   # §5.2.3
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 Backend = Callable[..., subprocess.Popen[bytes]]
@@ -244,10 +245,13 @@ def _hang_up(conn: socket.socket) -> None:
     conn.recv(HEADER.size)
 
 
-@pytest.mark.parametrize("behave", [_garbage, _silent, _hang_up],
-                         ids=["garbage", "never-replies", "hangs-up"])
+@pytest.mark.parametrize(("behave", "words"), [
+    (_garbage, "are not those of a reply"),
+    (_silent, "the backend did not reply within 1.0 s"),
+    (_hang_up, "the backend closed the connection instead of replying"),
+], ids=["garbage", "never-replies", "hangs-up"])
 def test_a_broken_backend_is_refused_in_one_line(
-        tmp_path: Path, behave: Callable[[socket.socket], None]) -> None:
+        tmp_path: Path, behave: Callable[[socket.socket], None], words: str) -> None:
     sock = tmp_path / "bad.sock"
     fds = os.listdir("/proc/self/fd")
     peer = HostileBackend(sock, behave)
@@ -260,6 +264,8 @@ def test_a_broken_backend_is_refused_in_one_line(
     assert time.monotonic() - started < 2.5
     assert caught.value.argument == "disks[0]"
     assert str(sock) in str(caught.value) and "\n" not in str(caught.value)
+    # The frontend's errors speak of the backend, its peer.
+    assert words in str(caught.value) and "frontend" not in str(caught.value)
     assert os.listdir("/proc/self/fd") == fds            # nothing half-made stays open
 
 
@@ -286,5 +292,79 @@ def test_a_frozen_backend_is_device_needs_reset_within_the_timeout(
             assert not device.connected
         finally:
             process.send_signal(signal.SIGCONT)
+            device.disconnect()
+            device.close()
+
+
+def test_a_config_write_goes_to_the_backend_and_reads_back_what_it_holds(
+        tmp_path: Path, backend: Backend) -> None:
+    """The driver's write of virtio-blk's writeback byte (VIRTIO_BLK_F_CONFIG_WCE, §5.2.6.1)
+    is SET_CONFIG to qemu-storage-daemon, which switches its write cache; the byte read
+    back (GET_CONFIG) is the daemon's. A write to a read-only field is dropped before it
+    reaches the backend (libvhost-user treats a SET_CONFIG it cannot apply as fatal)."""
+    image, sock = tmp_path / "disk.img", tmp_path / "blk.sock"
+    image.write_bytes(b"".join(bytes([i]) * 512 for i in range(8)))
+    backend(qsd_command(image, sock), sock)
+    with xi.Machine(memory=4 << 20) as m:
+        intf = xi.bind(m)
+        device = VhostUserBlk(str(sock), timeout=2.0)
+        try:
+            assert device.device_features >> VIRTIO_BLK_F_CONFIG_WCE & 1
+            before = device.config[BLK_WRITEBACK]
+            for value in (before ^ 1, before):
+                device.write_config(BLK_WRITEBACK, bytes([value]))
+                assert device.config[BLK_WRITEBACK] == value
+            assert device.stats["config_write"] == 2
+            capacity = bytes(device.config[:8])
+            device.write_config(0, bytes(8))             # capacity: read-only
+            assert bytes(device.config[:8]) == capacity == (8).to_bytes(8, "little")
+            assert device.stats["config_write_dropped"] == 1
+            # The backend still serves: the driver starts the device and reads a sector.
+            q = QueueDriver(intf, 0x10000, 64)
+            status = bring_up(device, intf, [q])
+            assert status & Status.DRIVER_OK and not status & Status.DEVICE_NEEDS_RESET
+            head = read_request(intf, q, 0x20000, 6)
+            device.notify(0)
+            assert wait_for(lambda: q.used_idx != q.last_used, 10)
+            assert q.used() == [(head, 513)]
+            assert intf.copy_from(0x20200, 513) == bytes([6]) * 512 + b"\0"
+        finally:
+            device.disconnect()
+            device.close()
+
+
+def test_a_legacy_driver_reads_through_qemu_storage_daemon(tmp_path: Path,
+                                                           backend: Backend) -> None:
+    """A legacy (virtio 0.9.5) driver, as our legacy virtio-pci interface gives it: no
+    VERSION_1, no FEATURES_OK. libvhost-user refuses a device without VERSION_1 (and drops
+    the connection); its split ring and requests are laid out as a modern driver's on this
+    little-endian host, so the proxy tells the backend VERSION_1 and the reads are served."""
+    image, sock = tmp_path / "disk.img", tmp_path / "blk.sock"
+    image.write_bytes(b"".join(bytes([i]) * 512 for i in range(8)))
+    backend(qsd_command(image, sock), sock)
+    interrupts: list[Interrupt] = []
+    with xi.Machine(memory=4 << 20) as m:
+        intf = xi.bind(m)
+        device = VhostUserBlk(str(sock), timeout=2.0)
+        try:
+            device.connect(intf, interrupts.append, legacy=True)
+            assert not device.device_features >> 32          # no VERSION_1 offered
+            device.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
+            device.set_driver_features(0, device.device_features)
+            q = QueueDriver(intf, 0x10000, 64)
+            vq = device.queues[0]
+            vq.size, vq.desc_addr, vq.avail_addr, vq.used_addr = (
+                q.size, q.desc_addr, q.avail_addr, q.used_addr)
+            device.set_queue_ready(0, True)
+            device.set_status(Status.ACKNOWLEDGE | Status.DRIVER | Status.DRIVER_OK)
+            assert not device.status & Status.DEVICE_NEEDS_RESET, device.error
+            for sector in (2, 7):
+                head = read_request(intf, q, 0x20000, sector)
+                device.notify(0)
+                assert wait_for(lambda: q.used_idx != q.last_used, 10)
+                assert q.used() == [(head, 513)]
+                assert intf.copy_from(0x20200, 513) == bytes([sector]) * 512 + b"\0"
+            assert device.connected and not device.stats["backend_lost"]
+        finally:
             device.disconnect()
             device.close()

@@ -4,6 +4,7 @@ copy_to/copy_from/vmap/sgmap, run by the same code as on a local VM."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from collections.abc import Iterator
 
@@ -24,8 +25,8 @@ PAGE = 4096
 def intf() -> Iterator[SessionInterface]:
     """Guest memory [0, 8 KiB) and [8 KiB, 12 KiB) from one memfd, and [1 MiB, +4 KiB) from
     another; a hole between."""
-    a = os.memfd_create("a", os.MFD_CLOEXEC)
-    b = os.memfd_create("b", os.MFD_CLOEXEC)
+    a = os.memfd_create("a", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    b = os.memfd_create("b", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(a, 4 * PAGE)
     os.ftruncate(b, PAGE)
     host = MemoryHost()
@@ -105,3 +106,42 @@ def test_no_memory_table_yet_is_efault() -> None:
         intf.copy_from(0, 1)
     assert exc.value.errno == errno.EFAULT
     intf.put()
+
+
+def _memfd(flags: int = os.MFD_ALLOW_SEALING) -> int:
+    fd = os.memfd_create("seal", os.MFD_CLOEXEC | flags)
+    os.ftruncate(fd, 2 * PAGE)
+    return fd
+
+
+def test_a_sealable_file_is_sealed_against_shrinking_before_it_is_mapped() -> None:
+    fd = _memfd()
+    assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) == 0
+    table = MemoryTable([Region(0, 2 * PAGE, USER, 0)], [os.dup(fd)])
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+        with pytest.raises(PermissionError):   # the frontend's truncation now fails
+            os.ftruncate(fd, PAGE)
+        os.ftruncate(fd, 4 * PAGE)             # growing stays allowed: nothing maps past it
+        table.regions[0].view[-1] = 7          # the mapped pages are all still there
+    finally:
+        table.close()
+        os.close(fd)
+
+
+def test_a_file_that_can_shrink_and_cannot_be_sealed_is_refused() -> None:
+    fd = _memfd(flags=0)                       # no MFD_ALLOW_SEALING: F_SEAL_SEAL from birth
+    with pytest.raises(XInterfaceError) as exc:
+        MemoryTable([Region(0, 2 * PAGE, USER, 0)], [os.dup(fd)])
+    assert exc.value.errno == errno.EINVAL and "could shrink" in str(exc.value)
+    os.ftruncate(fd, PAGE)                     # nothing of ours maps it
+    os.close(fd)
+
+
+def test_a_file_sealed_by_its_owner_is_taken_as_it_is() -> None:
+    fd = _memfd()
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                | fcntl.F_SEAL_SEAL)           # QEMU's memory-backend-memfd, seal=on
+    table = MemoryTable([Region(0, 2 * PAGE, USER, 0)], [os.dup(fd)])
+    table.close()
+    os.close(fd)

@@ -28,15 +28,16 @@ SECTOR = 512
 
 
 class Serve:
-    """``xinterface serve ARGS --socket-path PATH`` as a child process."""
+    """``xinterface serve ARGS --socket-path PATH`` as a child process; ``prefix``: the
+    command it runs under (``ip netns exec NS``)."""
 
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(self, directory: Path, *args: str, prefix: tuple[str, ...] = ()) -> None:
         self.socket = directory / "blk.sock"
         self.stderr = directory / "serve.err"
         env = dict(os.environ, PYTHONPATH=str(SRC))
         with self.stderr.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "xinterface", "serve", *args,
+                [*prefix, sys.executable, "-m", "xinterface", "serve", *args,
                  "--socket-path", str(self.socket)], env=env, stdout=subprocess.DEVNULL,
                 stderr=err)
         assert wait_for(self.socket.exists, timeout=30), self.stderr.read_text()

@@ -1,8 +1,10 @@
 """QEMU as the frontend of a Linux guest: the project's test kernel under Debian's
 qemu-system-x86_64 (``-M pc``, virtio-pci) mounts an ext2 image served by ``xinterface serve
-blk``, reads a file and writes one, and reads ``/dev/hwrng`` from ``xinterface serve rng``.
-One QEMU boot (about a minute here) carries both devices; after QEMU exits the image holds
-the guest's file and ``e2fsck -n`` finds it clean."""
+blk``, reads a file and writes one, reads ``/dev/hwrng`` from ``xinterface serve rng``, and
+pings through a ``virtio-net-pci`` whose netdev is ``-netdev vhost-user`` to ``xinterface
+serve net`` on a TAP in a network namespace the test creates. One QEMU boot (about a minute
+here) carries the three devices; after QEMU exits the image holds the guest's file and
+``e2fsck -n`` finds it clean."""
 
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ import pytest
 from tests.conftest import needs_kvm
 from tests.linux.conftest import BUILD, linux  # noqa: F401 (the session fixture)
 from tests.linux.test_linux_boot import cmdline_for
+from tests.netns import needs_netns, netns, tap
+from tests.vhost_user.test_frontend_linux import tap_packets
 from tests.vhost_user.test_qemu import QEMU, Serve
 
-pytestmark = needs_kvm
+pytestmark = [needs_kvm, needs_netns]
 
 HELLO = "hello from the ext2 image served over vhost-user"
 MEMORY_MIB = 128
@@ -35,10 +39,13 @@ class LinuxRun:
     blk_stderr: str
     rng_status: int
     rng_stderr: str
+    net_status: int
+    net_stderr: str
+    tap_packets: tuple[int, int]   # the TAP's (received, sent), seen in the namespace
 
 
-def qemu_linux_args(linux: dict[str, str], blk: Path, rng: Path, console: Path,  # noqa: F811
-                    cmdline: str) -> list[str]:
+def qemu_linux_args(linux: dict[str, str], blk: Path, rng: Path, net: Path,  # noqa: F811
+                    console: Path, cmdline: str) -> list[str]:
     # -kernel vmlinux: the PVH entry (QEMU's pvh.bin); a bzImage would decompress itself in
     # emulated CPL0 code for minutes on kvm_pvm. -cpu qemu64,+xsaveerptr: the CPU model the
     # notes measured the test kernel under QEMU with here. -no-reboot: the guest's reset
@@ -50,7 +57,9 @@ def qemu_linux_args(linux: dict[str, str], blk: Path, rng: Path, console: Path, 
             "-kernel", linux["vmlinux"], "-initrd", linux["initramfs"], "-append", cmdline,
             "-chardev", f"file,id=con,path={console}", "-serial", "chardev:con",
             "-chardev", f"socket,id=blk,path={blk}", "-device", "vhost-user-blk-pci,chardev=blk",
-            "-chardev", f"socket,id=rng,path={rng}", "-device", "vhost-user-rng-pci,chardev=rng"]
+            "-chardev", f"socket,id=rng,path={rng}", "-device", "vhost-user-rng-pci,chardev=rng",
+            "-chardev", f"socket,id=net,path={net}", "-netdev", "vhost-user,id=n0,chardev=net",
+            "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:58"]
 
 
 @pytest.fixture(scope="module")
@@ -63,33 +72,47 @@ def run(linux: dict[str, str], tmp_path_factory: pytest.TempPathFactory  # noqa:
     image = top / "disk.img"
     subprocess.run([sys.executable, str(BUILD), "ext2", str(image), "--file",
                     f"hello.txt={HELLO}"], check=True, capture_output=True, timeout=60)
-    (top / "blk").mkdir()
-    (top / "rng").mkdir()
-    blk = Serve(top / "blk", "blk", str(image))
-    try:
-        rng = Serve(top / "rng", "rng")
+    for kind in ("blk", "rng", "net"):
+        (top / kind).mkdir()
+    with netns() as ns:
+        tap(ns, "xitap0", "10.0.2.2/24")
+        blk = Serve(top / "blk", "blk", str(image))
         try:
-            console = top / "console.log"
-            cmdline = cmdline_for(linux, "quiet", "xinterface.write", "xinterface.hwrng")
-            stderr = top / "qemu.err"
-            with stderr.open("wb") as err:
-                qemu = subprocess.Popen(qemu_linux_args(linux, blk.socket, rng.socket,
-                                                        console, cmdline),
-                                        stdout=subprocess.DEVNULL, stderr=err)
+            rng = Serve(top / "rng", "rng")
             try:
-                status: int | None = qemu.wait(timeout=BOOT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                status = None
-                qemu.kill()
-                qemu.wait()
-            text = console.read_text(errors="replace") if console.exists() else ""
-            assert status == 0, (status, stderr.read_text()[-2000:], text[-3000:])
+                net = Serve(top / "net", "net", "--tap", "xitap0",
+                            prefix=("ip", "netns", "exec", ns))
+                try:
+                    text = _boot(linux, top, blk.socket, rng.socket, net.socket)
+                    packets = tap_packets(ns, "xitap0")
+                finally:
+                    net_status = net.stop()
+            finally:
+                rng_status = rng.stop()
         finally:
-            rng_status = rng.stop()
-    finally:
-        blk_status = blk.stop()
+            blk_status = blk.stop()
     return LinuxRun(text, image, blk_status, blk.stderr.read_text(), rng_status,
-                    rng.stderr.read_text())
+                    rng.stderr.read_text(), net_status, net.stderr.read_text(), packets)
+
+
+def _boot(linux: dict[str, str], top: Path, blk: Path, rng: Path,  # noqa: F811
+          net: Path) -> str:
+    console = top / "console.log"
+    cmdline = cmdline_for(linux, "quiet", "xinterface.write", "xinterface.hwrng",
+                          "xinterface.net")
+    stderr = top / "qemu.err"
+    with stderr.open("wb") as err:
+        qemu = subprocess.Popen(qemu_linux_args(linux, blk, rng, net, console, cmdline),
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        status: int | None = qemu.wait(timeout=BOOT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        status = None
+        qemu.kill()
+        qemu.wait()
+    text = console.read_text(errors="replace") if console.exists() else ""
+    assert status == 0, (status, stderr.read_text()[-2000:], text[-3000:])
+    return text
 
 
 def test_linux_under_qemu_mounts_reads_and_writes_ext2_from_serve_blk(run: LinuxRun) -> None:
@@ -114,3 +137,10 @@ def test_linux_under_qemu_reads_dev_hwrng_from_serve_rng(run: LinuxRun) -> None:
     data = bytes.fromhex(found[1])
     assert len(set(data)) > 4, data   # 16 random bytes, not a zeroed buffer
     assert run.rng_status == 0 and run.rng_stderr == "", run.rng_stderr
+
+
+def test_linux_under_qemu_pings_the_tap_through_serve_net(run: LinuxRun) -> None:
+    assert "net: 10.0.2.2 answered" in run.console, run.console[-3000:]
+    received, sent = run.tap_packets
+    assert received >= 2 and sent >= 2, run.tap_packets   # ARP and ICMP, both ways
+    assert run.net_status == 0 and run.net_stderr == "", run.net_stderr

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from xinterface.vhost_user.memory import MemoryTable
 from xinterface.vhost_user.protocol import (
     CONFIG_HEADER,
     U64,
     VRING_STATE,
     ProtocolFeature,
+    Region,
     Request,
     encode_config,
 )
@@ -27,7 +29,7 @@ from xinterface.virtio.console import VirtioConsole
 from xinterface.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, Status
 from xinterface.virtio.driver import QueueDriver
 
-from .frontend import Backend, Frontend
+from .frontend import MEMORY, USER_BASE, Backend, Frontend
 
 RING, DATA = 0x1000, 0x10000
 
@@ -119,6 +121,9 @@ def test_get_vring_base_stops_the_ring_and_it_restarts_from_there(tmp_path: Path
 
 
 def test_a_new_memory_table_while_running_remaps_the_rings(tmp_path: Path) -> None:
+    """SET_MEM_TABLE after DRIVER_OK (QEMU sends one when the guest's memory map changes):
+    the running ring is mapped again through the new table, its indices kept, and a buffer
+    in memory only the new table has is served."""
     with Backend(VirtioRng(), tmp_path) as backend, backend.connect() as fe:
         fe.negotiate()
         fe.mem_table()
@@ -129,7 +134,22 @@ def test_a_new_memory_table_while_running_remaps_the_rings(tmp_path: Path) -> No
         assert fe.mem_table() == 0   # the same memory again, new fds: mapped anew
         fe.submit(0, q, [(DATA + 8, 8, True)])
         assert fe.wait_call(0)
-        assert [n for _, n in q.used()] == [8, 8]
+        # Memory added above the first region (a second memfd): the new table has both.
+        more = os.memfd_create("more", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(more, MEMORY)
+            regions = [Region(0, MEMORY, USER_BASE, 0),
+                       Region(MEMORY, MEMORY, USER_BASE + (4 << 20), 0)]
+            assert fe.host.memory is not None
+            fe.host.memory.close()
+            fe.host.memory = MemoryTable(regions, [os.dup(fe.memfd), os.dup(more)])
+            assert fe.mem_table(regions, [fe.memfd, more]) == 0
+            fe.submit(0, q, [(MEMORY + 0x100, 32, True)])
+            assert fe.wait_call(0)
+            assert os.pread(more, 32, 0x100) != bytes(32)   # written through the new table
+        finally:
+            os.close(more)
+        assert [n for _, n in q.used()] == [8, 8, 32]
         assert backend.lines == []
 
 

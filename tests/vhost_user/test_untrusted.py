@@ -4,7 +4,9 @@ backend serves the next frontend. Then the message stream fuzzed (hypothesis).""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xinterface.vhost_user.memory import MemoryTable
 from xinterface.vhost_user.protocol import (
     HEADER,
     MAX_PAYLOAD,
@@ -321,3 +324,53 @@ def test_fuzzed_message_streams_never_break_the_backend(
         assert not any("internal error" in line for line in backend.lines), backend.lines
     assert open_fds() == fds
 
+
+
+# --- a frontend that shrinks its memory --------------------------------------------------------
+def test_a_frontend_cannot_shrink_the_memory_under_serve(tmp_path: Path) -> None:
+    """``xinterface serve rng`` in a process of its own (a SIGBUS there would end it, not the
+    test): the memfd the frontend shares is sealed against shrinking before it is mapped,
+    so the frontend's truncation fails and the next request is served; a memfd that cannot
+    be sealed is refused in one line and the backend serves on."""
+    from tests.conftest import wait_for
+
+    from .test_cli import serve
+
+    path = tmp_path / "rng.sock"
+    p = serve("rng", "--socket-path", str(path))
+    try:
+        assert wait_for(path.exists, timeout=30)
+        with Frontend.connect(path) as fe:
+            fe.negotiate()
+            # The memory shared: a memfd that allows seals and has none yet.
+            assert fe.host.memory is not None
+            fe.host.memory.close()
+            os.close(fe.memfd)
+            fe.memfd = os.memfd_create("shrinking", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            os.ftruncate(fe.memfd, MEMORY)
+            assert fcntl.fcntl(fe.memfd, fcntl.F_GET_SEALS) == 0
+            assert fe.mem_table() == 0
+            assert fcntl.fcntl(fe.memfd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+            with pytest.raises(PermissionError):
+                os.ftruncate(fe.memfd, 4096)    # would have cut the pages the rings live in
+            fe.host.memory = MemoryTable([Region(0, MEMORY, USER_BASE, 0)], [os.dup(fe.memfd)])
+            q = QueueDriver(fe.intf, RING, 16)
+            assert fe.start_ring(0, q) == 0
+            fe.submit(0, q, [(DATA, 32, True)])
+            assert fe.wait_call(0)
+            assert q.used() == [(0, 32)] and fe.intf.copy_from(DATA, 32) != bytes(32)
+        with Frontend.connect(path, sealing=False) as fe:
+            fe.negotiate()
+            assert fe.mem_table() == 1          # REPLY_ACK: refused
+        with Frontend.connect(path) as fe:      # and the next frontend is served
+            assert U64.unpack(fe.call(Request.GET_QUEUE_NUM))[0] == 1
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    assert p.returncode == 0
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and "SET_MEM_TABLE refused" in lines[0] and \
+        "could shrink" in lines[0], lines

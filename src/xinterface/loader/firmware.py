@@ -14,7 +14,7 @@ import os
 
 from ..errors import XInterfaceError
 from ..kvm import VcpuFd, uapi
-from ..memory import GuestMemory
+from ..memory import GuestMemory, seal_size
 
 FOUR_GIB = 1 << 32
 BIOS_ALIAS_SIZE = 128 << 10   # the firmware's tail seen below 1 MiB (0xE0000-0xFFFFF)
@@ -34,9 +34,10 @@ def load_firmware(memory: GuestMemory, vcpu: VcpuFd, data: bytes) -> None:
     alias = min(size, BIOS_ALIAS_SIZE)
     base = BIOS_ALIAS_END - alias
     _check_fits(memory, FOUR_GIB - size, size, base, alias)
-    fd = os.memfd_create("xinterface-firmware", os.MFD_CLOEXEC)
+    fd = os.memfd_create("xinterface-firmware", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.write(fd, data)
+        seal_size(fd)
         rom = memory.add_region(FOUR_GIB - size, size, readonly=True, memfd=fd)
         try:
             # RAM under the alias gives way to it, whether it covers the alias or ends inside.

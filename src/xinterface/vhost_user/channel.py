@@ -1,10 +1,13 @@
 """One vhost-user connection: whole messages in and out of a UNIX stream socket, with the
 file descriptors passed beside them (SCM_RIGHTS).
 
-The frontend is untrusted. A message is read whole or not at all: a bad header or a peer
-that stops in the middle of a message (for longer than ``timeout``) ends the connection
-with a :class:`ProtocolError`; an idle peer between messages is waited for without limit
-(but :meth:`Channel.shutdown` from another thread, or the peer closing, ends the wait).
+Both ends use it: the backend's session (its peer the frontend) and the frontend's
+:class:`~.frontend.BackendConnection` (its peer the backend); ``peer`` names the other end
+in every error. The peer is untrusted. A message is read whole or not at all: a bad header
+or a peer that stops in the middle of a message (for longer than ``timeout``) ends the
+connection with a :class:`ProtocolError`; an idle peer between messages is waited for
+without limit on the backend's side (but :meth:`Channel.shutdown` from another thread, or
+the peer closing, ends the wait).
 Every fd received is owned by the :class:`Message` that carries it; fds beyond what a
 request takes are closed by whoever handles it (:meth:`Message.take_fds`).
 """
@@ -30,7 +33,7 @@ from .protocol import (
     request_name,
 )
 
-# How long the rest of a message may take once its first byte arrived: a live frontend
+# How long the rest of a message may take once its first byte arrived: a live peer
 # writes a message with one sendmsg, so this only ever ends a stalled or dying peer.
 MESSAGE_TIMEOUT = 5.0
 # Room for one fd more than a request takes, so a surplus is seen (and closed), not lost
@@ -86,19 +89,22 @@ def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 
 
 class Channel:
-    """The backend's end of one connection (a connected ``AF_UNIX`` ``SOCK_STREAM``)."""
+    """One end of a connection (a connected ``AF_UNIX`` ``SOCK_STREAM``); ``peer`` is what
+    the other end is ("frontend" or "backend"), for the errors' wording."""
 
-    def __init__(self, sock: socket.socket, *, timeout: float = MESSAGE_TIMEOUT) -> None:
+    def __init__(self, sock: socket.socket, *, timeout: float = MESSAGE_TIMEOUT,
+                 peer: str = "frontend") -> None:
         self.sock = sock
         self.timeout = timeout
+        self.peer = peer
         self._send_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._closed = False
         sock.setblocking(False)
 
-    def _wait(self, deadline: float | None) -> None:
+    def _wait(self, deadline: float | None, silent: bool) -> None:
         """Until the socket is readable; ``Disconnected`` on close(), ProtocolError past the
-        deadline."""
+        deadline (``silent``: no byte of the message came yet, a reply awaited)."""
         while True:
             if self._closed:
                 raise Disconnected("the channel was closed")
@@ -109,14 +115,16 @@ class Channel:
             if self.sock.fileno() in ready:
                 return
             if deadline is not None and time.monotonic() >= deadline:
-                raise ProtocolError(f"the frontend stopped mid-message for {self.timeout} s",
-                                    fatal=True)
+                what = "did not reply within" if silent else "stopped mid-message for"
+                raise ProtocolError(f"the {self.peer} {what} {self.timeout} s", fatal=True)
 
-    def _read(self, count: int, fds: list[int], deadline: float | None) -> bytes:
-        """Exactly ``count`` bytes (their fds appended to ``fds``); b"" for EOF before any."""
+    def _read(self, count: int, fds: list[int], deadline: float | None, *,
+              reply: bool = False) -> bytes:
+        """Exactly ``count`` bytes (their fds appended to ``fds``); b"" for EOF before any.
+        ``reply``: the start of a reply, awaited since ``deadline`` was set."""
         data = bytearray()
         while len(data) < count:
-            self._wait(deadline)
+            self._wait(deadline, reply and not data)
             try:
                 chunk, ancdata, flags, _ = self.sock.recvmsg(count - len(data), _ANCILLARY,
                                                              socket.MSG_CMSG_CLOEXEC)
@@ -130,7 +138,10 @@ class Channel:
             if not chunk:
                 if not data and deadline is None:
                     return b""
-                raise ProtocolError(f"the frontend closed the connection mid-message "
+                if reply and not data:
+                    raise ProtocolError(f"the {self.peer} closed the connection instead of "
+                                        "replying", fatal=True)
+                raise ProtocolError(f"the {self.peer} closed the connection mid-message "
                                     f"({len(data)} of {count} bytes)", fatal=True)
             data += chunk
             if deadline is None:
@@ -147,9 +158,9 @@ class Channel:
         fds: list[int] = []
         try:
             first = None if reply_to is None else time.monotonic() + self.timeout
-            raw = self._read(HEADER.size, fds, first)
+            raw = self._read(HEADER.size, fds, first, reply=reply_to is not None)
             if not raw:
-                raise Disconnected("the frontend closed the connection")
+                raise Disconnected(f"the {self.peer} closed the connection")
             header = (decode_header(raw) if reply_to is None
                       else decode_reply_header(raw, reply_to))
             deadline = time.monotonic() + self.timeout
@@ -175,7 +186,7 @@ class Channel:
                 except (BlockingIOError, InterruptedError):
                     left = deadline - time.monotonic()
                     if left <= 0 or not select.select([], [self.sock], [], left)[1]:
-                        raise ProtocolError("the frontend does not read its replies",
+                        raise ProtocolError(f"the {self.peer} does not read what is sent",
                                             fatal=True) from None
                     continue
                 except OSError as exc:

@@ -72,6 +72,10 @@ class VhostUserDevice(VirtioDevice):
     queue_sizes: ClassVar[tuple[int, ...]] = (256,)
     config_size: ClassVar[int] = 0
     type_features: ClassVar[int] = DEVICE_TYPE_BITS
+    # The configuration fields (offset, size) a driver may write, forwarded to the backend
+    # (SET_CONFIG). A write elsewhere is dropped here, as a device ignores it (§4.1.3.1: a
+    # driver writes only those fields), and never reaches a backend that would refuse it.
+    writable_config: ClassVar[tuple[tuple[int, int], ...]] = ()
 
     def __init__(self, socket_path: str, *, timeout: float = MESSAGE_TIMEOUT,
                  reconnect: float | None = None, argument: str = "socket") -> None:
@@ -160,6 +164,11 @@ class VhostUserDevice(VirtioDevice):
         """Device type bits this process implements itself (a net's MAC)."""
         return 0
 
+    def legacy_layout_is_modern(self, features: int) -> bool:
+        """Whether a legacy driver with ``features`` lays out its buffers exactly as a
+        modern one (true of blk and rng)."""
+        return True
+
     def doorbell_eventfd(self, index: int) -> int | None:
         return self._kicks[index] if 0 <= index < len(self._kicks) else None
 
@@ -173,13 +182,30 @@ class VhostUserDevice(VirtioDevice):
             self.stats["notify_ignored"] += 1
 
     def config_write(self, offset: int, data: bytes) -> None:
-        self.config[offset:offset + len(data)] = data
+        """A driver's write of a writable field goes to the backend (SET_CONFIG), and the
+        field then holds what the backend reads back (GET_CONFIG): a backend may keep
+        another value. A backend that refuses the write leaves the field as it was."""
+        end = offset + len(data)
+        writable = any(start <= offset and end <= start + size
+                       for start, size in self.writable_config)
         conn = self._conn
-        if conn is not None:
-            try:
-                conn.set_config(offset, data)
-            except _ERRORS as exc:
+        if conn is None or not writable or end > self.config_size:
+            self.stats["config_write_dropped"] += 1
+            return
+        try:
+            held = conn.set_config(offset, data, self.config_size)[offset:end]
+        except ProtocolError as exc:
+            if exc.fatal:
                 self._lost(str(exc))
+            else:
+                self.stats["config_write_refused"] += 1
+                log.warning("%s: %s", self.name, exc)
+            return
+        except _ERRORS as exc:
+            self._lost(str(exc))
+            return
+        self.config[offset:end] = held
+        self.stats["config_write"] += 1
 
     # --- starting and stopping --------------------------------------------------------------
     def activate(self) -> None:
@@ -192,6 +218,14 @@ class VhostUserDevice(VirtioDevice):
             return
         features = self.driver_features & conn.features
         missing = self.driver_features & ~conn.features & ~self.local_features()
+        if (self.legacy and conn.features >> VIRTIO_F_VERSION_1 & 1
+                and self.legacy_layout_is_modern(features)):
+            # A legacy (virtio 0.9.5) driver on our transport, a virtio 1 backend: on a
+            # little-endian host the driver's split rings and requests are laid out as a
+            # modern driver's (§2.7, and the legacy interface sections of each device type),
+            # so the backend is told VERSION_1: libvhost-user's backends (qemu-storage-
+            # daemon) refuse a device without it, and drop the connection.
+            features |= 1 << VIRTIO_F_VERSION_1
         try:
             if missing:
                 raise ProtocolError(f"the backend lacks negotiated features {missing:#x}")
@@ -327,6 +361,9 @@ class VhostUserDevice(VirtioDevice):
         return f"{type(self).__name__}({self.socket_path!r})"
 
 
+BLK_WRITEBACK = 0x20   # struct virtio_blk_config's writeback byte (§5.2.4)
+
+
 class VhostUserBlk(VhostUserDevice):
     """virtio-blk (§5.2) served by a vhost-user-blk backend (qemu-storage-daemon's export,
     ``xinterface serve blk``). One queue: VIRTIO_BLK_F_MQ is not offered."""
@@ -335,9 +372,12 @@ class VhostUserBlk(VhostUserDevice):
     kind = "blk"
     config_size = 60   # struct virtio_blk_config up to write_zeroes_may_unmap (§5.2.4)
     type_features = DEVICE_TYPE_BITS & ~(1 << 12)   # VIRTIO_BLK_F_MQ
+    writable_config = ((BLK_WRITEBACK, 1),)   # with VIRTIO_BLK_F_CONFIG_WCE (§5.2.6.1)
 
 
 VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_MRG_RXBUF = 15
+MAC_SIZE = 6
 # Features that need the control queue, more queue pairs or a status register that this
 # proxy does not have (§5.1.3): STATUS 16, CTRL_VQ 17, CTRL_RX 18, CTRL_VLAN 19,
 # GUEST_ANNOUNCE 21, MQ 22, CTRL_MAC_ADDR 23.
@@ -362,6 +402,18 @@ class VhostUserNet(VhostUserDevice):
 
     def local_features(self) -> int:
         return 1 << VIRTIO_NET_F_MAC
+
+    def legacy_layout_is_modern(self, features: int) -> bool:
+        # §5.1.6.1 (legacy): without VIRTIO_NET_F_MRG_RXBUF a legacy driver's header lacks
+        # num_buffers (10 bytes, not 12): the backend must be told the legacy features.
+        return bool(features >> VIRTIO_NET_F_MRG_RXBUF & 1)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        # §5.1.4.3 (legacy): a legacy driver may set the MAC by writing it; the MAC is ours.
+        if self.legacy and offset + len(data) <= MAC_SIZE:
+            self.config[offset:offset + len(data)] = data
+            return
+        super().config_write(offset, data)
 
 
 class VhostUserRng(VhostUserDevice):

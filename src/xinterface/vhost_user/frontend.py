@@ -58,7 +58,7 @@ def connect(path: str, *, timeout: float = MESSAGE_TIMEOUT,
         raise XInterfaceError(exc.errno or errno.ECONNREFUSED,
                               f"vhost-user socket {path}: {exc.strerror or exc}",
                               argument=argument, value=path) from None
-    return BackendConnection(Channel(sock, timeout=timeout), path)
+    return BackendConnection(Channel(sock, timeout=timeout, peer="backend"), path)
 
 
 class BackendConnection:
@@ -115,13 +115,7 @@ class BackendConnection:
         if not self.protocol_features >> ProtocolFeature.CONFIG & 1:
             raise ProtocolError("the backend has no VHOST_USER_PROTOCOL_F_CONFIG: its "
                                 "device's configuration space cannot be read")
-        reply = self.request(Request.GET_CONFIG, encode_config(0, bytes(config_size)),
-                             reply=True)
-        access = decode_config("reply to GET_CONFIG", reply, with_data=True)
-        if access.offset != 0 or access.size != config_size:
-            raise ProtocolError(f"reply to GET_CONFIG: {access.size} bytes at "
-                                f"{access.offset}, not {config_size} at 0")
-        return access.data
+        return self.get_config(config_size)
 
     @property
     def has_protocol_features(self) -> bool:
@@ -135,9 +129,25 @@ class BackendConnection:
     def set_mem_table(self, regions: list[Region], fds: list[int]) -> None:
         self.request(Request.SET_MEM_TABLE, encode_memory(regions), fds)
 
-    def set_config(self, offset: int, data: bytes) -> None:
-        if self.protocol_features >> ProtocolFeature.CONFIG & 1:
-            self.request(Request.SET_CONFIG, encode_config(offset, data))
+    def set_config(self, offset: int, data: bytes, config_size: int) -> bytes:
+        """Write ``data`` at ``offset`` of the backend's configuration space (SET_CONFIG,
+        flags 0: from the frontend, not a migration), then read its first ``config_size``
+        bytes back (GET_CONFIG): what the backend holds now. ProtocolError without
+        VHOST_USER_PROTOCOL_F_CONFIG (not fatal: nothing was sent)."""
+        if not self.protocol_features >> ProtocolFeature.CONFIG & 1:
+            raise ProtocolError("the backend has no VHOST_USER_PROTOCOL_F_CONFIG")
+        self.request(Request.SET_CONFIG, encode_config(offset, data))
+        return self.get_config(config_size)
+
+    def get_config(self, size: int) -> bytes:
+        """The first ``size`` bytes of the backend's configuration space. Always read from
+        offset 0, as QEMU reads it: libvhost-user's backends ignore GET_CONFIG's offset."""
+        reply = self.request(Request.GET_CONFIG, encode_config(0, bytes(size)), reply=True)
+        access = decode_config("reply to GET_CONFIG", reply, with_data=True)
+        if access.offset != 0 or access.size != size:
+            raise ProtocolError(f"reply to GET_CONFIG: {access.size} bytes at "
+                                f"{access.offset}, not {size} at 0", fatal=True)
+        return access.data
 
     def start_ring(self, index: int, size: int, base: int, desc: int, used: int, avail: int,
                    kick: int, call: int) -> None:

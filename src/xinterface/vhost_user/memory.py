@@ -9,9 +9,15 @@ nothing. Ring addresses (SET_VRING_ADDR) are the frontend's virtual addresses:
 
 A region is refused before anything is mapped when it is empty, wraps the 64-bit space (in
 guest-physical, user or file offsets), overlaps another one (in either space), reaches past
-the end of its file (``fstat``), or when the fd is not a regular file. Past that, a frontend
-that shrinks its file afterwards can still make an access fault (SIGBUS), as it can for any
-vhost-user backend: the protocol gives no way to pin the size.
+the end of its file (``fstat``), or when the fd is not a regular file.
+
+A frontend that shrank its file after the table was mapped would make the next access to
+the lost pages fault (SIGBUS), which no Python code can turn into an error: the process
+dies. So every file's size is pinned before it is mapped: it must carry the seal
+``F_SEAL_SHRINK`` (memfd_create(2); QEMU's ``memory-backend-memfd`` seals its memfd so by
+default), or accept it from us (a memfd made with ``MFD_ALLOW_SEALING``), and its size is
+read (``fstat``) only once it is sealed. A file that can shrink and cannot be sealed (a memfd
+without ``MFD_ALLOW_SEALING``, a tmpfs or hugetlbfs file opened by path) is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import fcntl
 import itertools
 import mmap
 import os
@@ -108,7 +115,7 @@ def _bad(index: int, region: Region, why: str) -> XInterfaceError:
 
 
 def _validate(regions: Sequence[Region], fds: Sequence[int]) -> None:
-    for i, (region, fd) in enumerate(zip(regions, fds, strict=True)):
+    for i, region in enumerate(regions):
         if region.size <= 0:
             raise _bad(i, region, "empty")
         for name, base in (("gpa", region.gpa), ("user address", region.user_addr),
@@ -117,16 +124,39 @@ def _validate(regions: Sequence[Region], fds: Sequence[int]) -> None:
                 raise _bad(i, region, f"{name} + size wraps the 64-bit space")
         if region.mmap_offset % mmap.ALLOCATIONGRANULARITY:
             raise _bad(i, region, "mmap offset is not page aligned")
+    for space in ("gpa", "user_addr"):
+        spans = sorted((getattr(r, space), r.size, i) for i, r in enumerate(regions))
+        for (a, size, _), (b, _, j) in itertools.pairwise(spans):
+            if b < a + size:
+                raise _bad(j, regions[j], f"overlaps another region ({space})")
+    for i, (region, fd) in enumerate(zip(regions, fds, strict=True)):
         try:
             st = os.fstat(fd)
         except OSError as exc:
             raise _bad(i, region, f"fd {fd}: {exc.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
             raise _bad(i, region, "the fd is not a memory file (memfd, hugetlbfs or tmpfs)")
-        if region.mmap_offset + region.size > st.st_size:
-            raise _bad(i, region, f"reaches past the end of its file ({st.st_size:#x} bytes)")
-    for space in ("gpa", "user_addr"):
-        spans = sorted((getattr(r, space), r.size, i) for i, r in enumerate(regions))
-        for (a, size, _), (b, _, j) in itertools.pairwise(spans):
-            if b < a + size:
-                raise _bad(j, regions[j], f"overlaps another region ({space})")
+        _pin_size(i, region, fd)
+        size = os.fstat(fd).st_size   # read once pinned: it can only grow from here
+        if region.mmap_offset + region.size > size:
+            raise _bad(i, region, f"reaches past the end of its file ({size:#x} bytes)")
+
+
+def _pin_size(index: int, region: Region, fd: int) -> None:
+    """Make sure the file behind ``fd`` can no longer shrink (F_SEAL_SHRINK), sealing it
+    when it allows; refuse the region when it can neither be sealed nor is."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:   # EINVAL: a file system without seals
+        seals = None
+    if seals is not None and seals & fcntl.F_SEAL_SHRINK:
+        return
+    if seals is not None and not seals & fcntl.F_SEAL_SEAL:
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+            return
+        except OSError:
+            pass
+    raise _bad(index, region, "its file could shrink under the mapping (no F_SEAL_SHRINK, and "
+               "it cannot be sealed): share a memfd created with MFD_ALLOW_SEALING or sealed "
+               "against shrinking (QEMU: memory-backend-memfd, seal=on)")

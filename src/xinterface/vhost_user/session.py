@@ -60,6 +60,7 @@ Report = Callable[[str], None]
 # What this backend implements of the protocol extensions.
 PROTOCOL_FEATURES = (1 << ProtocolFeature.MQ | 1 << ProtocolFeature.REPLY_ACK
                      | 1 << ProtocolFeature.CONFIG | 1 << ProtocolFeature.RESET_DEVICE)
+VIRTIO_ID_NET = 1   # virtio 1.2 §5: the device ID of a network card
 # Requests answered with a payload of their own (REPLY_ACK does not apply to them).
 _REPLIES = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
             Request.GET_QUEUE_NUM, Request.GET_CONFIG}
@@ -235,7 +236,7 @@ class Session:
         if value != self.features and any(r.started for r in self.rings):
             raise ProtocolError("features cannot change while a ring runs")
         if value != self.features and self.device.status:
-            self.device.reset()   # the next start negotiates the new set
+            self._reset_device()   # the next start negotiates the new set
         self.features = value
 
     def _get_protocol_features(self, message: Message) -> bytes:
@@ -255,7 +256,7 @@ class Session:
     def _reset(self, message: Message) -> None:
         for ring in self.rings:
             self._stop(ring)
-        self.device.reset()
+        self._reset_device()
         self.features = 0
 
     def _get_queue_num(self, message: Message) -> bytes:
@@ -360,7 +361,7 @@ class Session:
         ring = self._ring(index, message.name)
         self._stop(ring)
         if not any(r.started for r in self.rings):
-            self.device.reset()
+            self._reset_device()
         return VRING_STATE.pack(index, ring.base)
 
     def _fd_request(self, message: Message) -> tuple[Ring, int]:
@@ -407,8 +408,8 @@ class Session:
         if num not in (0, 1):
             raise ProtocolError(f"ring {index}: enable {num} is neither 0 nor 1")
         ring.enabled = bool(num)
-        if ring.enabled and ring.started:
-            self.device.notify(index)   # buffers made available while it was disabled
+        if ring.started:
+            self._gate(ring)
 
     def _start(self, ring: Ring) -> None:
         """Start ``ring``: the device running with the negotiated features, its queue mapped
@@ -436,23 +437,74 @@ class Session:
         ring.last_used = q.next_used
         ring.started = True
         ring.enabled = not self.features >> F_PROTOCOL_FEATURES & 1 or ring.enabled
+        if not ring.enabled:
+            self._gate(ring)
+
+    def _gate(self, ring: Ring) -> None:
+        """Apply a started ring's enable (spec, "Ring states"): a disabled ring's queue is
+        not ready, so the device takes nothing from it and puts nothing in it (no received
+        frame lands in a disabled receive ring); enabled again, the buffers made available
+        meanwhile are served. A disabled transmit ring of a net device is still drained,
+        its frames discarded, as the spec requires."""
+        q = self.device.queues[ring.index]
+        with q.lock:
+            q.ready = ring.enabled and q.mapped
+        if ring.enabled:
+            self.device.notify(ring.index)
+        elif self._discards(ring.index):
+            self._discard(ring)
+
+    def _discards(self, index: int) -> bool:
+        """Whether queue ``index`` is a virtio-net transmitq (§5.1.2: transmitqN is 2N+1;
+        an odd number of queues ends with the control queue)."""
+        queues = len(self.device.queues)
+        return (self.device.device_id == VIRTIO_ID_NET and index % 2 == 1
+                and not (queues % 2 and index == queues - 1))
+
+    def _discard(self, ring: Ring) -> None:
+        """Take every chain of a disabled transmit ring and give it back unsent."""
+        q = self.device.queues[ring.index]
+        dropped = 0
+        with q.lock:
+            if not q.mapped:
+                return
+            try:
+                for chain in q:
+                    q.add_used(chain, 0)
+                    dropped += 1
+            except VirtqueueError as exc:
+                self.device.set_needs_reset(str(exc))
+                return
+            notify = dropped > 0 and q.needs_interrupt()
+        self.device.stats["tx_discarded_disabled"] += dropped
+        if notify:
+            self._interrupt(Interrupt.USED)
 
     def _run_device(self) -> None:
         """Status and features as a driver would write them through a transport: the
         frontend negotiated with the guest, this replays the outcome."""
         device = self.device
         if device.status:
-            device.reset()
-        # A legacy driver behind the frontend leaves VERSION_1 out; the ring layout is the
-        # same on a little-endian host, so the device runs as a modern one.
-        features = (self.features & device.device_features) | 1 << VIRTIO_F_VERSION_1
+            self._reset_device()
+        # A legacy driver behind the frontend leaves VERSION_1 out: the device runs as a
+        # legacy one (a transport's legacy interface: no FEATURES_OK), which matters where
+        # the layouts differ (virtio-net's 10-byte header without MRG_RXBUF, §5.1.6.1).
+        device.legacy = not self.features >> VIRTIO_F_VERSION_1 & 1
+        features = self.features & device.device_features
         device.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
         device.set_driver_features(0, features & 0xFFFFFFFF)
-        device.set_driver_features(1, features >> 32)
-        device.set_status(Status.FEATURES_OK)
-        if not device.status & Status.FEATURES_OK:
-            raise ProtocolError(f"the device refused the features {features:#x}")
-        device.set_status(Status.DRIVER_OK)
+        if not device.legacy:
+            device.set_driver_features(1, features >> 32)
+            device.set_status(Status.FEATURES_OK)
+            if not device.status & Status.FEATURES_OK:
+                raise ProtocolError(f"the device refused the features {features:#x}")
+        device.set_status(device.status | Status.DRIVER_OK)
+
+    def _reset_device(self) -> None:
+        """Reset the device, and offer a modern one again (the next frontend negotiates
+        anew: GET_FEATURES offers VERSION_1)."""
+        self.device.reset()
+        self.device.legacy = False
 
     def _stop(self, ring: Ring) -> None:
         """Stop ``ring`` (if it runs): no kick is served after this, its next available
@@ -478,6 +530,8 @@ class Session:
         count = read_count(ring.kick) if ring.kick >= 0 else 0
         if ring.started and ring.enabled:
             self.device.notify(ring.index)
+        elif ring.started and self._discards(ring.index):
+            self._discard(ring)
         return count
 
     # --- interrupts -----------------------------------------------------------------------
