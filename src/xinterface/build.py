@@ -3,7 +3,8 @@
 Every front end builds the same way: :func:`build_machine` makes the VM and its vCPUs, the
 caller makes the outputs that need the machine (a console that stops it, a watcher for a
 line), and :func:`build` attaches the board chosen by name and loads what it boots. A restore
-will do the same from the description a snapshot recorded.
+(:func:`xinterface.snapshot.restore_built`) does the same from the description a snapshot
+recorded, with :func:`attach_devices` only.
 
 Boards are imported when one is built: a machine without a board (``xinterface run``) starts
 without loading them (docs/performance.md).
@@ -11,6 +12,7 @@ without loading them (docs/performance.md).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TextIO
 
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
     from .devices.output import Output
     from .loader.linux import LoadedKernel
     from .runner.machine import Machine
+
+
+# The description each machine was built from, for a snapshot to record (:func:`description`).
+_described: weakref.WeakKeyDictionary[Machine, MachineSpec] = weakref.WeakKeyDictionary()
 
 
 class Built(NamedTuple):
@@ -48,11 +54,35 @@ def build(spec: MachineSpec, machine: Machine, *, debugcon: Output | None = None
           serial: Output | None = None) -> Built:
     """Attach ``spec``'s devices to ``machine`` (from :func:`build_machine`; its ``close()``
     ends them) and load its firmware or kernel. ``debugcon`` and ``serial`` are where the
-    firmware's debug console and COM1 (and a virtio-console) write."""
+    firmware's debug console and COM1 (and a virtio-console) write. The machine remembers
+    ``spec`` (:func:`description`): a snapshot of it records it."""
     spec.validate()
     boot = spec.boot
     if boot.firmware is not None:
         machine.load_firmware(boot.firmware)
+    built = attach_devices(spec, machine, debugcon=debugcon, serial=serial)
+    if boot.kernel is not None and built.platform is not None:
+        built = built._replace(kernel=_load_kernel(machine, built.platform, boot))
+    describe(machine, spec)
+    return built
+
+
+def description(machine: Machine) -> MachineSpec | None:
+    """The description :func:`build` built ``machine`` from, None if it was not."""
+    return _described.get(machine)
+
+
+def describe(machine: Machine, spec: MachineSpec) -> None:
+    """Remember ``spec`` as ``machine``'s description: a machine a restore built from a
+    recorded one is described by it, as if :func:`build` had built it."""
+    _described[machine] = spec
+
+
+def attach_devices(spec: MachineSpec, machine: Machine, *, debugcon: Output | None = None,
+                   serial: Output | None = None) -> Built:
+    """The devices of ``spec`` attached to ``machine``, nothing loaded: :func:`build`'s
+    first half, and all a restore needs (the memory and the vCPUs come from the snapshot)."""
+    spec.validate()
     if spec.board is None:
         if not spec.consoles.uart:
             return Built(None, None, None)
@@ -72,9 +102,8 @@ def build(spec: MachineSpec, machine: Machine, *, debugcon: Output | None = None
         machine, debugcon=debugcon, serial=serial, posted_debugcon=consoles.posted_debugcon,
         disks=spec.disks, nets=spec.nets, rng=spec.rng, virtio_console=consoles.virtio_console,
         doorbells=Delivery(spec.doorbells), sercon=consoles.sercon, vhost_user=spec.vhost_user)
-    kernel = _load_kernel(machine, platform, boot) if boot.kernel is not None else None
     feed = platform.console.feed if platform.console is not None else platform.uart.feed
-    return Built(platform, feed, kernel)
+    return Built(platform, feed, None)
 
 
 def _load_kernel(machine: Machine, platform: Platform, boot: Boot) -> LoadedKernel:

@@ -20,10 +20,11 @@ A run ends in exactly one way, :meth:`RunStates.end`, whoever asks: ``stop()``, 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import XInterfaceError
 
@@ -91,6 +92,7 @@ class RunStates:
         self.close_deferred = False  # close() from inside the run: run() closes on its way out
         self._tearing_down = False
         self._unclaimed = False  # a PAUSING that request_pause began and no pause() waits on
+        self.held = 0           # hold()s in progress: no resume, run or close until they end
 
     @property
     def state(self) -> RunState:
@@ -132,6 +134,8 @@ class RunStates:
         during a run. The previous run's outcome is cleared in the same step, so an end
         asked for from now on belongs to this run."""
         with self.cond:
+            while self.held:
+                self.cond.wait()
             if self.closing or self._state is RunState.CLOSED:
                 raise XInterfaceError(errno.EBADF, "the machine is closing",
                                       argument="machine", value=self._owner)
@@ -259,12 +263,31 @@ class RunStates:
         """Let a paused run go on; True if it did, False if it was not paused (a pause in
         progress is waited for first)."""
         with self.cond:
-            while self._state is RunState.PAUSING:
+            while self._state is RunState.PAUSING or self.held:
                 self.cond.wait()
             if self._state is not RunState.PAUSED:
                 return False
             self._move(RunState.RUNNING)
             return True
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[RunState]:
+        """Keep a paused (or idle) machine so for the ``with`` block: a ``resume()``, a
+        ``run()`` or a ``close()`` from any thread waits until it ends (a stop still ends a
+        paused run, whose vCPUs then leave without entering ``KVM_RUN``). ``EBUSY`` if the
+        machine is neither paused nor idle; the state held is the ``with``'s value."""
+        with self.cond:
+            state = self._state
+            if state not in (RunState.PAUSED, RunState.IDLE) or self.closing:
+                raise XInterfaceError(errno.EBUSY, f"the machine is {state.value}, not "
+                                      "paused or idle", argument="machine", value=self._owner)
+            self.held += 1
+        try:
+            yield state
+        finally:
+            with self.cond:
+                self.held -= 1
+                self.cond.notify_all()
 
     # --- close ----------------------------------------------------------------------------
     def begin_close(self, from_inside: bool) -> bool:
@@ -291,7 +314,8 @@ class RunStates:
             self.closing = True
             self._end("stopped", None, None)
             while not (self._now() is RunState.CLOSED
-                       or (self._now() is RunState.IDLE and not self._tearing_down)):
+                       or (self._now() is RunState.IDLE and not self._tearing_down
+                           and not self.held)):
                 self.cond.wait()
             if self._now() is RunState.CLOSED:
                 return False

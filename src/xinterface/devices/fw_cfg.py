@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import XInterfaceError
 from ..interface import XInterface, XIOEvent, XIOEventFlags, XIORange
+from .persist import State, field_int
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +97,38 @@ class FwCfg:
         pio = XIOEventFlags.PIO
         self._entries = [
             intf.ioevent(SELECTOR_PORT, 2, pio, signal=self._select),
-            intf.iorange(DATA_PORT, 1, pio, read=self._read_data, write=lambda o, d: None,
+            intf.iorange(DATA_PORT, 1, pio, read=self._read_data, write=self._dropped,
                          name="fw_cfg data"),
             intf.ioevent(DMA_PORT, 4, pio, signal=self._dma_high_write),
             intf.ioevent(DMA_PORT_LOW, 4, pio, signal=self._dma_low_write),
             intf.iorange(DMA_PORT, 8, pio, read=self._read_dma_signature,
-                         write=lambda o, d: None, name="fw_cfg dma"),
+                         write=self._dropped, name="fw_cfg dma"),
         ]
 
     def detach(self) -> None:
         for entry in self._entries:
             entry.deassign()
         self._entries = []
+
+    def _dropped(self, offset: int, data: bytes) -> None:
+        """Writes to the data and DMA ports that are not a transfer: ignored, as QEMU does
+        (a bound method, so a snapshot finds this device as the entry's owner)."""
+
+    # --- snapshot (xinterface.devices.persist) -------------------------------------------------
+    def save(self) -> State:
+        """What the guest set: the item selected, the read offset in it, and the high half
+        of a DMA address written without its low half yet. The items themselves are the
+        board's, made again from the same description."""
+        # Any offset past an item's end reads zeros: a guest's endless skips save as the
+        # largest offset load() takes, which reads the same.
+        return {"selector": self.selector, "offset": min(self.offset, (1 << 64) - 1),
+                "dma_high": self._dma_high}
+
+    def load(self, state: State) -> None:
+        selector = field_int(state, "selector", 0, 0xFFFF)
+        offset = field_int(state, "offset", 0, (1 << 64) - 1)
+        dma_high = field_int(state, "dma_high", 0, 0xFFFFFFFF)
+        self.selector, self.offset, self._dma_high = selector, offset, dma_high
 
     def _select(self, ev: XIOEvent, payload: bytes) -> None:
         self.selector = int.from_bytes(payload, "little")

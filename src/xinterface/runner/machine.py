@@ -413,6 +413,12 @@ class Machine:
                                   value=self)
         return self._states.pause(self.vm.flush)
 
+    def hold(self) -> contextlib.AbstractContextManager[RunState]:
+        """``with machine.hold():`` keeps a paused or idle machine so until the block ends:
+        ``resume()``, ``run()`` and ``close()`` from other threads wait for it (a snapshot
+        holds it while it reads the state). ``EBUSY`` if it is neither paused nor idle."""
+        return self._states.hold()
+
     def request_pause(self) -> bool:
         """Begin a pause without waiting (from a vCPU thread that parks itself right after,
         at a debugger's stop); the next :meth:`pause` completes it. False if no run is

@@ -5,26 +5,36 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple, TextIO
 
+from ..errors import XInterfaceError
 from ..kvm import state as kvm_state
 from ..runner.machine import Machine
 from . import devices as found
 from .diff import remember
-from .format import decode, fail, read_manifest
+from .format import SnapshotError, decode, fail, read_manifest
 from .layers import Layer, check_machine, memory_layers
 from .memory_files import map_private
 
 
-def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
-            attach: Callable[[Machine], object] | None = None) -> Machine:
-    """The machine saved in ``path``, paused at the instruction it was saved at: ``run()``
-    continues it. ``attach(machine)`` attaches the devices the saved machine had beyond the
-    debug ports (as it did before the snapshot); their saved state is then loaded into them.
-    Memory is the snapshot's files mapped copy-on-write, so any number of restores of one
-    snapshot run side by side. Anything wrong with the snapshot is one
-    :class:`~xinterface.snapshot.SnapshotError` line, raised before a vCPU runs.
-    """
+class Saved(NamedTuple):
+    """A snapshot's manifest, read and checked; nothing built yet."""
+
+    directory: str
+    body: dict[str, Any]
+    vcpus: int
+    irqchip: bool
+    strict: bool
+    regions: list[tuple[int, int, bool]]
+    pieces: tuple[kvm_state.Piece, ...]
+    states: list[dict[str, bytes]]
+    vm_state: dict[str, bytes]
+    layers: list[list[Layer]]
+    devices: dict[str, Any]
+
+
+def read_saved(path: str | os.PathLike[str]) -> Saved:
+    """The manifest of ``path`` and its memory files, checked (:class:`SnapshotError`)."""
     directory = os.path.abspath(os.fspath(path))
     body = read_manifest(directory)
     vcpus, irqchip, strict, regions = check_machine(body.get("machine"))
@@ -42,17 +52,55 @@ def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
     saved = body.get("devices")
     if not isinstance(saved, dict):
         raise fail(errno.EINVAL, "manifest: devices is not a table")
-    machine = Machine(memory=[(g, s) for g, s, ro in regions if not ro], vcpus=vcpus,
-                      irqchip=irqchip, strict=strict, console=console)
+    return Saved(directory, body, vcpus, irqchip, strict, regions, pieces, states, vm_state,
+                 layers, saved)
+
+
+def new_machine(saved: Saved, *, console: BinaryIO | None = None,
+                trace: TextIO | None = None, cpu: str | None = None) -> Machine:
+    """A machine of the snapshot's layout: its RAM regions, then its read-only ones (a
+    firmware's ROM), whose bytes the memory files bring back as they do RAM's."""
+    machine = Machine(memory=[(g, s) for g, s, ro in saved.regions if not ro],
+                      vcpus=saved.vcpus, irqchip=saved.irqchip, strict=saved.strict,
+                      console=console, trace=trace, cpu=cpu)
     try:
-        if attach is not None:
-            attach(machine)
-        load_into(machine, pieces, states, vm_state, layers, saved)
-        remember(machine, directory)  # a diff of it is a diff of this snapshot
+        assert machine.memory is not None
+        for gpa, size, readonly in saved.regions:
+            if readonly:
+                machine.memory.add_region(gpa, size, readonly=True)
     except BaseException:
         machine.close()
         raise
     return machine
+
+
+def restore(path: str | os.PathLike[str], *, console: BinaryIO | None = None,
+            attach: Callable[[Machine], object] | None = None) -> Machine:
+    """The machine saved in ``path``, paused at the instruction it was saved at: ``run()``
+    continues it. ``attach(machine)`` attaches the devices the saved machine had beyond the
+    debug ports (as it did before the snapshot); their saved state is then loaded into them.
+    Memory is the snapshot's files mapped copy-on-write, so any number of restores of one
+    snapshot run side by side. Anything wrong with the snapshot is one
+    :class:`~xinterface.snapshot.SnapshotError` line, raised before a vCPU runs.
+    """
+    saved = read_saved(path)
+    machine = new_machine(saved, console=console)
+    try:
+        if attach is not None:
+            attach(machine)
+        finish(machine, saved)
+    except BaseException:
+        machine.close()
+        raise
+    return machine
+
+
+def finish(machine: Machine, saved: Saved) -> None:
+    """Load the snapshot into ``machine``, its devices attached; the machine remembers the
+    snapshot as the parent of its next diff."""
+    load_into(machine, saved.pieces, saved.states, saved.vm_state, saved.layers,
+              saved.devices)
+    remember(machine, saved.directory)  # a diff of it is a diff of this snapshot
 
 
 def load_into(machine: Machine, pieces: tuple[kvm_state.Piece, ...],
@@ -74,7 +122,13 @@ def load_into(machine: Machine, pieces: tuple[kvm_state.Piece, ...],
         state = saved[key]
         if not isinstance(state, dict):
             raise fail(errno.EINVAL, f"manifest: state of {key} is not a table")
-        device.load(state)
+        try:
+            device.load(state)
+        except XInterfaceError as exc:
+            # The device's own words (they name the field), and which device it is.
+            words = str(exc.strerror).rsplit(" (", 1)[0]
+            raise SnapshotError(exc.errno or errno.EINVAL, f"saved state of {key}: {words}",
+                                argument=exc.argument, value=exc.value) from None
     for region, stack in zip(memory.regions, layers, strict=True):
         for file, size, runs in stack:  # the full snapshot first, then each diff over it
             map_private(region, file, size, runs)

@@ -8,11 +8,12 @@ import os
 import time
 from typing import Any
 
+from ..build import description
+from ..errors import XInterfaceError
 from ..kvm import state as kvm_state
 from ..kvm import uapi
 from ..kvm.system import Kvm
 from ..runner.machine import Machine
-from ..runstate import RunState
 from . import devices as found
 from . import diff as dirty
 from .format import encode, fail, read_manifest, write_manifest
@@ -47,6 +48,10 @@ def snapshot(machine: Machine, path: str | os.PathLike[str], *,
     (:mod:`.diff`), which the restore of this one needs as well (``EINVAL`` if there was
     none).
 
+    The machine is held paused (:meth:`~xinterface.Machine.hold`) until the snapshot is
+    written. A machine :func:`xinterface.build.build` built records its description, which
+    :func:`~xinterface.snapshot.restore_built` builds again.
+
     Refuses, before writing anything: a running machine (``EBUSY``), a device without
     ``save()``/``load()`` (``EOPNOTSUPP``, naming it). Returns the manifest's body.
     """
@@ -55,10 +60,18 @@ def snapshot(machine: Machine, path: str | os.PathLike[str], *,
     if diff and parent is None:
         raise fail(errno.EINVAL, "a diff snapshot needs an earlier snapshot of this machine",
                    machine)
-    if machine.state not in (RunState.PAUSED, RunState.IDLE):
-        raise fail(errno.EBUSY, f"snapshot needs a paused machine; it is "
-                   f"{machine.state.value}", machine)
     machine.vm.check_open()
+    with contextlib.ExitStack() as stack:
+        try:
+            # Held to the end: no resume() or run() from another thread while it is read.
+            stack.enter_context(machine.hold())
+        except XInterfaceError:
+            raise fail(errno.EBUSY, f"snapshot needs a paused machine; it is "
+                       f"{machine.state.value}", machine) from None
+        return _write(machine, directory, parent)
+
+
+def _write(machine: Machine, directory: str, parent: str | None) -> dict[str, Any]:
     saved_devices = found.devices(machine)
     device_states = {key: dev.save() for key, dev in saved_devices.items()}
     vm = machine.vm
@@ -100,7 +113,9 @@ def snapshot(machine: Machine, path: str | os.PathLike[str], *,
             raise fail(exc.errno or errno.EIO, f"snapshot {file}: {exc.strerror}",
                        file) from None
         memory.append({**entry, **file_stamp(file)})
+    spec = description(machine)
     body = {"machine": machine_record(machine), "pieces": [p.name for p in pieces],
+            "spec": None if spec is None else spec.to_json(),
             "vcpu_state": vcpus, "vm_state": vm_state, "devices": device_states,
             "memory": memory, "parent": parent, "taken": time.time()}
     write_manifest(directory, body)
