@@ -150,3 +150,24 @@ def test_text_that_never_appears(tmp_path: Path) -> None:
     assert error_lines(done.stderr) == [
         "xinterface: the guest ended (exit) before '1000\\n' appeared: no snapshot was written"]
     assert not (snap / "manifest.json").exists()
+
+
+SEABIOS = Path("/usr/share/seabios/bios-microvm.bin")
+
+
+@pytest.mark.skipif(not SEABIOS.exists(), reason="Debian's seabios is not installed")
+def test_boot_seabios_snapshotted_at_a_debug_console_line_and_restored(tmp_path: Path) -> None:
+    snap = tmp_path / "snap"
+    done = xinterface("boot", "--bios", SEABIOS, "--debugcon", "-", "--serial", "none",
+                      "--snapshot-on", "Found", "--snapshot", snap)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("SeaBIOS (version") and done.stdout.endswith("Found")
+    again = xinterface("restore", snap, "--debugcon", "-", "--until", "Booting from")
+    assert again.returncode == 0, again.stderr
+    # The rest of the line it was saved in, then on, reading fw_cfg: nothing said twice.
+    assert again.stdout.startswith(" QEMU fw_cfg\n"), again.stdout[:200]
+    assert "SeaBIOS (version" in again.stdout and again.stdout.count("QEMU fw_cfg") == 2
+    assert again.stdout.rstrip().endswith("Booting from")
+    # --debugcon none at restore: the same guest, its log dropped.
+    quiet = xinterface("restore", snap, "--until", "Booting from", "--timeout", "30")
+    assert (quiet.returncode, quiet.stdout) == (0, "")

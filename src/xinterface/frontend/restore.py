@@ -26,26 +26,10 @@ def restore_machine(directory: str, *, console: Output | None, debugcon: Output 
                     serial: Output | None) -> tuple[Machine, Built]:
     """The machine of ``directory`` with its board built again from the description the
     snapshot recorded, its consoles writing where given; paused at the saved instruction."""
-    from .. import snapshot
+    from ..snapshot import restore_built
 
-    restore_built = getattr(snapshot, "restore_built", None)
-    if restore_built is not None:
-        machine, built = restore_built(directory, console=console, debugcon=debugcon,
-                                       serial=serial)
-        return machine, built
-    from ..build import build
-    from ..snapshot.format import read_manifest
-    from ..spec import Consoles, MachineSpec
-
-    # A snapshot that recorded no description is of a machine without a board
-    # (``xinterface run``): its debug ports, and COM1 if it had one.
-    devices = read_manifest(directory).get("devices")
-    uart = isinstance(devices, dict) and any(k.startswith("pio:0x3f8:") for k in devices)
-    spec = MachineSpec(board=None, irqchip=False, consoles=Consoles(uart=uart))
-    attached: list[Built] = []
-    machine = snapshot.restore(directory, console=console,  # type: ignore[arg-type]
-                               attach=lambda m: attached.append(build(spec, m, serial=serial)))
-    return machine, attached[0]
+    return restore_built(directory, console=console,  # type: ignore[arg-type]
+                         debugcon=debugcon, serial=serial)
 
 
 def restore_run(directory: str, *, serial: Target | None, debugcon: Target,
