@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Sequence
 from typing import BinaryIO, TextIO
 
@@ -53,11 +54,14 @@ def recorded_spec(saved: Saved, taps: Sequence[str] | None = None) -> MachineSpe
             raise fail(errno.ENOENT, f"snapshot {saved.directory}: disks[{i}]'s image "
                        f"{disk.path} is missing", disk.path)
     for i, net in enumerate(spec.nets):
-        # Opening a TAP that does not exist would create one (TUNSETIFF): look first.
-        if not os.path.exists(os.path.join("/sys/class/net", net.tap)):
+        # Opening a TAP that does not exist would create one (TUNSETIFF): look first, in
+        # this thread's network namespace (sysfs shows the one it was mounted in).
+        try:
+            socket.if_nametoindex(net.tap)
+        except OSError:
             raise fail(errno.ENOENT, f"snapshot {saved.directory}: nets[{i}]'s TAP "
                        f"{net.tap} does not exist (a clone needs a TAP of its own: taps=)",
-                       net.tap)
+                       net.tap) from None
     return spec
 
 

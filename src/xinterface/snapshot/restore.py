@@ -112,7 +112,7 @@ def load_into(machine: Machine, pieces: tuple[kvm_state.Piece, ...],
     if len(memory.regions) != len(layers):
         raise fail(errno.EINVAL, f"the snapshot has {len(layers)} memory regions, the machine "
                    f"built from it {len(memory.regions)}")
-    present = found.devices(machine)
+    present = found.devices(machine, "restore")
     missing = sorted(set(saved) - set(present))
     extra = sorted(set(present) - set(saved))
     if missing or extra:
@@ -137,3 +137,9 @@ def load_into(machine: Machine, pieces: tuple[kvm_state.Piece, ...],
     kvm_state.restore_vm(machine.vm.vmfd, machine.vm.irqchip, vm_state)
     for loop, state in zip(machine.vcpus, states, strict=True):
         kvm_state.restore_vcpu(loop.vcpu, pieces, state)
+    # Everything is back: a device may now serve what its driver had made available and
+    # it had not taken (a virtio queue's doorbell rang before the snapshot).
+    for device in present.values():
+        restored = getattr(device, "restored", None)
+        if restored is not None:
+            restored()

@@ -16,6 +16,7 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 
+from ..devices.persist import State, bad_field, field_int
 from ..errors import XInterfaceError
 from .chain import DescriptorChain, gather, scatter, split, split_tail, total
 from .device import VirtioDevice
@@ -120,6 +121,21 @@ class VirtioBlk(VirtioDevice):
             1)                                     # write_zeroes_may_unmap
         super().__init__(queue_sizes=(queue_size,), features=features, config=config,
                          iothread=iothread)
+
+    def save(self) -> State:
+        """The device's state and the image's size: the restored machine reopens the image
+        by its path (the description's), which must be the same size."""
+        return {**self.save_state(), "capacity": self.capacity, "readonly": self.readonly}
+
+    def load(self, state: State) -> None:
+        capacity = field_int(state, "capacity", 0, (1 << 64) - 1)
+        if capacity != self.capacity:
+            raise bad_field("capacity", capacity, f"sectors: the image {self.path} has "
+                            f"{self.capacity} now (another image?)")
+        if state.get("readonly") is not self.readonly:
+            raise bad_field("readonly", state.get("readonly"), f"differs: {self.path} is "
+                            f"opened {'read-only' if self.readonly else 'writable'}")
+        self.load_state(state)
 
     def fileno(self) -> int:
         """The image's file descriptor."""

@@ -16,6 +16,7 @@ import threading
 from collections import deque
 
 from ..devices.output import Output
+from ..devices.persist import State, field_bytes
 from .device import VirtioDevice
 from .queue import VirtQueue
 
@@ -58,6 +59,21 @@ class VirtioConsole(VirtioDevice):
                 self._input.append(bytes(data))
                 self._input_len += len(data)
         self.process(self.queues[RX_QUEUE])
+
+    def save(self) -> State:
+        """The device's state and the typed bytes the guest has not taken yet."""
+        with self._input_lock:
+            pending = b"".join(self._input)
+        return {**self.save_state(), "input": pending.hex()}
+
+    def load(self, state: State) -> None:
+        pending = field_bytes(state, "input", limit=self.input_limit)
+        self.load_state(state)
+        with self._input_lock:
+            self._input.clear()
+            if pending:
+                self._input.append(pending)
+            self._input_len = len(pending)
 
     def handle(self, queue: VirtQueue) -> None:
         if queue.index == TX_QUEUE:

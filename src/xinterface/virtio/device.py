@@ -23,8 +23,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from ..devices.persist import (
+    State,
+    bad_field,
+    field_bool,
+    field_bytes,
+    field_int,
+    field_list,
+    nested,
+)
 from ..interface import XInterface
 from .chain import VirtqueueError
+from .persist import load_queue, save_queue
 from .queue import VirtQueue
 
 log = logging.getLogger(__name__)
@@ -366,6 +376,70 @@ class VirtioDevice:
             worker.kick(index)
         else:
             self.process(queues[index])
+
+    # --- snapshot: what each device type's save()/load() builds on -------------------------
+    # Not save()/load() themselves: a device type says it can be saved by having them
+    # (xinterface.devices.persist), and one served elsewhere (vhost-user) cannot.
+    def save_state(self) -> State:
+        """The transport-independent state: status, the driver's features, the interface
+        (legacy or not), the configuration space and its generation, the error state, and
+        every queue (:mod:`.persist`)."""
+        with self._lock:
+            queues = []
+            for q in self.queues:
+                with q.lock:   # not mid-way through a round of processing (an iothread's)
+                    queues.append(save_queue(q))
+            return {"status": self.status, "driver_features": self.driver_features,
+                    "legacy": self.legacy, "config": self.config.hex(),
+                    "config_generation": self.config_generation, "error": self.error,
+                    "queues": queues}
+
+    def load_state(self, state: State) -> None:
+        """Reset, then take ``state`` (connected to its transport, before any vCPU runs);
+        checked as the driver's writes are: ``EINVAL`` naming the field (``queues[0].size``,
+        ``driver_features``)."""
+        status = field_int(state, "status", 0, 0xFF)
+        legacy = field_bool(state, "legacy")
+        features = field_int(state, "driver_features", 0, (1 << 64) - 1)
+        config = field_bytes(state, "config", len(self.config))
+        generation = field_int(state, "config_generation", 0, 0xFFFFFFFF)
+        error = state.get("error")
+        if error is not None and not (isinstance(error, str) and len(error) <= 4096):
+            raise bad_field("error", error, "is not a reason (text) or null")
+        queues = field_list(state, "queues", len(self.queues))
+        self.reset()
+        try:
+            with self._lock:
+                self.legacy = legacy
+                if features & ~self.device_features:
+                    raise bad_field("driver_features", features, "holds features the device "
+                                    "does not offer")
+                if status & Status.DRIVER_OK and not (legacy or status & Status.FEATURES_OK):
+                    raise bad_field("status", status, "has DRIVER_OK without FEATURES_OK")
+                for i, (q, item) in enumerate(zip(self.queues, queues, strict=True)):
+                    with nested(f"queues[{i}]"):
+                        if not isinstance(item, dict):
+                            raise bad_field("state", item, "is not a table")
+                        load_queue(q, item, self.intf)
+                self.driver_features = features
+                self.config[:] = config
+                self.config_generation = generation
+                self.error = error
+                self.status = status
+                if self.running and self._iothread:
+                    self._worker = _Worker(self)
+        except BaseException:
+            self.reset()
+            raise
+
+    def restored(self) -> None:
+        """The machine around it is restored (memory, vCPUs): serve what the driver had made
+        available before the snapshot and the device had not taken yet, since its doorbell
+        rang before (and may not ring again: EVENT_IDX)."""
+        if self.running:
+            for q in self.queues:
+                if q.ready:
+                    self.notify(q.index)
 
     def __repr__(self) -> str:
         return f"{self.name}(id={self.device_id}, status={Status(self.status)!r})"

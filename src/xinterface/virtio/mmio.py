@@ -19,6 +19,7 @@ from collections import Counter
 
 from ..delivery import Delivery
 from ..devices.interrupt import InterruptLine
+from ..devices.persist import State, bad_field, field_int, field_list
 from ..errors import XInterfaceError
 from ..interface import XInterface, XIOEvent, XIORange
 from .device import Interrupt, VirtioDevice
@@ -26,8 +27,10 @@ from .transport import (
     InterruptStatus,
     configurable_queue,
     feature_word,
+    load_device,
     place_legacy_queue,
     register_doorbells,
+    save_device,
     selected_queue,
     set_driver_feature_word,
 )
@@ -257,6 +260,49 @@ class VirtioMmio:
                 setattr(q, name, old & ~(0xFFFFFFFF << shift) | value << shift)
         elif selected_queue(device, sel) is None:
             self.stats["bad_queue_select"] += 1
+
+    # --- snapshot (xinterface.devices.persist) -------------------------------------------------
+    def parts(self) -> list[object]:
+        return [self.device]
+
+    def covers(self, space: str, addr: int) -> bool:
+        """The window and its doorbell."""
+        return space == "mmio" and self.base <= addr < self.base + MMIO_WINDOW
+
+    def save(self) -> State:
+        """The registers (selectors, the legacy page size, alignments and PFNs,
+        InterruptStatus), the features offered, and the device's own state."""
+        with self._lock:
+            return {"version": self.version, "device_features": self.device.device_features,
+                    "device_features_sel": self.device_features_sel,
+                    "driver_features_sel": self.driver_features_sel,
+                    "queue_sel": self.queue_sel, "page_size": self.page_size,
+                    "align": list(self._align), "pfn": list(self._pfn),
+                    "interrupt_status": self._status.value,
+                    "device": save_device(self.device, repr(self))}
+
+    def load(self, state: State) -> None:
+        if field_int(state, "version", 1, 2) != self.version:
+            raise bad_field("version", state.get("version"), f"is not this transport's "
+                            f"{self.version}")
+        n = len(self.device.queues)
+        registers = {name: field_int(state, name, 0, 0xFFFFFFFF) for name in (
+            "device_features_sel", "driver_features_sel", "queue_sel", "page_size")}
+        align = [field_int({"align": v}, "align", 0, 0xFFFFFFFF)
+                 for v in field_list(state, "align", n)]
+        pfn = [field_int({"pfn": v}, "pfn", 0, 0xFFFFFFFF) for v in field_list(state, "pfn", n)]
+        status = field_int(state, "interrupt_status", 0, int(Interrupt.USED | Interrupt.CONFIG))
+        load_device(self.device, state, repr(self))
+        with self._lock:
+            for name, value in registers.items():
+                setattr(self, name, value)
+            self._align, self._pfn = align, pfn
+            self._status.restore(status)
+
+    def restored(self) -> None:
+        restored = getattr(self.device, "restored", None)
+        if restored is not None:
+            restored()
 
     def __repr__(self) -> str:
         return (f"VirtioMmio({self.device.name} at {self.base:#x}, v{self.version}, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..devices.persist import State
 from .device import VirtioDevice
 from .queue import VirtQueue
 
@@ -23,6 +24,12 @@ class VirtioRng(VirtioDevice):
         super().__init__(queue_sizes=(queue_size,), iothread=iothread)
         self.max_request = max_request
         self.bytes_served = 0
+
+    def save(self) -> State:
+        return self.save_state()
+
+    def load(self, state: State) -> None:
+        self.load_state(state)
 
     def handle(self, queue: VirtQueue) -> None:
         for chain in queue:

@@ -16,6 +16,7 @@ used by :mod:`.mmio` and :mod:`.pci`.
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from typing import NamedTuple
 
 from ..delivery import Delivery
 from ..devices.interrupt import InterruptLine
+from ..devices.persist import Persistent, State, bad_field, field_int, field_table, nested
+from ..errors import XInterfaceError
 from ..interface import XInterface, XIOEvent
 from .device import Interrupt, VirtioDevice
 from .queue import VirtQueue
@@ -164,6 +167,13 @@ class InterruptStatus:
         if self.line is not None:
             self.line.trigger()
 
+    def restore(self, value: int) -> None:
+        """The status a snapshot saved, the line's level following it."""
+        with self._lock:
+            self.value = value
+            if self.line is not None:
+                self.line.set_level(bool(value))
+
     def clear(self, bits: int = -1) -> int:
         """Clear ``bits`` (all by default); the status before."""
         with self._lock:
@@ -172,6 +182,41 @@ class InterruptStatus:
             if self.line is not None and old and not self.value:
                 self.line.set_level(False)
         return old
+
+
+def save_device(device: VirtioDevice, what: str) -> State:
+    """A transport's device's own save(); ``EOPNOTSUPP`` naming it if it has none (one
+    served by a vhost-user backend keeps its state there)."""
+    if not isinstance(device, Persistent):
+        raise XInterfaceError(errno.EOPNOTSUPP, f"cannot snapshot: device {device.name} "
+                              f"({what}) has no save()/load()", argument="device",
+                              value=device.name)
+    return device.save()
+
+
+def load_device(device: VirtioDevice, state: State, what: str) -> None:
+    """The device's state (its own load()), then the features it offers checked against
+    the saved ones."""
+    if not isinstance(device, Persistent):
+        raise XInterfaceError(errno.EOPNOTSUPP, f"cannot restore: device {device.name} "
+                              f"({what}) has no save()/load()", argument="device",
+                              value=device.name)
+    with nested("device"):
+        device.load(field_table(state, "device"))
+    try:
+        check_offered(device, state)
+    except BaseException:
+        device.reset()   # nothing half loaded
+        raise
+
+
+def check_offered(device: VirtioDevice, state: State) -> None:
+    """The features the saved device offered are the ones this one offers (the same
+    device type and options): ``EINVAL`` naming ``device_features`` otherwise."""
+    offered = field_int(state, "device_features", 0, (1 << 64) - 1)
+    if offered != device.device_features:
+        raise bad_field("device_features", offered, f"differ from what {device.name} offers "
+                        f"({device.device_features:#x}): another device or options")
 
 
 class Field(NamedTuple):

@@ -14,11 +14,14 @@ owns the addresses; the device only follows them.
 
 from __future__ import annotations
 
+import errno
 import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ...errors import XInterfaceError
+from ..persist import Persistent
 from .config import config_header
 
 # Header offsets (6.1).
@@ -91,6 +94,9 @@ class PciFunction:
         self._cap_end = CAPABILITIES_START
         self._cap_last = CAPABILITIES_POINTER
         self.lock = threading.RLock()
+        # What saves the state behind this function (its device), for a snapshot of the
+        # host bridge it sits on; None: the configuration space is all there is.
+        self.persist: Persistent | None = None
 
     # --- building -----------------------------------------------------------------------------
     def add_bar(self, index: int, size: int, *, io: bool = False, mem64: bool = False,
@@ -203,30 +209,111 @@ class PciFunction:
         self._rom_address = value & mask
         self._remap()
 
+    def _bar_base(self, bar: Bar) -> int | None:
+        """Where ``bar`` decodes now: its address while its space is enabled, unless it is
+        0, the sizing pattern, or past the end of its space."""
+        enabled = self.command & (COMMAND_IO if bar.io else COMMAND_MEMORY)
+        address = bar.address & ~(bar.size - 1)
+        limit = 1 << 16 if bar.io else 1 << (64 if bar.mem64 else 32)
+        sizing = address == ((limit - 1) & ~(bar.size - 1))
+        return address if enabled and address and not sizing and (
+            address + bar.size <= limit) else None
+
+    def _rom_base(self) -> int | None:
+        if not self.rom_size:
+            return None
+        rom_reg = struct.unpack_from("<I", self.config, ROM_BAR)[0]
+        address = self._rom_address
+        on = (self.command & COMMAND_MEMORY and rom_reg & ROM_ENABLE and address
+              and address != 0xFFFFF800 & ~(self.rom_size - 1))
+        return address if on else None
+
+    def decoded(self) -> list[tuple[str, bool, int, int]]:
+        """``(name, io, base, size)`` of every BAR (``bar4``) and the ROM (``rom``) that
+        decodes now."""
+        out = [(f"bar{bar.index}", bar.io, base, bar.size) for bar in self.bars.values()
+               if (base := self._bar_base(bar)) is not None]
+        rom = self._rom_base()
+        return out + ([("rom", False, rom, self.rom_size)] if rom is not None else [])
+
     def _remap(self) -> None:
         """Tell each BAR's owner where it decodes now, if that changed."""
-        command = self.command
         for bar in self.bars.values():
-            enabled = command & (COMMAND_IO if bar.io else COMMAND_MEMORY)
-            address = bar.address & ~(bar.size - 1)
-            limit = 1 << 16 if bar.io else 1 << (64 if bar.mem64 else 32)
-            sizing = address == ((limit - 1) & ~(bar.size - 1))
-            base = address if enabled and address and not sizing and (
-                address + bar.size <= limit) else None
+            base = self._bar_base(bar)
             if base != bar.mapped:
                 bar.mapped = base
                 if bar.on_map is not None:
                     bar.on_map(base)
-        if self.rom_size:
-            rom_reg = struct.unpack_from("<I", self.config, ROM_BAR)[0]
-            address = self._rom_address
-            on = (command & COMMAND_MEMORY and rom_reg & ROM_ENABLE and address
-                  and address != 0xFFFFF800 & ~(self.rom_size - 1))
-            base = address if on else None
-            if base != self.rom_mapped:
-                self.rom_mapped = base
-                if self._on_rom_map is not None:
-                    self._on_rom_map(base)
+        base = self._rom_base()
+        if self.rom_size and base != self.rom_mapped:
+            self.rom_mapped = base
+            if self._on_rom_map is not None:
+                self._on_rom_map(base)
+
+    def remap(self) -> None:
+        """Register each BAR where its registers say (after :meth:`load_config`)."""
+        with self.lock:
+            self._remap()
+
+    # --- snapshot -------------------------------------------------------------------------
+    def writable_capability(self, offset: int) -> bool:
+        """Whether the guest can change byte ``offset`` of the capability area (a snapshot's
+        configuration may differ from the built one there); none by default."""
+        return False
+
+    def _writable(self, offset: int) -> bool:
+        if offset in (COMMAND, COMMAND + 1, INTERRUPT_LINE):
+            return True
+        if BAR0 <= offset < BAR0 + 24:
+            index = (offset - BAR0) // 4
+            low = self.bars.get(index - 1)
+            return index in self.bars or (low is not None and low.mem64)
+        if ROM_BAR <= offset < ROM_BAR + 4:
+            return bool(self.rom_size)
+        return offset >= CAPABILITIES_START and self.writable_capability(offset)
+
+    def load_config(self, data: bytes, where: str) -> None:
+        """A saved configuration space: it must be the function as built but for what the
+        guest can write, each register as hardware would hold it (``EINVAL`` naming
+        ``<where>.config[<offset>]``). The BARs are not registered yet (:meth:`remap`)."""
+        def bad(offset: int, why: str) -> XInterfaceError:
+            return XInterfaceError(errno.EINVAL, f"saved device state: {where}.config"
+                                   f"[{offset:#x}] {why}", argument=f"{where}.config",
+                                   value=offset)
+
+        built = self.config
+        if len(data) != len(built):
+            raise bad(0, f"is {len(data)} bytes, not {len(built)}")
+        for i, (new, old) in enumerate(zip(data, built, strict=True)):
+            if new != old and not self._writable(i):
+                raise bad(i, f"is {new:#04x}: that register reads {old:#04x} (read-only)")
+        command = struct.unpack_from("<H", data, COMMAND)[0]
+        if command & ~_COMMAND_WRITABLE != self.command & ~_COMMAND_WRITABLE:
+            raise bad(COMMAND, f"command {command:#06x} sets bits that are read-only")
+        addresses: dict[int, int] = {}
+        for index, bar in self.bars.items():
+            low = struct.unpack_from("<I", data, BAR0 + 4 * index)[0]
+            if low & (bar.size - 1) != bar.flags:
+                raise bad(BAR0 + 4 * index, f"BAR {index} {low:#x} is not {bar.size:#x}-"
+                          f"aligned with its type bits {bar.flags:#x}")
+            address = low & ~0xF
+            if bar.mem64:
+                high = struct.unpack_from("<I", data, BAR0 + 4 * index + 4)[0]
+                if high & ~((~(bar.size - 1) >> 32) & 0xFFFFFFFF):
+                    raise bad(BAR0 + 4 * index + 4, f"BAR {index}'s upper half {high:#x} "
+                              "holds size bits")
+                address |= high << 32
+            addresses[index] = address
+        rom = struct.unpack_from("<I", data, ROM_BAR)[0]
+        if self.rom_size and rom & ~(~(self.rom_size - 1) & 0xFFFFF800 | ROM_ENABLE):
+            raise bad(ROM_BAR, f"ROM BAR {rom:#x} holds size bits")
+        with self.lock:
+            self.config[:] = data
+            for index, address in addresses.items():
+                self.bars[index].address = address
+                self.bars[index].mapped = None
+            self._rom_address = rom & ~ROM_ENABLE if self.rom_size else 0
+            self.rom_mapped = None
 
     def rom_read(self, offset: int, size: int) -> bytes:
         """The expansion ROM's bytes (zero-padded to the BAR's size)."""

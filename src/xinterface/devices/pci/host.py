@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 
 from ...interface import XInterface, XIOEventFlags, XIORange
+from ..persist import State, bad_field, field_bytes, field_int, field_table, nested
 from .config import (
     CLASS_HOST_BRIDGE,
     CLASS_ISA_BRIDGE,
@@ -38,6 +39,9 @@ class Bridge(PciFunction):
             if WRITABLE_FROM <= offset + i < len(self.config):
                 self.config[offset + i] = byte
 
+    def writable_capability(self, offset: int) -> bool:
+        return offset >= WRITABLE_FROM
+
 
 class PciHost:
     """Bus 0 with 00:00.0 (i440FX host bridge), 00:01.0 (PIIX3 ISA bridge), and the
@@ -54,6 +58,7 @@ class PciHost:
         self.address = 0
         self._lock = threading.Lock()
         self._ranges: list[XIORange] = []
+        self._intf: XInterface | None = None
 
     def add(self, slot: int, function: PciFunction) -> None:
         """Put ``function`` at 00:slot.0 (before the guest runs)."""
@@ -90,6 +95,7 @@ class PciHost:
         return None if route & 0x80 or route >= 16 else route
 
     def attach(self, intf: XInterface) -> None:
+        self._intf = intf
         pio = XIOEventFlags.PIO
         self._ranges = [
             intf.iorange(CONFIG_ADDRESS, 4, pio, read=self._read_address,
@@ -140,3 +146,88 @@ class PciHost:
             return
         function, reg = hit
         function.write(reg, data)
+
+    # --- snapshot (xinterface.devices.persist) -------------------------------------------------
+    def _named(self) -> list[tuple[str, PciFunction]]:
+        """Every function by its address (``00:03.0``), the bridges first."""
+        return [(f"{b:02x}:{d:02x}.{f}", fn) for (b, d, f), fn in sorted(self.functions.items())]
+
+    def parts(self) -> list[object]:
+        return [fn.persist for _, fn in self._named() if fn.persist is not None]
+
+    def covers(self, space: str, addr: int) -> bool:
+        """An entry inside a BAR (or ROM) some function decodes: that function's device."""
+        io = space == "pio"
+        return any(is_io == io and base <= addr < base + size
+                   for _, fn in self._named() for _, is_io, base, size in fn.decoded())
+
+    def save(self) -> State:
+        """The address latch, and per function its configuration space (the BARs, the
+        command register, the PIIX3's PIRQ routing) and its device's state."""
+        functions: State = {}
+        for name, fn in self._named():
+            with fn.lock:
+                entry: State = {"config": fn.config.hex()}
+            if fn.persist is not None:
+                entry["state"] = fn.persist.save()
+            functions[name] = entry
+        return {"address": self.address, "functions": functions}
+
+    def load(self, state: State) -> None:
+        """The bridges' registers first (the PIRQ routing a device's INTx follows), then
+        each function's configuration, its BARs checked (``EINVAL`` naming
+        ``functions[00:03.0].bar4`` for one on top of guest RAM or of another device), its
+        device's state, and last the registrations its BARs imply."""
+        address = field_int(state, "address", 0, 0xFFFFFFFF)
+        functions = field_table(state, "functions")
+        named = self._named()
+        if sorted(functions) != [name for name, _ in named]:
+            raise bad_field("functions", sorted(functions), "are not the board's functions "
+                            f"{[name for name, _ in named]}")
+        for name, fn in named:
+            entry = functions[name]
+            if not isinstance(entry, dict):
+                raise bad_field(f"functions[{name}]", entry, "is not a table")
+            with nested(f"functions[{name}]"):
+                config = field_bytes(entry, "config", len(fn.config))
+            fn.load_config(config, f"functions[{name}]")
+        self._check_windows(named)
+        for name, fn in named:
+            if fn.persist is not None:
+                with nested(f"functions[{name}]"):
+                    fn.persist.load(field_table(functions[name], "state"))
+        with self._lock:
+            self.address = address
+        for _, fn in named:
+            fn.remap()
+
+    def _check_windows(self, named: list[tuple[str, PciFunction]]) -> None:
+        """No decoded BAR on guest RAM, on another BAR, or on a device already there."""
+        vm = self._intf.vm if self._intf is not None else None
+        seen: list[tuple[str, bool, int, int]] = []
+        for name, fn in named:
+            for what, io, base, size in fn.decoded():
+                field = f"functions[{name}].{what}"
+                end = base + size
+                if not io and vm is not None and vm.memory is not None:
+                    for r in vm.memory.regions:
+                        if r.gpa < end and base < r.end:
+                            raise bad_field(field, base, f"at {base:#x}+{size:#x} is on top "
+                                            f"of guest memory at {r.gpa:#x}+{r.size:#x}")
+                for other, other_io, other_base, other_size in seen:
+                    if other_io == io and other_base < end and base < other_base + other_size:
+                        raise bad_field(field, base, f"at {base:#x}+{size:#x} overlaps "
+                                        f"{other}")
+                if vm is not None:
+                    bus = vm.pio_bus if io else vm.mmio_bus
+                    for device in bus.routes.devices:
+                        if device.base < end and base < device.end:
+                            raise bad_field(field, base, f"at {base:#x}+{size:#x} overlaps "
+                                            f"{device!r}")
+                seen.append((field, io, base, size))
+
+    def restored(self) -> None:
+        for part in self.parts():
+            restored = getattr(part, "restored", None)
+            if restored is not None:
+                restored()

@@ -45,6 +45,7 @@ import select
 import struct
 import threading
 
+from ...devices.persist import State, bad_field, field_bytes
 from ...errors import XInterfaceError
 from ...interface import XInterface
 from ..chain import DescriptorChain, VirtqueueError, gather, split, total
@@ -158,6 +159,31 @@ class VirtioNet(VirtioDevice):
                 self.config[offset:offset + len(data)] = data
             return
         self.stats["config_write_dropped"] += 1
+
+    # --- snapshot (xinterface.devices.persist) -------------------------------------------------
+    def save(self) -> State:
+        """The device's state, its MAC, and the frame read from the backend that waits for
+        receive buffers (frames the driver made available to send are in guest memory: the
+        restored device sends them, :meth:`restored`)."""
+        with self.queues[RX_QUEUE].lock:
+            held = None if self._held is None else bytes(self._held).hex()
+        return {**self.save_state(), "mac": format_mac(self.mac), "held": held}
+
+    def load(self, state: State) -> None:
+        mac = state.get("mac")
+        if mac != format_mac(self.mac):
+            raise bad_field("mac", mac, f"differs from this device's {format_mac(self.mac)}")
+        held = None if state.get("held") is None else field_bytes(state, "held",
+                                                                  limit=MAX_FRAME)
+        self.load_state(state)
+        with self.queues[RX_QUEUE].lock:
+            if held is not None:
+                self._frame[:len(held)] = held
+                self._held = memoryview(self._frame)[:len(held)]
+
+    def restored(self) -> None:
+        super().restored()
+        self._kick()   # the receive thread looks at the held frame and the backend again
 
     # --- the transport's side ---------------------------------------------------------------
     def connect(self, intf: XInterface, interrupt: InterruptFn, *, legacy: bool = False) -> None:

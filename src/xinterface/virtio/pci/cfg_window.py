@@ -77,6 +77,10 @@ class VirtioPciFunction(PciFunction):
             if at == cap + CAP_BAR or cap + CAP_OFFSET <= at < cap + CAP_PCI_CFG_DATA:
                 self.config[at] = byte
 
+    def writable_capability(self, offset: int) -> bool:
+        cap = self.cfg_cap
+        return offset == cap + CAP_BAR or cap + CAP_OFFSET <= offset < cap + CAP_PCI_CFG_DATA
+
     def window_access(self, data: bytes | None, size: int) -> bytes:
         """A read (``data`` None) or write of ``pci_cfg_data``: the access goes to the BAR,
         offset and length the driver wrote into the capability; a BAR without registers or

@@ -11,10 +11,16 @@ from collections.abc import Callable
 from ...delivery import Delivery
 from ...devices.interrupt import InterruptLine
 from ...devices.pci.function import COMMAND_INTX_DISABLE, PciFunction
+from ...devices.persist import State, field_int
 from ...errors import XInterfaceError
 from ...interface import XInterface, XIOEvent, XIOEventFlags, XIORange
 from ..device import Interrupt, VirtioDevice
-from ..transport import InterruptStatus, register_doorbells
+from ..transport import (
+    InterruptStatus,
+    load_device,
+    register_doorbells,
+    save_device,
+)
 from .cfg_window import VirtioPciFunction
 from .layout import (
     CLASS_CODES,
@@ -106,6 +112,7 @@ class VirtioPci:
         self.function.add_bar(MODERN_BAR, MODERN_BAR_SIZE, mem64=True, prefetchable=True,
                               on_map=self._map_modern)
         isr.line = _IntxGate(irq, self.function)
+        self.function.persist = self   # the host bridge's snapshot holds this one's state
         self._intf: XInterface | None = None
         self._legacy: list[XIORange | XIOEvent] = []
         self._modern: list[XIORange | XIOEvent] = []
@@ -191,6 +198,44 @@ class VirtioPci:
                                            name=f"virtio-pci rom {self.device.name}")
         except XInterfaceError:
             self.stats["rom_map_failed"] += 1
+
+    # --- snapshot (xinterface.devices.persist), with the host bridge's --------------------
+    # The function's configuration space and BARs are the host bridge's to save and load
+    # (xinterface.devices.pci.host): it loads this state between a function's configuration
+    # and the registrations its BARs imply.
+    def parts(self) -> list[object]:
+        return [self.device]
+
+    def covers(self, space: str, addr: int) -> bool:
+        return False   # the host bridge covers the BARs
+
+    def save(self) -> State:
+        """The selectors, the ISR status, the features offered, and the device's state."""
+        state = self._state
+        with state.lock:
+            return {"device_features": self.device.device_features,
+                    "device_feature_select": state.device_feature_select,
+                    "driver_feature_select": state.driver_feature_select,
+                    "queue_select": state.queue_select, "isr": state.isr.value,
+                    "device": save_device(self.device, repr(self))}
+
+    def load(self, state: State) -> None:
+        selects = {name: field_int(state, name, 0, 0xFFFFFFFF) for name in (
+            "device_feature_select", "driver_feature_select")}
+        queue_select = field_int(state, "queue_select", 0, 0xFFFF)
+        isr = field_int(state, "isr", 0, int(Interrupt.USED | Interrupt.CONFIG))
+        load_device(self.device, state, repr(self))
+        pci = self._state
+        with pci.lock:
+            pci.device_feature_select = selects["device_feature_select"]
+            pci.driver_feature_select = selects["driver_feature_select"]
+            pci.queue_select = queue_select
+            pci.isr.restore(isr)
+
+    def restored(self) -> None:
+        restored = getattr(self.device, "restored", None)
+        if restored is not None:
+            restored()
 
     # --- interrupts ---------------------------------------------------------------------------
     def _interrupt(self, kind: Interrupt) -> None:
