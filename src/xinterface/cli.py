@@ -370,9 +370,10 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
 def restore(ctx: click.Context, directory: str, serial: Target | None, debugcon: Target,
             until: str | None, timeout: float, debug: bool, qmp: str | None, log_level: str,
             metrics: str | None) -> None:
-    """Continue the snapshot in DIRECTORY (written by --snapshot-on, QMP's
-    x-snapshot-save, or xinterface.snapshot.snapshot) from the instruction it was saved at;
-    its consoles go where these options say. Exits with the guest's status, as run and boot.
+    """Continue the snapshot in DIRECTORY (written by --snapshot-on or QMP's
+    x-snapshot-save) from the instruction it was saved at, the machine built again from the
+    description it recorded; its consoles go where these options say. Exits with the
+    guest's status, as run and boot.
     """
     from .frontend.restore import restore_run
 
