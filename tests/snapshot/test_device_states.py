@@ -248,3 +248,39 @@ def test_restore_built_refuses_a_missing_or_resized_disk_and_a_missing_tap(
     with pytest.raises(OSError) as refusal:
         restore_built(tmp_path / "s", taps=["xi-none0"])     # it has no network interface
     assert refusal.value.errno == errno.EINVAL and "taps" in str(refusal.value)
+
+
+def test_virtio_device_types_keep_their_own_state(tmp_path: Path) -> None:
+    """What each device type adds: the console's typed input, the net's frame waiting for
+    buffers (and its MAC), the disk's size and read-only-ness."""
+    from xinterface.virtio.blk import VirtioBlk
+    from xinterface.virtio.console import VirtioConsole
+    from xinterface.virtio.net import SocketBackend, VirtioNet
+
+    console = VirtioConsole(io.BytesIO())
+    console.feed(b"typed before the snapshot")    # no receive buffers yet: it waits
+    again = VirtioConsole(io.BytesIO())
+    again.load(console.save())
+    assert again.save() == console.save()
+    assert again.save()["input"] == b"typed before the snapshot".hex()
+    refused(again.load, {**console.save(), "input": "zz"}, "input")
+
+    backend, peer = SocketBackend.pair()
+    device = VirtioNet(backend, mac="52:54:00:12:34:56")
+    try:
+        state = {**device.save(), "held": bytes(range(60)).hex()}
+        device.load(state)
+        assert device.save()["held"] == bytes(range(60)).hex()
+        refused(device.load, {**state, "held": bytes(70000).hex()}, "held")   # > 64 KiB
+        refused(device.load, {**state, "mac": "52:54:00:12:34:57"}, "mac")
+    finally:
+        device.close()
+        peer.close()
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    with VirtioBlk(str(image)) as disk, VirtioBlk(str(image), readonly=True) as ro:
+        state = disk.save()
+        disk.load(state)
+        refused(disk.load, {**state, "capacity": 4096}, "capacity")
+        refused(ro.load, state, "readonly")

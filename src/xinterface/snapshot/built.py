@@ -48,7 +48,9 @@ def recorded_spec(saved: Saved, taps: Sequence[str] | None = None) -> MachineSpe
                                         for n, t in zip(spec.nets, taps, strict=True)))
     if spec.vhost_user:
         raise fail(errno.EOPNOTSUPP, f"snapshot {saved.directory}: vhost-user devices cannot "
-                   "be restored", saved.directory)
+                   "be restored (their state is their backend's, and a restored machine's "
+                   "memory is its snapshot's files mapped privately, which no backend can "
+                   "map)", saved.directory)
     for i, disk in enumerate(spec.disks):
         if not os.path.isfile(disk.path):
             raise fail(errno.ENOENT, f"snapshot {saved.directory}: disks[{i}]'s image "
