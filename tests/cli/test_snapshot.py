@@ -171,3 +171,12 @@ def test_boot_seabios_snapshotted_at_a_debug_console_line_and_restored(tmp_path:
     # --debugcon none at restore: the same guest, its log dropped.
     quiet = xinterface("restore", snap, "--until", "Booting from", "--timeout", "30")
     assert (quiet.returncode, quiet.stdout) == (0, "")
+
+
+def test_a_snapshot_that_cannot_be_written_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    done = xinterface("run", COUNT, "--snapshot-on", "5\n", "--snapshot", blocker / "snap")
+    assert done.returncode == 1 and done.stdout == lines(1, 5)
+    assert error_lines(done.stderr) == [f"xinterface: snapshot {blocker / 'snap'}: Not a "
+                                        "directory (ENOTDIR)"], done.stderr
