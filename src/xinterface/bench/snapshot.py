@@ -103,7 +103,7 @@ INIT_MARKER = "XINTERFACE-INIT-OK"   # guests/linux/init.sh's first line
 # The snapshot is taken with the marker's last bytes still to print, so that a restore, like
 # a boot, ends when the marker has appeared.
 MARKER_HEAD, MARKER_TAIL = INIT_MARKER[:-3], INIT_MARKER[-3:]
-LINUX_TIMEOUT = 600.0
+LINUX_TIMEOUT = 1800.0   # a loaded 2-core host has taken over 10 min to boot it
 KERNEL_ENV, INITRD_ENV = "XINTERFACE_LINUX_KERNEL", "XINTERFACE_LINUX_INITRD"
 
 
