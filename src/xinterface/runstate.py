@@ -275,7 +275,9 @@ class RunStates:
         """Keep a paused (or idle) machine so for the ``with`` block: a ``resume()``, a
         ``run()`` or a ``close()`` from any thread waits until it ends (a stop still ends a
         paused run, whose vCPUs then leave without entering ``KVM_RUN``). ``EBUSY`` if the
-        machine is neither paused nor idle; the state held is the ``with``'s value."""
+        machine is neither paused nor idle; the state held is the ``with``'s value. The
+        holder must not itself resume, run or close the machine inside the block (it would
+        wait for itself)."""
         with self.cond:
             state = self._state
             if state not in (RunState.PAUSED, RunState.IDLE) or self.closing:

@@ -104,7 +104,7 @@ def test_pci_bars_load_and_register_where_the_state_says(pc: tuple[Machine, Plat
 
 def test_pci_refuses_a_bar_on_ram_on_a_device_or_malformed(pc: tuple[Machine, Platform]
                                                            ) -> None:
-    _, platform = pc
+    machine, platform = pc
     host = platform.pci
     assert host is not None
     saved = host.save()
@@ -123,6 +123,9 @@ def test_pci_refuses_a_bar_on_ram_on_a_device_or_malformed(pc: tuple[Machine, Pl
     missing = copy.deepcopy(saved)
     del missing["functions"]["00:03.0"]
     refused(host.load, missing, "functions")
+    # Each refusal left the registers as they were, and nothing registered.
+    assert host.save() == saved
+    assert not [d for d in machine.mmio_bus.routes.devices if "virtio-pci" in d.name]
 
 
 def _queue(state: dict[str, Any], **values: Any) -> dict[str, Any]:
@@ -284,3 +287,31 @@ def test_virtio_device_types_keep_their_own_state(tmp_path: Path) -> None:
         disk.load(state)
         refused(disk.load, {**state, "capacity": 4096}, "capacity")
         refused(ro.load, state, "readonly")
+
+
+@pytest.mark.parametrize("name", ["microvm", "pc"])
+def test_a_vhost_user_device_is_refused_naming_it(tmp_path: Path, name: str) -> None:
+    """A disk served by another process (xinterface serve blk, a real vhost-user backend):
+    its state is the backend's, so a snapshot refuses, naming it, and writes nothing."""
+    import os
+    import subprocess
+
+    from tests.vhost_user.test_frontend import SRC, serve_command, wait_listening
+    from xinterface.spec import VhostUser
+
+    image, sock = tmp_path / "disk.img", tmp_path / "blk.sock"
+    image.write_bytes(bytes(1 << 20))
+    server = subprocess.Popen(serve_command(image, sock), env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        wait_listening(server, sock)
+        spec = MachineSpec(memory=16 << 20, board=name, boot=Boot(firmware=BIOS[name]),
+                           vhost_user=(VhostUser("blk", str(sock)),))
+        with build_machine(spec) as machine:
+            build(spec, machine, serial=io.BytesIO())
+            with pytest.raises(SnapshotError) as info:
+                snapshot(machine, tmp_path / "never")
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert info.value.errno == errno.EOPNOTSUPP and "VhostUserBlk" in str(info.value)
+    assert "\n" not in str(info.value) and not (tmp_path / "never").exists()

@@ -309,11 +309,10 @@ class PciFunction:
             raise bad(ROM_BAR, f"ROM BAR {rom:#x} holds size bits")
         with self.lock:
             self.config[:] = data
+            # ``mapped`` stays what is registered now: remap() moves it to where these say.
             for index, address in addresses.items():
                 self.bars[index].address = address
-                self.bars[index].mapped = None
             self._rom_address = rom & ~ROM_ENABLE if self.rom_size else 0
-            self.rom_mapped = None
 
     def rom_read(self, offset: int, size: int) -> bytes:
         """The expansion ROM's bytes (zero-padded to the BAR's size)."""

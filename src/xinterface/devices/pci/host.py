@@ -184,18 +184,24 @@ class PciHost:
         if sorted(functions) != [name for name, _ in named]:
             raise bad_field("functions", sorted(functions), "are not the board's functions "
                             f"{[name for name, _ in named]}")
-        for name, fn in named:
-            entry = functions[name]
-            if not isinstance(entry, dict):
-                raise bad_field(f"functions[{name}]", entry, "is not a table")
-            with nested(f"functions[{name}]"):
-                config = field_bytes(entry, "config", len(fn.config))
-            fn.load_config(config, f"functions[{name}]")
-        self._check_windows(named)
-        for name, fn in named:
-            if fn.persist is not None:
+        previous = [(fn, bytes(fn.config)) for _, fn in named]
+        try:
+            for name, fn in named:
+                entry = functions[name]
+                if not isinstance(entry, dict):
+                    raise bad_field(f"functions[{name}]", entry, "is not a table")
                 with nested(f"functions[{name}]"):
-                    fn.persist.load(field_table(functions[name], "state"))
+                    config = field_bytes(entry, "config", len(fn.config))
+                fn.load_config(config, f"functions[{name}]")
+            self._check_windows(named)
+            for name, fn in named:
+                if fn.persist is not None:
+                    with nested(f"functions[{name}]"):
+                        fn.persist.load(field_table(functions[name], "state"))
+        except BaseException:
+            for fn, config in previous:   # the registers as they were, still registered so
+                fn.load_config(config, "")
+            raise
         with self._lock:
             self.address = address
         for _, fn in named:
