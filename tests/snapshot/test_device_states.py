@@ -24,7 +24,7 @@ from xinterface.build import attach_devices, build, build_machine
 from xinterface.devices.fw_cfg import FwCfg
 from xinterface.devices.pci.function import BAR0, COMMAND
 from xinterface.runstate import RunState
-from xinterface.snapshot import SnapshotError, restore_built, snapshot
+from xinterface.snapshot import SnapshotError, restore, restore_built, snapshot
 from xinterface.spec import Boot, Disk, MachineSpec
 from xinterface.virtio.device import VirtioDevice
 from xinterface.virtio.mmio import VirtioMmio
@@ -310,6 +310,22 @@ def test_a_vhost_user_device_is_refused_naming_it(tmp_path: Path, name: str) -> 
             build(spec, machine, serial=io.BytesIO())
             with pytest.raises(SnapshotError) as info:
                 snapshot(machine, tmp_path / "never")
+        # Nor can a restored machine have one: its memory is private to it.
+        with Machine(memory=4 << 20) as bare:
+            snapshot(bare, tmp_path / "bare")
+
+        def attach(machine: Machine) -> None:
+            from xinterface import bind
+            from xinterface.vhost_user.device import VhostUserBlk
+
+            intf, device = bind(machine), VhostUserBlk(str(sock))
+            intf.on_release(device.close)
+            VirtioMmio(device, 0xFEB00000).attach(intf)
+
+        with pytest.raises(SnapshotError) as again:
+            restore(tmp_path / "bare", attach=attach)
+        assert again.value.errno == errno.EOPNOTSUPP
+        assert "cannot restore" in str(again.value) and "VhostUserBlk" in str(again.value)
     finally:
         server.terminate()
         server.wait(10)
