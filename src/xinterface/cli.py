@@ -16,7 +16,13 @@ from .frontend.options import SecondsType, SizeType, TargetType, run_option
 from .frontend.outputs import Stdout, Target
 from .frontend.report import EXIT_TIMEOUT, fail, guest_error
 from .frontend.run import guarded, no_limit_when_interactive, run_image
-from .frontend.run_options import MONITOR_OPTIONS, RUN_OPTIONS, SERIAL_HELP, arguments
+from .frontend.run_options import (
+    MONITOR_OPTIONS,
+    RUN_OPTIONS,
+    SERIAL_HELP,
+    SNAPSHOT_OPTIONS,
+    arguments,
+)
 from .frontend.serve import serve
 from .spec import BOARD_NAMES, Boot, Consoles, MachineSpec
 
@@ -71,6 +77,13 @@ def _run_options(command: Callable[..., None]) -> Callable[..., None]:
 def _monitor_options(command: Callable[..., None]) -> Callable[..., None]:
     """``--qmp``, ``--log-level``, ``--metrics``: the same rows of the table as on ``run``."""
     for option in reversed(MONITOR_OPTIONS):
+        command = run_option(option)(command)
+    return command
+
+
+def _snapshot_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--snapshot-on``, ``--snapshot``, ``--continue``: the same rows as on ``run``."""
+    for option in reversed(SNAPSHOT_OPTIONS):
         command = run_option(option)(command)
     return command
 
@@ -216,6 +229,7 @@ def bench(quick: bool, repeats: int | None, json_path: Path | None, plot_path: P
               help="With --gdb: hold the firmware's first instruction until GDB attaches.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and registers on errors.")
 @_monitor_options
+@_snapshot_options
 @click.pass_context
 def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Path | None,
          append: str, cpu: str, cpu_workarounds: bool, memory: int, vcpus: int,
@@ -223,12 +237,18 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
          serial: Target, until: str | None, timeout: float, board: str, posted_debugcon: bool,
          disks: tuple[str, ...], nets: tuple[str, ...], rng: str | None,
          virtio_console: bool, gdb: str | None, gdb_wait: bool, debug: bool, qmp: str | None,
-         log_level: str, metrics: str | None) -> None:
+         log_level: str, metrics: str | None, snapshot_on: str | None, snapshot: str | None,
+         continue_run: bool) -> None:
     """Boot firmware from the reset vector (--bios), or a Linux kernel directly (--kernel), on
     the standard devices (fw_cfg, COM1, CMOS/RTC, debug console at 0x402, virtio), all of them
     xinterface clients."""
     from .errors import GuestError, KvmError, XInterfaceError
     from .frontend.devices import is_vhost_user, parse_disk, parse_net, parse_vhost_user
+    from .frontend.snapshot_on import SnapshotOn, check_devices, check_options
+
+    wrong = check_options(snapshot_on, snapshot, continue_run)
+    if wrong is not None:
+        raise click.UsageError(wrong)
 
     spec = MachineSpec(
         memory=memory, vcpus=vcpus, cpu=cpu if kernel is not None else None, board=board,
@@ -267,6 +287,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
         timeout = 0  # a debugging session lasts as long as the user wants
     stdout = Stdout()
     watchers: list[Until] = []
+    taker: SnapshotOn | None = None
     try:
         if kernel is not None:
             spec = spec._replace(boot=spec.boot._replace(
@@ -274,6 +295,9 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
         with build_machine(spec) as machine:
             session = Session(machine, serial, stdout, qmp=qmp, metrics=metrics)
             outputs = [stream_for(debugcon, stdout), session.serial_output()]
+            if snapshot_on is not None and snapshot is not None:
+                taker = SnapshotOn(machine, snapshot_on, snapshot, continue_run)
+                outputs = [taker.watch(out) for out in outputs]
             if until is not None:
                 watchers = [Until(out, until.encode(), machine.stop) for out in outputs]
                 outputs = list(watchers)
@@ -289,7 +313,14 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
             assert built.feed is not None   # every board has COM1
             session.platform = built.platform
             session.connect(built.feed)
-            result = session.run(timeout or None)
+            if taker is not None:
+                check_devices(machine)
+                taker.start()
+            try:
+                result = session.run(timeout or None)
+            finally:
+                if taker is not None:
+                    taker.close()
     except GuestError as exc:
         stdout.finish_line()
         guest_error(exc, debug)
@@ -304,6 +335,12 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     what = "the firmware" if kernel is None else "the kernel"
     if panic is not None and panic.matched:
         fail("the kernel panicked (\"Kernel panic - not syncing\" on the serial console)")
+    if taker is not None:
+        if not taker.taken:
+            fail(f"{what} ended ({result.reason}) before {snapshot_on!r} appeared: no snapshot "
+                 "was written", status=EXIT_TIMEOUT if result.reason == "timeout" else 1)
+        if not continue_run:
+            sys.exit(0)
     if any(w.matched for w in watchers) or session.quit_requested:
         sys.exit(0)
     if result.reason == "timeout":
@@ -313,6 +350,39 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     if until is not None:
         fail(f"{what} stopped ({result.reason}) before {until!r} appeared")
     sys.exit(0 if result.reason in ("hlt", "reset", "shutdown") else 1)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--serial", type=TargetType(interactive=True), default=None,
+              help="Where COM1 goes, if the snapshot has it (default: stdout): " + SERIAL_HELP)
+@click.option("--debugcon", type=TargetType(), default="none", show_default=True,
+              help="The firmware's debug console (port 0x402): FILE, - (stdout) or none. "
+                   "Port 0xe9 goes to stdout, as on run and boot.")
+@click.option("--until", "until", default=None,
+              help="End with status 0 once TEXT appears on a console.")
+@click.option("--timeout", type=SecondsType(), default=60.0, show_default=True,
+              help="Seconds before the run is ended with status 124 (0: no limit; no limit "
+                   "by default with --serial stdio).")
+@click.option("--debug", is_flag=True, help="Show tracebacks and registers on errors.")
+@_monitor_options
+@click.pass_context
+def restore(ctx: click.Context, directory: str, serial: Target | None, debugcon: Target,
+            until: str | None, timeout: float, debug: bool, qmp: str | None, log_level: str,
+            metrics: str | None) -> None:
+    """Continue the snapshot in DIRECTORY (written by --snapshot-on or QMP's
+    x-snapshot-save) from the instruction it was saved at, the machine built again from the
+    description it recorded; its consoles go where these options say. Exits with the
+    guest's status, as run and boot.
+    """
+    from .frontend.restore import restore_run
+
+    if serial is not None:
+        timeout = _no_limit_when_interactive(ctx, serial, timeout)
+    if until == "":
+        raise click.BadParameter("needs some text to wait for", param_hint="'--until'")
+    restore_run(directory, serial=serial, debugcon=debugcon, until=until, timeout=timeout,
+                debug=debug, qmp=qmp, log_level=log_level, metrics=metrics)
 
 
 main.add_command(serve)

@@ -25,7 +25,8 @@ def test_parse_run_takes_plain_options() -> None:
                        "vcpus": 3, "serial": Target(STDOUT), "trace": True, "strict": False,
                        "debug": False, "timeout": 2.5, "gdb": None,
                        "gdb_wait": False, "qmp": None, "log_level": "warning",
-                       "metrics": None}
+                       "metrics": None, "snapshot_on": None, "snapshot": None,
+                       "continue_run": False}
     monitored = _parse_run(["--qmp", "unix:/tmp/q.sock", "--log-level=debug", "--metrics",
                             "m.jsonl", HELLO])
     assert monitored is not None

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import EXAMPLES
 from xinterface.cli import run, run_arguments
-from xinterface.frontend.run_options import FLAG, MODES, RUN_OPTIONS, default_value
+from xinterface.frontend.run_options import FLAG, MODES, RUN_OPTIONS, Option, default_value
 from xinterface.launch import _parse_run
 
 HELLO = str(EXAMPLES / "hello-real.S")
@@ -23,6 +23,8 @@ GOOD: dict[str, list[str]] = {
     "vcpus": ["1", "3", " 2"],
     "serial": ["none", "-", "stdio", ""],
     "timeout": ["0", "2.5", "1e3"],
+    "snapshot-on": ["login:", "a b", "--"],
+    "snapshot": ["snap", "/tmp/a b"],
 }
 BAD: dict[str, list[str]] = {
     "gpa": ["-1", "0x", "ten"],
@@ -70,10 +72,11 @@ def test_each_value_parses_the_same(name: str, value: str) -> None:
         assert fast == slow, args
 
 
-@pytest.mark.parametrize("name", [o.name for o in RUN_OPTIONS if o.kind == FLAG])
-def test_each_flag_parses_the_same(name: str) -> None:
-    fast, slow = _both([f"--{name.replace('_', '-')}", HELLO])
-    assert fast is not None and fast[name] is True
+@pytest.mark.parametrize("option", [o for o in RUN_OPTIONS if o.kind == FLAG],
+                         ids=lambda o: o.flag)
+def test_each_flag_parses_the_same(option: Option) -> None:
+    fast, slow = _both([f"--{option.flag}", HELLO])
+    assert fast is not None and fast[option.name] is True
     assert fast == slow
 
 

@@ -94,3 +94,84 @@ def diff_kib(label: str) -> float:
     size = sum(p.stat().st_blocks * 512 for p in directory.iterdir() if p.suffix == ".bin")
     shutil.rmtree(directory, True)
     return size / 1024
+
+
+# --- Linux: boot to /init against restore to the same point ---------------------------------
+
+LINUX_APPEND = "console=ttyS0 quiet reboot=p panic=-1 noreplace-smp rodata=off"
+INIT_MARKER = "XINTERFACE-INIT-OK"   # guests/linux/init.sh's first line
+# The snapshot is taken with the marker's last bytes still to print, so that a restore, like
+# a boot, ends when the marker has appeared.
+MARKER_HEAD, MARKER_TAIL = INIT_MARKER[:-3], INIT_MARKER[-3:]
+LINUX_TIMEOUT = 1800.0   # a loaded 2-core host has taken over 10 min to boot it
+KERNEL_ENV, INITRD_ENV = "XINTERFACE_LINUX_KERNEL", "XINTERFACE_LINUX_INITRD"
+
+
+class LinuxUnavailable(RuntimeError):
+    """The Linux test kernel is not built (or not named): the Linux figures are skipped."""
+
+
+@cache
+def linux_images() -> tuple[str, str]:
+    """The test kernel (vmlinux) and initramfs: ``$XINTERFACE_LINUX_KERNEL`` and
+    ``$XINTERFACE_LINUX_INITRD``, else what the checkout's guests/linux/build.py built into
+    its cache (never built here: that takes many minutes)."""
+    import importlib.util
+
+    given = os.environ.get(KERNEL_ENV), os.environ.get(INITRD_ENV)
+    if given[0] and given[1]:
+        return given[0], given[1]
+    script = Path(__file__).resolve().parents[3] / "guests" / "linux" / "build.py"
+    spec = importlib.util.spec_from_file_location("xinterface_linux_build", script)
+    if not script.is_file() or spec is None or spec.loader is None:
+        raise LinuxUnavailable(f"no {script} (an installed package: set {KERNEL_ENV} and "
+                               f"{INITRD_ENV})")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    try:
+        root = build.cache_root()
+        kernel = root / f"kernel-{build.kernel_inputs_hash()}" / "vmlinux"
+        initrd = root / f"initramfs-{build.initramfs_inputs_hash()}" / "initramfs.cpio"
+    except build.BuildError as exc:
+        raise LinuxUnavailable(str(exc)) from None
+    if not (kernel.is_file() and initrd.is_file()):
+        raise LinuxUnavailable(f"the test kernel is not built: run {script}")
+    return str(kernel), str(initrd)
+
+
+def _xinterface(*args: str) -> float:
+    """``xinterface ARGS`` in a new process, exec to exit, in ms (status 0 wanted)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "xinterface", *args],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=LINUX_TIMEOUT + 60, check=False)
+    took = (time.perf_counter() - start) * 1e3
+    if done.returncode != 0:
+        raise RuntimeError(f"xinterface {args[0]} failed: {done.stderr.strip()[-300:]}")
+    return took
+
+
+def _boot_args() -> list[str]:
+    kernel, initrd = linux_images()
+    return ["boot", "--kernel", kernel, "--initrd", initrd, "--append", LINUX_APPEND,
+            "--timeout", str(LINUX_TIMEOUT)]
+
+
+def linux_boot_to_init_ms() -> float:
+    """``xinterface boot --kernel`` from exec until /init's marker has appeared."""
+    return _xinterface(*_boot_args(), "--until", INIT_MARKER)
+
+
+@cache
+def linux_snapshot() -> str:
+    """A snapshot of the test kernel booted up to /init's marker but its last bytes."""
+    directory = str(_workdir() / "linux")
+    _xinterface(*_boot_args(), "--snapshot-on", MARKER_HEAD, "--snapshot", directory)
+    return directory
+
+
+def linux_restore_to_init_ms() -> float:
+    """``xinterface restore`` of :func:`linux_snapshot` from exec until the marker has
+    appeared: the same point as :func:`linux_boot_to_init_ms`'s end."""
+    return _xinterface("restore", linux_snapshot(), "--until", MARKER_TAIL,
+                       "--timeout", str(LINUX_TIMEOUT))

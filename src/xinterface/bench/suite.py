@@ -22,7 +22,16 @@ from .memory_ops import sample as memory_sample
 from .net import figure_samples as net_figure_samples
 from .paths import dispatch_cost, latency, write_cost
 from .peer import QEMU, own_write_cost, qemu_write_cost
-from .snapshot import diff_kib, process_restore_ms, restore_ms, snapshot_mib
+from .snapshot import (
+    LinuxUnavailable,
+    diff_kib,
+    linux_boot_to_init_ms,
+    linux_images,
+    linux_restore_to_init_ms,
+    process_restore_ms,
+    restore_ms,
+    snapshot_mib,
+)
 from .startup import own_start_us, qemu_start_us
 from .vhost_user_blk import request_ns as vhost_user_request_ns
 from .virtio_blk import request_ns
@@ -210,6 +219,19 @@ def figures(quick: bool, scale: float = 1.0,
     # A diff compares the whole region with its parent's files: a 1 GiB one takes about a
     # minute on a loaded host (docs/snapshot.md), so only the small guest is a figure.
     out.append(Figure("snapshot.diff_size.64m", "KiB", partial(diff_kib, "64m")))
+    # The Linux test kernel, whole processes: a boot to /init's marker, and a restore of a
+    # snapshot taken there (the ratio pairs each round's restore with its boot).
+    if quick:
+        notices.append("snapshot.linux.* skipped with --quick: a Linux boot takes a minute")
+    else:
+        try:
+            linux_images()
+        except LinuxUnavailable as exc:
+            notices.append(f"snapshot.linux.* skipped: {exc}")
+        else:
+            out += [Figure("snapshot.linux.boot_to_init", "ms/process", linux_boot_to_init_ms),
+                    Figure("snapshot.linux.restore_to_init", "ms/process",
+                           linux_restore_to_init_ms, "snapshot.linux.boot_to_init")]
     net_figs, net_notices = net_figure_samples(quick, scale, peers)
     notices += net_notices
     out += [Figure(name, "ns/packet", sample, reference)

@@ -12,6 +12,7 @@ import click
 from .run_options import (
     ADDRESS,
     COUNT,
+    DIRECTORY,
     FLAG,
     GDB,
     LOG_LEVEL,
@@ -23,6 +24,7 @@ from .run_options import (
     SECONDS,
     SERIAL,
     SIZE,
+    TEXT,
     Option,
 )
 from .values import Target, open_target, parse_size, to_address, to_seconds, to_size, to_target
@@ -118,7 +120,8 @@ def click_type(kind: str) -> _Param[Any]:
         ADDRESS: AddressType, MODE: lambda: click.Choice(MODES), SIZE: SizeType,
         COUNT: lambda: click.IntRange(min=1), SERIAL: lambda: TargetType(interactive=True),
         SECONDS: SecondsType, GDB: lambda: click.STRING, QMP: QmpType, LOG_LEVEL: LogLevelType,
-        PATH: lambda: click.Path(dir_okay=False)}
+        PATH: lambda: click.Path(dir_okay=False), TEXT: lambda: click.STRING,
+        DIRECTORY: lambda: click.Path(file_okay=False)}
     return types[kind]()
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .values import FILE, NONE, STDIO, STDOUT, Target
 
-__all__ = ["FILE", "NONE", "STDIO", "STDOUT", "Discard", "Stdout", "Target", "stream_for"]
+if TYPE_CHECKING:
+    from ..devices.output import Output
+
+__all__ = ["FILE", "NONE", "STDIO", "STDOUT", "Discard", "Relay", "Stdout", "Target", "stream_for"]
 
 
 class Stdout:
@@ -37,6 +40,20 @@ class Stdout:
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed or broken stdout has no line to finish
+
+
+class Relay:
+    """Output to ``target``, which may be chosen after the device writing here was built (a
+    watcher that needs the machine the device belongs to)."""
+
+    def __init__(self, target: Output) -> None:
+        self.target = target
+
+    def write(self, data: bytes, /) -> object:
+        return self.target.write(data)
+
+    def flush(self) -> object:
+        return self.target.flush()
 
 
 class Discard:

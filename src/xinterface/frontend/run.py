@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from .report import EXIT_SIGNAL_BASE, EXIT_TIMEOUT, SIGINT_STATUS, fail, guest_error
+from .report import EXIT_SIGNAL_BASE, EXIT_TIMEOUT, EXIT_USAGE, SIGINT_STATUS, fail, guest_error
 from .values import NONE, STDIO, Target
 
 T = TypeVar("T")
@@ -37,18 +37,24 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
               memory: int, vcpus: int, serial: Target, trace: bool, timeout: float,
               strict: bool, debug: bool, gdb: str | None = None, gdb_wait: bool = False,
               qmp: str | None = None, log_level: str = "warning",
-              metrics: str | None = None) -> NoReturn:
+              metrics: str | None = None, snapshot_on: str | None = None,
+              snapshot: str | None = None, continue_run: bool = False) -> NoReturn:
     """Run ``image`` (``gpa`` None: where the image says, else 0x1000) until it exits, halts,
     or ``timeout`` seconds pass (0: no limit); exit with the guest's status. ``qmp``,
-    ``log_level``, ``metrics``: the monitoring options (``Session``)."""
+    ``log_level``, ``metrics``: the monitoring options (``Session``). ``snapshot_on``,
+    ``snapshot``, ``continue_run``: a snapshot at a console line (``snapshot_on``)."""
     from ..build import build, build_machine
     from ..errors import GuestError, KvmError, XInterfaceError
     from ..observe.logs import DEFAULT_LEVEL, configure
     from ..spec import Consoles, MachineSpec
     from .image import ImageError, load_image
-    from .outputs import Stdout
+    from .outputs import Relay, Stdout
     from .session import Session
+    from .snapshot_on import SnapshotOn, check_devices, check_options
 
+    wrong = check_options(snapshot_on, snapshot, continue_run)
+    if wrong is not None:
+        fail(wrong, status=EXIT_USAGE)
     # A bare machine's only records are --strict's and QMP's: without them, `xinterface
     # run` starts without importing logging (README, Performance).
     if strict or qmp is not None or log_level != DEFAULT_LEVEL or "logging" in sys.modules:
@@ -57,9 +63,11 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
     # No board: the machine's debug ports, and COM1 when --serial says where it writes.
     spec = MachineSpec(memory=memory, vcpus=vcpus, board=None, irqchip=False, strict=strict,
                        consoles=Consoles(uart=serial.kind != NONE))
+    taker: SnapshotOn | None = None
     try:
         guest = load_image(image, gpa=gpa, mode=mode, memory=memory)
-        with build_machine(spec, console=stdout,  # type: ignore[arg-type]
+        console = Relay(stdout)
+        with build_machine(spec, console=console,  # type: ignore[arg-type]
                            trace=sys.stderr if trace else None) as machine:
             machine.load_flat(guest.data, gpa=guest.gpa, mode=guest.mode)
             if guest.entry is not None:
@@ -67,11 +75,23 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
             if gdb is not None:
                 machine.serve_gdb(gdb, wait=gdb_wait)
             session = Session(machine, serial, stdout, qmp=qmp, metrics=metrics)
-            built = build(spec, machine, serial=session.serial_output())
+            serial_out = session.serial_output()
+            if snapshot_on is not None and snapshot is not None:
+                taker = SnapshotOn(machine, snapshot_on, snapshot, continue_run)
+                console.target = taker.watch(stdout)
+                serial_out = taker.watch(serial_out)
+            built = build(spec, machine, serial=serial_out)
             session.platform = built.platform
             if built.feed is not None:
                 session.connect(built.feed)
-            result = session.run(timeout or None)
+            if taker is not None:
+                check_devices(machine)
+                taker.start()
+            try:
+                result = session.run(timeout or None)
+            finally:
+                if taker is not None:
+                    taker.close()
     except ImageError as exc:
         fail(str(exc), exc=exc, debug=debug)
     except GuestError as exc:
@@ -89,6 +109,13 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
     session.check_console()
     if session.quit_requested:
         sys.exit(0)
+    if taker is not None:
+        if not taker.taken:
+            fail(f"the guest ended ({result.reason}) before {snapshot_on!r} appeared: no "
+                 "snapshot was written", status=EXIT_TIMEOUT if result.reason == "timeout"
+                 else 1)
+        if not continue_run:
+            sys.exit(0)
     if result.reason == "timeout":
         fail(f"the guest was still running after {timeout:g} s; raise --timeout, or check "
              "that it halts or writes port 0xf4", status=EXIT_TIMEOUT)

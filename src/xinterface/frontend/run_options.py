@@ -19,9 +19,9 @@ SERIAL_HELP = ("FILE, - (stdout), stdio (the terminal both ways, raw: Ctrl-A x q
                "Ctrl-A h lists the keys) or none.")
 
 # The kinds of option value.
-FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS, GDB, QMP, LOG_LEVEL, PATH = (
-    "flag", "address", "mode", "size", "count", "serial", "seconds", "gdb", "qmp", "log-level",
-    "path")
+(FLAG, ADDRESS, MODE, SIZE, COUNT, SERIAL, SECONDS, GDB, QMP, LOG_LEVEL, PATH, TEXT,
+ DIRECTORY) = ("flag", "address", "mode", "size", "count", "serial", "seconds", "gdb", "qmp",
+               "log-level", "path", "text", "directory")
 
 
 class Option(NamedTuple):
@@ -35,11 +35,12 @@ class Option(NamedTuple):
     help: str
     show_default: bool = True
     image_default: bool = False
+    spelling: str = ""   # as typed after ``--``, where that is no Python name (``continue``)
 
     @property
     def flag(self) -> str:
         """The option as typed after ``--`` (``gdb_wait`` is ``--gdb-wait``)."""
-        return self.name.replace("_", "-")
+        return self.spelling or self.name.replace("_", "-")
 
 
 RUN_OPTIONS: tuple[Option, ...] = (
@@ -75,7 +76,17 @@ MONITOR_OPTIONS: tuple[Option, ...] = (
     Option("metrics", PATH, None, "Write the machine's counters to FILE as JSON lines, every "
            "second and at the end.", show_default=False),
 )
-RUN_OPTIONS = RUN_OPTIONS + MONITOR_OPTIONS
+# Snapshot at a console line (``snapshot_on``), on ``run`` and ``boot`` alike.
+SNAPSHOT_OPTIONS: tuple[Option, ...] = (
+    Option("snapshot_on", TEXT, None, "When TEXT appears on a console (the debug console or "
+           "COM1), pause, write a snapshot to --snapshot DIR, and end with status 0 (or go on: "
+           "--continue). `xinterface restore DIR` continues from there.", show_default=False),
+    Option("snapshot", DIRECTORY, None, "The directory --snapshot-on writes (created; it must "
+           "not hold a snapshot already).", show_default=False),
+    Option("continue_run", FLAG, False, "With --snapshot-on: after the snapshot, let the "
+           "guest go on.", show_default=False, spelling="continue"),
+)
+RUN_OPTIONS = RUN_OPTIONS + MONITOR_OPTIONS + SNAPSHOT_OPTIONS
 
 
 def to_count(text: str) -> int:
@@ -112,7 +123,8 @@ def to_log_level(text: str) -> str:
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     ADDRESS: to_address, MODE: to_mode, SIZE: to_size, COUNT: to_count, SERIAL: to_serial,
-    SECONDS: to_seconds, GDB: str, QMP: to_qmp, LOG_LEVEL: to_log_level, PATH: str}
+    SECONDS: to_seconds, GDB: str, QMP: to_qmp, LOG_LEVEL: to_log_level, PATH: str, TEXT: str,
+    DIRECTORY: str}
 
 
 def arguments(parsed: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
@@ -184,5 +196,5 @@ def default_value(option: Option) -> Any:
     return option.default
 
 
-__all__ = ["FLAG", "MODES", "MONITOR_OPTIONS", "PARSERS", "RUN_OPTIONS", "SERIAL_HELP", "Option",
-           "arguments", "default_value", "parse_fast"]
+__all__ = ["FLAG", "MODES", "MONITOR_OPTIONS", "PARSERS", "RUN_OPTIONS", "SERIAL_HELP",
+           "SNAPSHOT_OPTIONS", "Option", "arguments", "default_value", "parse_fast"]

@@ -144,6 +144,22 @@ class Controls:
                 if paused:
                     self.machine.resume()
 
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The guest held still for a command that needs it so (a snapshot): a running guest
+        is paused, with ``STOP``, and resumed after, with ``RESUME``, as QEMU's ``savevm``
+        stops the VM around it; a paused or idle one stays as it is."""
+        with self._moving:
+            was = self.machine.state
+            paused = was is RunState.RUNNING and self.machine.pause()
+            if paused:
+                self.emit("STOP")
+            try:
+                yield
+            finally:
+                if paused and self.machine.resume():
+                    self.emit("RESUME")
+
     def registers(self, index: int) -> tuple[uapi.kvm_regs, uapi.kvm_sregs]:
         vcpu = self.machine.vcpus[index].vcpu
         return vcpu.get_regs(), vcpu.get_sregs()

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from ..errors import XInterfaceError
-from . import commands
+from . import commands, snapshots  # noqa: F401  (snapshots: registers x-snapshot-*)
 from .controls import Controls
 from .framing import BadMessage, Decoder, FramingError, encode
 
