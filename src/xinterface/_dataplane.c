@@ -936,7 +936,17 @@ static PyObject *dp_fill(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 	END(code, chains, bytes, 0);
 }
 
+/* queue.fence(): a full barrier (mfence), with no lock to take. */
+static PyObject *dp_fence(PyObject *mod, PyObject *unused)
+{
+	(void)mod;
+	(void)unused;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+	{"fence", dp_fence, METH_NOARGS, "fence() -> None: a full memory barrier"},
 	{"blk", (PyCFunction)(void (*)(void))dp_blk, METH_FASTCALL,
 	 "blk(queue, regions, fd, capacity, readonly, publish) -> (code, served, 0, 0)"},
 	{"net_tx", (PyCFunction)(void (*)(void))dp_net_tx, METH_FASTCALL,
