@@ -452,3 +452,23 @@ def test_descriptor_flags_outside_the_spec_are_ignored_alike(
         r.device.notify(0)
     python, compiled, counting = _both(monkeypatch, tmp_path, DEVICES["rng"], drive)
     assert compiled.used == python.used == ((0, 32),) and counting.served == 1
+
+
+def test_the_vhost_user_backend_serves_through_the_compiled_path(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A session's device reaches the frontend's memory table through the same regions."""
+    from tests.vhost_user.frontend import Backend
+    from xinterface.virtio.driver import QueueDriver
+    with path(monkeypatch, "compiled") as counting:
+        assert counting is not None
+        rng = VirtioRng()
+        with Backend(rng, tmp_path) as backend, backend.connect() as fe:
+            fe.negotiate()
+            assert fe.mem_table() == 0
+            q = QueueDriver(fe.intf, 0x1000, 16)
+            assert fe.start_ring(0, q) == 0
+            fe.submit(0, q, [(0x10000, 64, True)])
+            assert fe.wait_call(0)
+            assert q.used() == [(0, 64)] and rng.bytes_served == 64
+            assert fe.intf.copy_from(0x10000, 64) != bytes(64)
+        assert counting.served == 1

@@ -70,11 +70,15 @@ USED_ELEM = struct.Struct("<II")
 _barrier = threading.Lock()
 
 
-def fence() -> None:
+def _lock_fence() -> None:
     """A full memory barrier. Taking a lock is a locked read-modify-write (``lock cmpxchg``)
     on x86, which orders every earlier store before every later load."""
     _barrier.acquire()
     _barrier.release()
+
+
+fence = accel.dataplane.fence if accel.dataplane is not None else _lock_fence
+"""A full memory barrier: ``mfence`` in the compiled data path, else a lock taken."""
 
 
 def ring_sizes(size: int) -> tuple[int, int, int]:
