@@ -12,6 +12,8 @@ Setting ``XINTERFACE_PURE_PYTHON=1`` forces both Python paths even when they are
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 PURE_PYTHON_ENV = "XINTERFACE_PURE_PYTHON"
@@ -47,3 +49,16 @@ LOOP = "compiled" if fastloop is not None else "python"
 """``"compiled"`` or ``"python"``: what ``xinterface --version`` and the bench report."""
 DATA_PATH = "compiled" if dataplane is not None else "python"
 """The virtio data path, likewise."""
+
+
+@contextmanager
+def python_data_path() -> Iterator[None]:
+    """The Python data path for the queues mapped and the doorbells served inside, whatever
+    was chosen at import: the bench's same-run comparison. Not for use while another
+    thread brings devices up."""
+    global dataplane
+    chosen, dataplane = dataplane, None
+    try:
+        yield
+    finally:
+        dataplane = chosen
