@@ -144,7 +144,10 @@ class VirtioBlk(VirtioDevice):
 
     # --- requests -------------------------------------------------------------------------
     def handle(self, queue: VirtQueue) -> None:
-        fast = accel.dataplane if type(self)._serve is VirtioBlk._serve else None
+        # A subclass's own _serve, or a closed image (each request IOERR here), keeps the
+        # Python path.
+        fast = (accel.dataplane if type(self)._serve is VirtioBlk._serve and self._fd >= 0
+                else None)
         while True:
             regions = queue.compiled_regions() if fast is not None else None
             if fast is not None and regions is not None:
