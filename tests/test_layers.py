@@ -18,7 +18,7 @@ PACKAGE = Path(xinterface.__file__).parent
 # The same list is in docs/design.md's Layout section.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("errors", "checks", "_version")),
-    ("KVM ABI", ("kvm", "accel", "_fastloop")),
+    ("KVM ABI", ("kvm", "accel", "_fastloop", "_dataplane")),
     ("memory and buses", ("memory", "grace", "iobus")),
     ("kernel fast paths", ("delivery",)),
     ("the VM", ("runstate", "vm")),

@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from .. import accel
 from ..delivery import Delivery
 from ..interface import bind
 from ..loader import assemble
@@ -45,6 +46,7 @@ MMIO_BASE = 0xFEB00000
 GUEST_MAC = "52:54:00:12:34:56"
 QUEUE_SIZE = 256
 FRAME = 60               # bytes, header excluded: the smallest Ethernet frame without FCS
+FULL_FRAME = 1500        # a full-size one (an MTU of payload); the guest's buffers are 2 KiB
 MEMORY = 8 << 20
 TAP_PAUSE = 1e-4         # the TAP injector's first pause between batches of 64 (wire.py)
 SEABIOS_MICROVM = "/usr/share/seabios/bios-microvm.bin"
@@ -113,13 +115,14 @@ def _finish(proc: subprocess.Popen[bytes]) -> int:
 
 def own(mode: str, count: int, delivery: Delivery = Delivery.SYNC, *,
         backend: str = "socket", ns: str | None = None, tap_name: str = "xitap0",
-        timeout: float = 300) -> NetRun:
-    """Our VMM, the guest loaded flat, our virtio-net over virtio-mmio at 0xfeb00000."""
-    image = net_image(mode, count)
+        timeout: float = 300, size: int = FRAME) -> NetRun:
+    """Our VMM, the guest loaded flat, our virtio-net over virtio-mmio at 0xfeb00000;
+    frames of ``size`` bytes."""
+    image = net_image(mode, count, size)
     net_backend: NetBackend
     if backend == "socket":
         net_backend, peer = SocketBackend.pair()
-        args = ["send", "--count", "0"] if mode == "rx" else ["recv"]
+        args = ["send", "--count", "0", "--size", str(size)] if mode == "rx" else ["recv"]
         proc = _wire([*args, "--fd", str(peer.fileno())], fds=(peer.fileno(),))
         peer.close()
     else:
@@ -127,8 +130,8 @@ def own(mode: str, count: int, delivery: Delivery = Delivery.SYNC, *,
             raise ValueError("a TAP run needs its network namespace")
         with inside(ns):
             net_backend = TapBackend(tap_name)
-        args = (["send", "--count", "0", "--pause", str(TAP_PAUSE)] if mode == "rx"
-                else ["recv"])
+        args = (["send", "--count", "0", "--pause", str(TAP_PAUSE), "--size", str(size)]
+                if mode == "rx" else ["recv"])
         proc = _wire([*args, "--iface", tap_name], ns=ns)
     marks = Marks(_start(proc) if mode == "rx" else lambda mark: None)
     net = VirtioNet(net_backend, mac=GUEST_MAC, queue_size=QUEUE_SIZE)
@@ -162,16 +165,16 @@ def _result(marks: Marks, reason: str, exit_code: int | None, count: int, far: i
 
 
 def qemu(mode: str, count: int, ns: str, tap_name: str = "xitapq",
-         timeout: float = 300) -> NetRun:
+         timeout: float = 300, size: int = FRAME) -> NetRun:
     """The same guest on QEMU's microvm, booted from a disk by SeaBIOS, its virtio-net on a
     TAP of namespace ``ns`` with QEMU's user-space backend (vhost off)."""
     if shutil.which(QEMU) is None:
         raise PeerUnavailable(f"{QEMU} not found: apt-get install qemu-system-x86")
     with tempfile.TemporaryDirectory(prefix="xinterface-net-") as tmp:
         disk = Path(tmp) / "guest.img"
-        disk.write_bytes(net_image(mode, count).ljust(2 << 20, b"\0"))
-        args = (["send", "--count", "0", "--pause", str(TAP_PAUSE)] if mode == "rx"
-                else ["recv"])
+        disk.write_bytes(net_image(mode, count, size).ljust(2 << 20, b"\0"))
+        args = (["send", "--count", "0", "--pause", str(TAP_PAUSE), "--size", str(size)]
+                if mode == "rx" else ["recv"])
         proc = _wire([*args, "--iface", tap_name], ns=ns)
         marks = Marks(_start(proc) if mode == "rx" else lambda mark: None)
         command = [
@@ -217,6 +220,10 @@ def figure_samples(quick: bool, scale: float, peers: tuple[str, ...]
         for delivery in (Delivery.SYNC, Delivery.EVENTFD):
             out.append((f"net.{direction}.{delivery.value}",
                         partial(_own_socket, direction, count, delivery), None))
+        if accel.DATA_PATH == "compiled":
+            # The Python data path in the same run, for the ratio.
+            out.append((f"net.{direction}.eventfd.python",
+                        partial(_own_socket, direction, count, Delivery.EVENTFD, True), None))
     notices: list[str] = []
     if "qemu-net" not in peers:
         return out, notices
@@ -233,20 +240,39 @@ def figure_samples(quick: bool, scale: float, peers: tuple[str, ...]
         for delivery in (Delivery.SYNC, Delivery.EVENTFD):
             out.append((f"net.tap.{direction}.{delivery.value}",
                         partial(_own_tap, direction, count, delivery), f"qemu.net.{direction}"))
+        # Full-size frames: the copy and the system call's bytes instead of the per-frame
+        # work; EVENTFD only, the faster doorbell.
+        full = f"qemu.net.{direction}.{FULL_FRAME}"
+        out.append((full, partial(_qemu_tap, direction, qemu_count, FULL_FRAME), None))
+        out.append((f"net.tap.{direction}.eventfd.{FULL_FRAME}",
+                    partial(_own_tap, direction, count, Delivery.EVENTFD, FULL_FRAME), full))
+        if accel.DATA_PATH == "compiled":
+            out.append((f"net.tap.{direction}.eventfd.python",
+                        partial(_own_tap, direction, count, Delivery.EVENTFD, FRAME, True),
+                        f"qemu.net.{direction}"))
     return out, notices
 
 
-def _own_socket(direction: str, count: int, delivery: Delivery) -> float:
+def _own_socket(direction: str, count: int, delivery: Delivery,
+                python_path: bool = False) -> float:
+    if python_path:
+        with accel.python_data_path():
+            return own(direction, count, delivery).ns_per_packet
     return own(direction, count, delivery).ns_per_packet
 
 
-def _own_tap(direction: str, count: int, delivery: Delivery) -> float:
+def _own_tap(direction: str, count: int, delivery: Delivery, size: int = FRAME,
+             python_path: bool = False) -> float:
     def run(ns: str, tap_name: str) -> NetRun:
-        return own(direction, count, delivery, backend="tap", ns=ns, tap_name=tap_name)
+        return own(direction, count, delivery, backend="tap", ns=ns, tap_name=tap_name,
+                   size=size)
+    if python_path:
+        with accel.python_data_path():
+            return with_tap(run, "xitap0").ns_per_packet
     return with_tap(run, "xitap0").ns_per_packet
 
 
-def _qemu_tap(direction: str, count: int) -> float:
+def _qemu_tap(direction: str, count: int, size: int = FRAME) -> float:
     def run(ns: str, tap_name: str) -> NetRun:
-        return qemu(direction, count, ns, tap_name)
+        return qemu(direction, count, ns, tap_name, size=size)
     return with_tap(run, "xitapq").ns_per_packet

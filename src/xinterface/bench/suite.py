@@ -155,6 +155,10 @@ def figures(quick: bool, scale: float = 1.0,
         for doorbells in (Delivery.SYNC, Delivery.EVENTFD):
             out.append(Figure(f"virtio.blk.qd{depth}.{doorbells.value}", "ns/request",
                               partial(request_ns, depth, blk_n, doorbells=doorbells), reference))
+        if accel.DATA_PATH == "compiled":
+            # The Python data path in the same run, for the ratio.
+            out.append(Figure(f"virtio.blk.qd{depth}.sync.python", "ns/request",
+                              partial(request_ns, depth, blk_n, python_path=True), reference))
     # --peer vhost-user: the same guest under QEMU on a vhost-user-blk-pci device served by
     # `xinterface serve blk`, against QEMU's own virtio-blk-pci (bench/vhost_user_blk.py).
     if "vhost-user" in peers and shutil.which(QEMU) is not None:
@@ -270,6 +274,7 @@ def machine_info() -> dict[str, object]:
     return {"cpu": cpu, "kernel": platform.release(), "nested": nested,
             "kvm_module": kvm_module, "cpus": os.cpu_count(),
             "python": platform.python_version(), "exit_loop": accel.LOOP,
+            "data_path": accel.DATA_PATH,
             "host": platform.node(), "commit": _commit(), "version": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 

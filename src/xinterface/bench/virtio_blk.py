@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from .. import accel
 from ..delivery import Delivery
 from ..devices.pci import PciHost
 from ..interface import bind
@@ -95,9 +96,13 @@ def _qemu_seconds(depth: int, rounds: int, disk: Path) -> float:
 
 
 def request_ns(depth: int, rounds: int, *, peer: bool = False,
-               doorbells: Delivery = Delivery.SYNC) -> float:
+               doorbells: Delivery = Delivery.SYNC, python_path: bool = False) -> float:
     """ns per 4 KiB read at queue depth ``depth`` over ``rounds`` rounds (QEMU's with
-    ``peer``), from the guest's own marks."""
+    ``peer``), from the guest's own marks; ``python_path``: on the Python data path even
+    when the compiled one is built."""
+    if python_path:
+        with accel.python_data_path():
+            return request_ns(depth, rounds, peer=peer, doorbells=doorbells)
     if peer and shutil.which(QEMU) is None:
         raise PeerUnavailable(f"{QEMU} not found: apt-get install qemu-system-x86")
     with tempfile.TemporaryDirectory(prefix="xinterface-blk-") as tmp:

@@ -22,6 +22,12 @@ writing a used element before ``used.idx`` (§2.7.8.2), need no barrier from us.
 load of another location can be reordered: where the spec's protocol needs that order
 (publishing ``avail_event`` then re-reading ``avail.idx``; publishing ``used.idx`` then
 reading ``used_event``), :func:`fence` issues a full barrier.
+
+The compiled data path (``xinterface._dataplane``, chosen by :mod:`xinterface.accel`) serves
+the built-in devices' chains in C under the same rules; :meth:`VirtQueue.compiled_regions`
+says whether it can serve this queue and gives it the guest memory. It hands back (code
+``PYTHON``) every chain it does not serve, untouched, for :meth:`VirtQueue.pop`: the
+walk here stays the one that reports a broken rule.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import struct
 import threading
 from collections.abc import Iterator
 
+from .. import accel
 from ..errors import XInterfaceError
 from ..interface import XInterface
 from ..maps import GuestMap, XVMap
+from ..memory import MemoryRegion
 from .chain import (
     DESC,
     DESC_SIZE,
@@ -62,11 +70,15 @@ USED_ELEM = struct.Struct("<II")
 _barrier = threading.Lock()
 
 
-def fence() -> None:
+def _lock_fence() -> None:
     """A full memory barrier. Taking a lock is a locked read-modify-write (``lock cmpxchg``)
     on x86, which orders every earlier store before every later load."""
     _barrier.acquire()
     _barrier.release()
+
+
+fence = accel.dataplane.fence if accel.dataplane is not None else _lock_fence
+"""A full memory barrier: ``mfence`` in the compiled data path, else a lock taken."""
 
 
 def ring_sizes(size: int) -> tuple[int, int, int]:
@@ -174,6 +186,8 @@ class VirtQueue:
         # ``used.idx`` to one store per batch (``publish_used``), so a doorbell that brought
         # 32 requests costs one index store and one interrupt decision, not 32.
         self.batching = False
+        # The rings lie in one region each, so the compiled data path can reach them.
+        self._compiled = False
 
     # --- the transport's side ---------------------------------------------------------------
     def reset(self) -> None:
@@ -221,6 +235,8 @@ class VirtQueue:
         self._desc, self._used = desc, used
         self._read_desc = desc.descriptor if isinstance(desc, Spliced) else table_reader(desc)
         self._avail16, self._used16 = avail16, used16
+        self._compiled = accel.dataplane is not None and not any(
+            isinstance(ring, Spliced) for ring in (desc, avail16, used))
 
     def _map_ring(self, intf: XInterface, gpa: int, length: int
                   ) -> tuple[memoryview | Spliced, memoryview | Spliced]:
@@ -248,6 +264,7 @@ class VirtQueue:
 
     def unmap(self) -> None:
         maps, self._maps = self._maps, []
+        self._compiled = False
         self._desc = None
         self._read_desc = None
         self._avail16 = self._used16 = memoryview(b"").cast("H")
@@ -261,6 +278,21 @@ class VirtQueue:
         return self._desc is not None
 
     # --- the device's side ------------------------------------------------------------------
+    def compiled_regions(self) -> list[MemoryRegion] | None:
+        """The guest memory's regions for the compiled data path (``accel.dataplane``), or
+        None when it cannot serve this queue now: not built or forced off, the queue not
+        mapped (reset under its handler), a ring split across regions, the memory gone.
+        The C functions translate every guest address against these regions."""
+        intf = self._intf
+        if not self._compiled or intf is None:
+            return None
+        try:
+            # The region table itself: the C side exports each region's mmap for the
+            # length of its call, as a view would, so none is unmapped under it.
+            return intf._memory().regions
+        except XInterfaceError:
+            return None   # the interface released: pop() says what the Python path does
+
     def avail_idx(self) -> int:
         return self._avail16[1]
 

@@ -96,6 +96,11 @@ class SocketBackend:
             n = self.sock.recv_into(buffer)
         except BlockingIOError:
             return None
+        return self.received(n)
+
+    def received(self, n: int) -> int:
+        """A read of ``n`` bytes of the socket (here, or by the compiled data path): ``n``,
+        or ``ConnectionResetError`` when it was the peer's close."""
         if n == 0 and self._seqpacket and self._hung_up():
             # A SOCK_SEQPACKET read of 0 is the peer's close (unix(7)), or an empty datagram
             # the peer sent: only the close also hangs the socket up (POLLHUP/POLLRDHUP).

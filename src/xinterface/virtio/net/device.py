@@ -33,6 +33,12 @@ configuration change notification, when the backend is gone: a receive fails
 again, or a device reset, brings the link back up and the reading back (if the backend is
 still gone, the next failure takes it down again). Any other send error drops that frame
 only. ``link_down`` and ``link_up`` count the transitions.
+
+**The compiled data path** (``accel.dataplane``) moves frames in C, with the GIL released,
+when the backend is a plain :class:`~.tap.TapBackend` or :class:`~.backend.SocketBackend`
+(a descriptor to ``writev``/``read``): transmit while the link is up, receive for frames
+that fit the buffers at hand. Anything else (a frame to drop and count, a chain that breaks
+a rule, a backend error, too few buffers) comes back here and is handled as above.
 """
 
 from __future__ import annotations
@@ -45,13 +51,15 @@ import select
 import struct
 import threading
 
+from ... import accel
 from ...devices.persist import State, bad_field, field_bytes
 from ...errors import XInterfaceError
 from ...interface import XInterface
 from ..chain import DescriptorChain, VirtqueueError, gather, split, total
 from ..device import Interrupt, InterruptFn, Status, VirtioDevice
 from ..queue import VirtQueue
-from .backend import GONE_ERRNOS, IOV_MAX, NetBackend
+from .backend import GONE_ERRNOS, IOV_MAX, NetBackend, SocketBackend
+from .tap import TapBackend
 
 log = logging.getLogger(__name__)
 
@@ -234,46 +242,73 @@ class VirtioNet(VirtioDevice):
             os.eventfd_write(self._wake, 1)
 
     # --- transmit ---------------------------------------------------------------------------
+    def _fd_backend(self) -> SocketBackend | TapBackend | None:
+        """The backend, when the compiled path may move its frames itself: one whose
+        ``send`` is ``writev``/``sendmsg`` and ``recv_into`` a ``read`` of its descriptor
+        (not a subclass, which may do more), still open."""
+        backend = self.backend
+        if accel.dataplane is None or type(backend) not in (SocketBackend, TapBackend):
+            return None
+        assert isinstance(backend, SocketBackend | TapBackend)
+        return backend if backend.fileno() >= 0 else None
+
     def handle(self, queue: VirtQueue) -> None:
         if queue.index != TX_QUEUE:
             return
         hdr_len = self.hdr_len
         stats = self.stats
-        send = self.backend.send
-        link_ok = self._backend_ok
-        for chain in queue:
-            readable = chain.readable
-            if readable and readable[0].nbytes == hdr_len:
-                header, frame = readable[:1], readable[1:]  # the usual layout (§5.1.6.2)
-            else:
-                header, frame = split(readable, hdr_len)
-            size = total(frame)
-            if total(header) < hdr_len:
-                stats["tx_no_header"] += 1
-            elif size > MAX_FRAME:
-                stats["tx_oversize"] += 1
-            elif size < ETH_HLEN:
-                stats["tx_runt"] += 1
-            else:
-                if len(frame) > IOV_MAX:
-                    # A frame the driver may legally send in more pieces than sendmsg(2) or
-                    # writev(2) take (INDIRECT tables of up to Queue Size descriptors).
-                    frame = [memoryview(gather(frame))]
-                    stats["tx_coalesced"] += 1
-                try:
-                    send(frame)
-                except OSError as exc:
-                    stats["tx_backend"] += 1
-                    if exc.errno in GONE_ERRNOS:
-                        link_ok = False
-                        self._backend_failed("send", exc)
-                else:
-                    stats["tx_packets"] += 1
+        fast = accel.dataplane
+        backend = self._fd_backend()
+        while True:
+            regions = queue.compiled_regions() if backend is not None else None
+            if fast is not None and backend is not None and regions is not None \
+                    and self._backend_ok:
+                code, packets, size, _ = fast.net_tx(queue, regions, backend.fileno(),
+                                                     hdr_len, not queue.batching)
+                if packets:
+                    stats["tx_packets"] += packets
                     stats["tx_bytes"] += size
-                    if not link_ok:
-                        link_ok = True
-                        self._set_backend_ok(True, "a frame was sent")
+                if code == fast.EMPTY:
+                    return
+            # A chain the compiled path left (or there is none): served here.
+            chain = queue.pop()
+            if chain is None:
+                return
+            self._transmit(chain, hdr_len)
             queue.add_used(chain, 0)
+
+    def _transmit(self, chain: DescriptorChain, hdr_len: int) -> None:
+        """Send one transmit chain's frame, or drop and count it."""
+        stats = self.stats
+        readable = chain.readable
+        if readable and readable[0].nbytes == hdr_len:
+            header, frame = readable[:1], readable[1:]  # the usual layout (§5.1.6.2)
+        else:
+            header, frame = split(readable, hdr_len)
+        size = total(frame)
+        if total(header) < hdr_len:
+            stats["tx_no_header"] += 1
+        elif size > MAX_FRAME:
+            stats["tx_oversize"] += 1
+        elif size < ETH_HLEN:
+            stats["tx_runt"] += 1
+        else:
+            if len(frame) > IOV_MAX:
+                # A frame the driver may legally send in more pieces than sendmsg(2) or
+                # writev(2) take (INDIRECT tables of up to Queue Size descriptors).
+                frame = [memoryview(gather(frame))]
+                stats["tx_coalesced"] += 1
+            try:
+                self.backend.send(frame)
+            except OSError as exc:
+                stats["tx_backend"] += 1
+                if exc.errno in GONE_ERRNOS:
+                    self._backend_failed("send", exc)
+            else:
+                stats["tx_packets"] += 1
+                stats["tx_bytes"] += size
+                if not self._backend_ok:
+                    self._set_backend_ok(True, "a frame was sent")
 
     # --- receive ----------------------------------------------------------------------------
     def _rx_loop(self) -> None:
@@ -305,10 +340,40 @@ class VirtioNet(VirtioDevice):
                 return False
             signalled = queue.next_used
             wait_backend = False
+            fast = accel.dataplane
+            backend = self._fd_backend()
+            hdr_len = self.hdr_len
+            mergeable = self.negotiated(VIRTIO_NET_F_MRG_RXBUF)
             try:
                 queue.set_notification(False)
                 while True:
-                    if self._held is None:
+                    regions = queue.compiled_regions() if backend is not None else None
+                    batch = False
+                    if (self._held is None and fast is not None and backend is not None
+                            and regions is not None):
+                        budget = RX_INTERRUPT_BATCH - ((queue.next_used - signalled) & 0xFFFF)
+                        code, packets, size, n = fast.net_rx(
+                            queue, regions, backend.fileno(), self._frame, hdr_len,
+                            mergeable, max(1, budget))
+                        if packets:
+                            self.stats["rx_packets"] += packets
+                            self.stats["rx_bytes"] += size
+                        batch = code == fast.BATCH
+                        if code == fast.EMPTY:
+                            wait_backend = True
+                            break
+                        if code == fast.HELD:
+                            # A frame read there that this path takes on from here.
+                            try:
+                                n = backend.received(n)
+                            except OSError as exc:
+                                self.stats["rx_backend"] += 1
+                                self._backend_failed("receive", exc)
+                                break
+                            if self._accept(n):
+                                self._held = memoryview(self._frame)[:n]
+                        # BATCH: the interrupt check below; NO_BUFFERS, PYTHON: this path.
+                    if self._held is None and not batch:
                         if not queue.pending() and not self._rearm(queue):
                             break
                         n = self._recv()
@@ -316,11 +381,12 @@ class VirtioNet(VirtioDevice):
                             wait_backend = self._backend_ok
                             break
                         self._held = memoryview(self._frame)[:n]
-                    if not self._deliver(queue, self._held):
-                        if self._rearm(queue, queue.pending()):
-                            continue
-                        break
-                    self._held = None
+                    if self._held is not None:
+                        if not self._deliver(queue, self._held):
+                            if self._rearm(queue, queue.pending()):
+                                continue
+                            break
+                        self._held = None
                     if (queue.next_used - signalled) & 0xFFFF >= RX_INTERRUPT_BATCH:
                         signalled = queue.next_used
                         if queue.needs_interrupt():
@@ -356,12 +422,18 @@ class VirtioNet(VirtioDevice):
                 return None
             if n is None:
                 return None
-            if n > MAX_FRAME:
-                self.stats["rx_oversize"] += 1
-            elif n < ETH_HLEN:
-                self.stats["rx_runt"] += 1
-            else:
+            if self._accept(n):
                 return n
+
+    def _accept(self, n: int) -> bool:
+        """Whether a frame of ``n`` bytes goes to the guest; a drop is counted."""
+        if n > MAX_FRAME:
+            self.stats["rx_oversize"] += 1
+        elif n < ETH_HLEN:
+            self.stats["rx_runt"] += 1
+        else:
+            return True
+        return False
 
     def _deliver(self, queue: VirtQueue, frame: memoryview) -> bool:
         """Put ``frame`` in receive buffers: True once delivered or dropped, False if the
