@@ -31,7 +31,7 @@ def test_a_second_run_installs_nothing_and_the_venv_runs_the_cli() -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("== Debian packages: all ") and lines[0].endswith(" present")
     assert f"== virtual environment: {VENV}" in lines
-    assert (f"== xinterface: installed in {VENV}, pyproject.toml, setup.py and _fastloop.c "
+    assert (f"== xinterface: installed in {VENV}, pyproject.toml, setup.py and the C sources "
             "unchanged") in lines
     assert "Hello from protected mode" in lines
     assert "installing" not in done.stdout and "creating" not in done.stdout
