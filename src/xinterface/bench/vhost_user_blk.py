@@ -15,7 +15,10 @@ is the guest's own span from its 'S' mark to its 'E' mark over the requests it m
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -23,9 +26,17 @@ from ..boards.pc import attach_pc
 from ..delivery import Delivery
 from ..runner.machine import Machine
 from ..spec import Disk, VhostUser
-from .blk_backends import ENTRY, MEMORY_MIB, guest, qemu_command, start_backend, stop_backend
+from .blk_backends import (
+    ENTRY,
+    MEMORY_MIB,
+    STORAGE_DAEMON,
+    guest,
+    qemu_command,
+    start_backend,
+    stop_backend,
+)
 from .marks import Marks, run_marked
-from .peer import BOOT_GPA
+from .peer import BOOT_GPA, QEMU
 from .virtio_blk import GOOD_EXIT, marked_span, write_disk
 
 VMMS = ("qemu", "xinterface")
@@ -90,3 +101,44 @@ def request_ns(depth: int, rounds: int, vmm: str, device: str) -> float:
     """ns per 4 KiB read at queue depth ``depth`` over ``rounds`` rounds (see
     :func:`seconds`)."""
     return seconds(depth, rounds, vmm, device) * 1e9 / (depth * rounds)
+
+
+Row = tuple[str, Callable[[], float], str | None]
+
+
+def figure_samples(rounds: dict[int, int]) -> tuple[list[Row], list[str]]:
+    """The suite's rows, ``vhost_user.<vmm>.qd<depth>.<device>`` for each queue depth of
+    ``rounds`` (depth -> rounds per sample), each with the row it is paired with: QEMU on
+    qemu-storage-daemon for every one of ours (the backend's target, and the frontend's),
+    QEMU's own virtio-blk for qemu-storage-daemon. Rows whose program is not installed are
+    left out, with a notice."""
+    notices: list[str] = []
+    have_qemu = shutil.which(QEMU) is not None
+    have_qsd = shutil.which(STORAGE_DAEMON) is not None
+    if not have_qemu:
+        notices.append(f"vhost_user.qemu.* skipped: {QEMU} not found "
+                       "(apt-get install qemu-system-x86)")
+    if not have_qsd:
+        notices.append(f"vhost_user.*.qsd skipped: {STORAGE_DAEMON} not found "
+                       "(apt-get install qemu-system-common)")
+    rows: list[Row] = []
+    for depth, n in rounds.items():
+        def name(vmm: str, device: str, depth: int = depth) -> str:
+            return f"vhost_user.{vmm}.qd{depth}.{device}"
+
+        reference = None
+        if have_qemu:
+            rows.append((name("qemu", "builtin"),
+                         partial(request_ns, depth, n, "qemu", "builtin"), None))
+            reference = name("qemu", "builtin")
+            if have_qsd:
+                rows.append((name("qemu", "qsd"),
+                             partial(request_ns, depth, n, "qemu", "qsd"), reference))
+                reference = name("qemu", "qsd")
+            rows.append((name("qemu", "serve"),
+                         partial(request_ns, depth, n, "qemu", "serve"), reference))
+        for device in ("builtin", "serve", "qsd"):
+            if device != "qsd" or have_qsd:
+                rows.append((name("xinterface", device),
+                             partial(request_ns, depth, n, "xinterface", device), reference))
+    return rows, notices
