@@ -91,3 +91,23 @@ def test_unknown_vmm_or_device_is_refused() -> None:
         vhost_user_blk.seconds(1, 1, "firecracker", "builtin")
     with pytest.raises(ValueError):
         vhost_user_blk.seconds(1, 1, "qemu", "nbd")
+
+
+def test_suite_pairs_each_vhost_user_row_with_qemu_on_qemu_storage_daemon() -> None:
+    """`xinterface bench --peer vhost-user` registers the six rows at both depths, each of
+    ours with QEMU on qemu-storage-daemon as its ratio's reference (nothing is measured)."""
+    from xinterface.bench.suite import figures
+
+    figs, notices = figures(True, peers=("vhost-user",))
+    floors = {f.name: f.floor for f in figs if f.name.startswith("vhost_user.")}
+    if shutil.which(QEMU) is None or shutil.which(blk_backends.STORAGE_DAEMON) is None:
+        assert any("skipped" in notice for notice in notices)
+        return
+    for depth in (1, 32):
+        qsd = f"vhost_user.qemu.qd{depth}.qsd"
+        assert floors[f"vhost_user.qemu.qd{depth}.builtin"] is None
+        assert floors[qsd] == f"vhost_user.qemu.qd{depth}.builtin"
+        for row in ("qemu.qd{}.serve", "xinterface.qd{}.builtin", "xinterface.qd{}.serve",
+                    "xinterface.qd{}.qsd"):
+            assert floors["vhost_user." + row.format(depth)] == qsd
+    assert len(floors) == 12
