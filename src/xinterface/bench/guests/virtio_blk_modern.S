@@ -14,10 +14,12 @@
 # (§4.1.4.3, §4.1.4.4), initialises the device (§3.1.1: reset, ACKNOWLEDGE, DRIVER,
 # VERSION_1 only, FEATURES_OK), sets queue 0 to QSIZE entries at RINGS, builds DEPTH chains
 # (chain i: 16-byte header reading sector 8*i, a 4 KiB buffer, a status byte) and sets
-# DRIVER_OK. The rounds run at CPL3 (SYSEXIT, IOPL 3): on hosts that emulate kernel-mode code
-# instruction by instruction (kvm_pvm) user-mode code runs natively, so a round costs what
-# the device costs. ROUNDS rounds: DEPTH heads made available, one 16-bit doorbell write of
-# queue index 0 at the queue's notify address (cap.offset + queue_notify_off *
+# DRIVER_OK. The rounds run at CPL3 (SYSEXIT, IOPL 3), as guests/virtio_net.S's do, out of
+# the kernel-mode code that kvm_pvm emulates instruction by instruction; without paging of
+# the guest's own (32-bit paging with 4 MiB pages triple-faulted when tried here), making a
+# chain available still costs about 6 us on kvm_pvm, the same under every VMM and device.
+# ROUNDS rounds: DEPTH heads made available, one 16-bit doorbell write of queue index 0 at
+# the queue's notify address (cap.offset + queue_notify_off *
 # notify_off_multiplier), then polling used.idx (VIRTQ_AVAIL_F_NO_INTERRUPT: no interrupts).
 #
 # Port 0xe9: 'S' as the rounds start, 'E' when they are done (the span the benchmark
@@ -99,6 +101,9 @@ pm_entry:
         mov     %ax, %ss
         mov     $0x7000, %esp
         lgdt    gdt_desc                        # ours when loaded flat, the same when booted
+        mov     %cr0, %eax                      # caches on (CD, NW clear), as firmware
+        and     $0x9fffffff, %eax               # leaves them; a vCPU loaded flat starts
+        mov     %eax, %cr0                      # with CR0's reset value, caches off
 
         # The first virtio-blk on bus 0 (function 0 of each slot). %ebp: its config address.
         mov     $0x80000000, %ebp
