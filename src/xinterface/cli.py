@@ -124,8 +124,9 @@ def run(ctx: click.Context, /, image: Path, **options: Any) -> None:
               multiple=True,
               help="Also run the same boot-sector guest on QEMU (qemu-system-x86_64 with "
                    "KVM) and on xinterface, for comparison; qemu-net: virtio-net on a TAP, "
-                   "QEMU's and ours (needs root); vhost-user: virtio-blk under QEMU served by "
-                   "`xinterface serve blk`, against QEMU's own.")
+                   "QEMU's and ours (needs root); vhost-user: virtio-blk under QEMU and on "
+                   "xinterface, each with its own device and with vhost-user-blk on "
+                   "qemu-storage-daemon and on `xinterface serve blk`.")
 @click.option("--scale", type=float, default=1.0, hidden=True,
               help="Multiply every size (tests use a tiny scale).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")

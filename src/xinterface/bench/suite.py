@@ -33,7 +33,7 @@ from .snapshot import (
     snapshot_mib,
 )
 from .startup import own_start_us, qemu_start_us
-from .vhost_user_blk import request_ns as vhost_user_request_ns
+from .vhost_user_blk import figure_samples as vhost_user_figure_samples
 from .virtio_blk import request_ns
 from .virtio_notify import notify_cost
 
@@ -159,23 +159,14 @@ def figures(quick: bool, scale: float = 1.0,
             # The Python data path in the same run, for the ratio.
             out.append(Figure(f"virtio.blk.qd{depth}.sync.python", "ns/request",
                               partial(request_ns, depth, blk_n, python_path=True), reference))
-    # --peer vhost-user: the same guest under QEMU on a vhost-user-blk-pci device served by
-    # `xinterface serve blk`, against QEMU's own virtio-blk-pci (bench/vhost_user_blk.py).
-    if "vhost-user" in peers and shutil.which(QEMU) is not None:
-        notices.append("vhost_user.blk.*.qemu-storage-daemon skipped: libvhost-user refuses "
-                       "legacy virtio devices, and the bench guest drives legacy virtio-pci")
-        have = {f.name for f in out}
-        for depth, blk_n in blk_rounds.items():
-            reference = f"qemu.virtio.blk.qd{depth}"
-            if reference not in have:
-                out.append(Figure(reference, "ns/request",
-                                  partial(request_ns, depth, blk_n, peer=True)))
-            out.append(Figure(f"vhost_user.blk.qd{depth}.xinterface", "ns/request",
-                              partial(vhost_user_request_ns, depth, blk_n, "xinterface"),
-                              reference))
-    elif "vhost-user" in peers:
-        notices.append(f"vhost_user.blk.* skipped: {QEMU} not found "
-                       "(apt-get install qemu-system-x86)")
+    # --peer vhost-user: the modern-virtio-pci blk guest (bench/vhost_user_blk.py) under QEMU
+    # and on our pc board, each with its own virtio-blk and with vhost-user-blk on
+    # qemu-storage-daemon and on `xinterface serve blk`: each of ours against QEMU's.
+    if "vhost-user" in peers:
+        vu_figs, vu_notices = vhost_user_figure_samples(blk_rounds)
+        notices += vu_notices
+        out += [Figure(name, "ns/request", sample, reference)
+                for name, sample, reference in vu_figs]
     for n in (1, 100, 10_000, 100_000):
         out.append(Figure(f"bus.events.{n}", "ns/write",
                           partial(write_cost, n_sync, registered=n), floor("floor.pio.1")))

@@ -1,116 +1,144 @@
-"""virtio-blk under QEMU three ways, one guest binary: QEMU's own virtio-blk-pci (in
-bench/virtio_blk.py), a vhost-user-blk-pci device served by qemu-storage-daemon's
-``vhost-user-blk`` export, and the same device served by ``xinterface serve blk``.
+"""virtio-blk with the device in another process, both ways round: one marked guest
+(bench/blk_backends.py: modern virtio-pci, 4 KiB reads at a queue depth) on two VMMs, each
+with three devices.
 
-The guest is bench/virtio_blk.py's (guests/virtio_blk.S: legacy virtio-pci at 00:03.0, 4 KiB
-reads at queue depth 1 or 32, marks on the debug console); SeaBIOS boots it from the disk it
-then reads. Only the backend process differs between the vhost-user figures; QEMU, its
-vhost-user-blk-pci device and the guest are the same, so their ratio is the backends' alone.
+- Under QEMU (``vmm="qemu"``): QEMU's own ``virtio-blk-pci`` (``builtin``), and
+  ``vhost-user-blk-pci`` on qemu-storage-daemon (``qsd``) or on ``xinterface serve blk``
+  (``serve``): our backend against QEMU's.
+- On our pc board (``vmm="xinterface"``, :func:`~xinterface.boards.attach_pc`): the
+  in-process ``VirtioBlk`` (``builtin``, what ``--disk FILE`` makes), and a vhost-user disk
+  (``--disk vhost-user=PATH``) on ``serve`` or ``qsd``: our frontend against QEMU's.
 
-qemu-storage-daemon's export (libvhost-user) refuses a legacy device ("virtio legacy devices
-aren't supported by libvhost-user") and drops the connection at SET_FEATURES, so with this
-legacy guest only ``xinterface`` runs; the qemu-storage-daemon backend needs a guest that
-drives modern virtio-pci.
+The guest, the disk image and the backend processes are the same in every row; the figure
+is the guest's own span from its 'S' mark to its 'E' mark over the requests it made.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO, cast
 
-from .marks import QEMU_MARKS_CONSOLE, Marks, run_marked
-from .peer import QEMU, PeerUnavailable
-from .virtio_blk import GOOD_EXIT, SLOT, guest, marked_span, write_disk
+from ..boards.pc import attach_pc
+from ..delivery import Delivery
+from ..runner.machine import Machine
+from ..spec import Disk, VhostUser
+from .blk_backends import (
+    ENTRY,
+    MEMORY_MIB,
+    STORAGE_DAEMON,
+    guest,
+    qemu_command,
+    start_backend,
+    stop_backend,
+)
+from .marks import Marks, run_marked
+from .peer import BOOT_GPA, QEMU
+from .virtio_blk import GOOD_EXIT, marked_span, write_disk
 
-STORAGE_DAEMON = "qemu-storage-daemon"
-BACKENDS = ("qemu-storage-daemon", "xinterface")
-MEMORY_MIB = 32
-SOCKET_WAIT = 30.0
-
-
-def _backend_command(backend: str, disk: Path, socket: Path) -> list[str]:
-    if backend == "qemu-storage-daemon":
-        return [STORAGE_DAEMON,
-                "--blockdev", f"driver=file,node-name=file0,filename={disk}",
-                "--blockdev", "driver=raw,node-name=disk0,file=file0",
-                "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,"
-                            f"addr.path={socket},writable=on"]
-    if backend == "xinterface":
-        return [sys.executable, "-m", "xinterface", "serve", "blk", str(disk),
-                "--socket-path", str(socket)]
-    raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-
-
-def _start(backend: str, disk: Path, socket: Path) -> subprocess.Popen[bytes]:
-    command = _backend_command(backend, disk, socket)
-    if shutil.which(command[0]) is None:
-        raise PeerUnavailable(f"{command[0]} not found: apt-get install qemu-system-x86")
-    env = dict(os.environ)
-    # The serve process imports this very package (a checkout's src/ included).
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + SOCKET_WAIT
-    while not socket.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise PeerUnavailable(f"{command[0]} did not listen on {socket}: {stderr[-300:]}")
-        time.sleep(0.02)
-    return proc
+VMMS = ("qemu", "xinterface")
+DEVICES = ("builtin", "qsd", "serve")
+TIMEOUT = 600.0
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
+def _own(boot: bytes, disk: Path, socket: Path | None, doorbells: Delivery) -> float:
+    """Seconds from 'S' to 'E' on our pc board: the in-process disk on ``disk``, or (with
+    ``socket``) a vhost-user disk on the backend listening there."""
+    marks = Marks()
+    with Machine(memory=MEMORY_MIB << 20, irqchip=True,
+                 console=cast(BinaryIO, marks)) as machine:
+        if socket is None:
+            attach_pc(machine, disks=[Disk(str(disk))], doorbells=doorbells)
+        else:
+            attach_pc(machine, vhost_user=[VhostUser("blk", str(socket))])
+        machine.load_flat(boot, gpa=BOOT_GPA, mode="protected")
+        machine.set_entry(ENTRY)
+        result = machine.run(timeout=TIMEOUT)
+    if (result.reason, result.exit_code) != ("exit", GOOD_EXIT):
+        raise RuntimeError(f"the virtio-blk guest on xinterface ended with {result.reason} "
+                           f"{result.exit_code}: {bytes(marks.text)!r}")
+    return marked_span(marks, "xinterface", result.exit_code)
 
 
-def _qemu_command(socket: Path) -> list[str]:
-    return [
-        QEMU, "-accel", "kvm", "-M", "pc", "-m", str(MEMORY_MIB), "-nodefaults",
-        "-display", "none",
-        # vhost-user: the guest's RAM is a shared memfd the backend maps (SET_MEM_TABLE).
-        "-object", f"memory-backend-memfd,id=mem,size={MEMORY_MIB}M,share=on",
-        "-numa", "node,memdev=mem",
-        "-chardev", f"socket,id=blk,path={socket}",
-        # The guest drives legacy virtio-pci at 00:03.0 and wants 256-entry queues (the
-        # device's default is 128).
-        "-device", f"vhost-user-blk-pci,chardev=blk,addr={SLOT},disable-modern=on,"
-                   "queue-size=256,bootindex=1",
-        *QEMU_MARKS_CONSOLE, "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
-    ]
+def _qemu(disk: Path | None, socket: Path | None) -> float:
+    marks = Marks()
+    status, stderr = run_marked(qemu_command(disk=disk, socket=socket), marks, TIMEOUT)
+    if status != GOOD_EXIT:
+        raise RuntimeError(f"the virtio-blk guest under QEMU ended with status {status}: "
+                           f"{stderr[-300:]} {bytes(marks.text)!r}")
+    return marked_span(marks, "QEMU", status)
 
 
-def request_ns(depth: int, rounds: int, backend: str) -> float:
-    """ns per 4 KiB read at queue depth ``depth`` over ``rounds`` rounds, the guest under
-    QEMU on a vhost-user-blk-pci device that ``backend`` (one of :data:`BACKENDS`) serves."""
-    if shutil.which(QEMU) is None:
-        raise PeerUnavailable(f"{QEMU} not found: apt-get install qemu-system-x86")
+def seconds(depth: int, rounds: int, vmm: str, device: str, *,
+            doorbells: Delivery = Delivery.SYNC) -> float:
+    """Seconds the guest's ``rounds`` rounds of ``depth`` reads take on ``vmm``
+    (:data:`VMMS`) with ``device`` (:data:`DEVICES`). ``doorbells``: our in-process disk's
+    doorbell delivery (a vhost-user disk's doorbell is the backend's kick eventfd)."""
+    if vmm not in VMMS:
+        raise ValueError(f"vmm {vmm!r} is not one of {', '.join(VMMS)}")
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
     with tempfile.TemporaryDirectory(prefix="xinterface-vublk-") as tmp:
-        disk = write_disk(Path(tmp) / "disk.img", guest(depth, rounds))
+        boot = guest(depth, rounds)
+        disk = write_disk(Path(tmp) / "disk.img", boot)
+        if device == "builtin":
+            return _qemu(disk, None) if vmm == "qemu" else _own(boot, disk, None, doorbells)
         socket = Path(tmp) / "blk.sock"
-        proc = _start(backend, disk, socket)
+        proc = start_backend(device, disk, socket)
         try:
-            marks = Marks()
-            status, stderr = run_marked(_qemu_command(socket), marks, 600)
+            return _qemu(None, socket) if vmm == "qemu" else _own(boot, disk, socket,
+                                                                  doorbells)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc} (backend {device})") from None
         finally:
-            _stop(proc)
-        if status != GOOD_EXIT:
-            raise RuntimeError(f"the virtio-blk guest under {QEMU} on {backend} ended with "
-                               f"status {status}: {stderr[-300:]} {bytes(marks.text)!r}")
-        seconds = marked_span(marks, f"{QEMU} on {backend}", status)
-    return seconds * 1e9 / (depth * rounds)
+            stop_backend(proc)
+
+
+def request_ns(depth: int, rounds: int, vmm: str, device: str) -> float:
+    """ns per 4 KiB read at queue depth ``depth`` over ``rounds`` rounds (see
+    :func:`seconds`)."""
+    return seconds(depth, rounds, vmm, device) * 1e9 / (depth * rounds)
+
+
+Row = tuple[str, Callable[[], float], str | None]
+
+
+def figure_samples(rounds: dict[int, int]) -> tuple[list[Row], list[str]]:
+    """The suite's rows, ``vhost_user.<vmm>.qd<depth>.<device>`` for each queue depth of
+    ``rounds`` (depth -> rounds per sample), each with the row it is paired with: QEMU on
+    qemu-storage-daemon for every one of ours (the backend's target, and the frontend's),
+    QEMU's own virtio-blk for qemu-storage-daemon. Rows whose program is not installed are
+    left out, with a notice."""
+    notices: list[str] = []
+    have_qemu = shutil.which(QEMU) is not None
+    have_qsd = shutil.which(STORAGE_DAEMON) is not None
+    if not have_qemu:
+        notices.append(f"vhost_user.qemu.* skipped: {QEMU} not found "
+                       "(apt-get install qemu-system-x86)")
+    if not have_qsd:
+        notices.append(f"vhost_user.*.qsd skipped: {STORAGE_DAEMON} not found "
+                       "(apt-get install qemu-system-common)")
+    rows: list[Row] = []
+    for depth, n in rounds.items():
+        def name(vmm: str, device: str, depth: int = depth) -> str:
+            return f"vhost_user.{vmm}.qd{depth}.{device}"
+
+        reference = None
+        if have_qemu:
+            rows.append((name("qemu", "builtin"),
+                         partial(request_ns, depth, n, "qemu", "builtin"), None))
+            reference = name("qemu", "builtin")
+            if have_qsd:
+                rows.append((name("qemu", "qsd"),
+                             partial(request_ns, depth, n, "qemu", "qsd"), reference))
+                reference = name("qemu", "qsd")
+            rows.append((name("qemu", "serve"),
+                         partial(request_ns, depth, n, "qemu", "serve"), reference))
+        for device in ("builtin", "serve", "qsd"):
+            if device != "qsd" or have_qsd:
+                rows.append((name("xinterface", device),
+                             partial(request_ns, depth, n, "xinterface", device), reference))
+    return rows, notices
