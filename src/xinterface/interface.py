@@ -21,7 +21,7 @@ from .errors import XInterfaceError
 from .iobus import IoBus, RangeDevice, RangeRead, RangeWrite
 from .kvm import uapi
 from .maps import GuestMap, XSGMap, XVMap
-from .memory import GuestMemory
+from .memory import GuestMemory, MemoryRegion
 from .refcount import Counted, badf
 from .runstate import RunControl
 from .vm import Client, Vm, vm_for_fd
@@ -133,6 +133,12 @@ class XInterface(Counted):
         if memory is None:
             raise badf("the machine")
         return memory
+
+    def memory_regions(self) -> list[MemoryRegion]:
+        """The guest memory's regions (in address order) as they are now, for code that
+        translates guest addresses itself, as the compiled data path does; ``EBADF`` once
+        released, as every access."""
+        return self._memory().regions
 
     def copy_to(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` to guest memory at ``gpa``: all of it, or nothing and ``EFAULT``

@@ -289,7 +289,7 @@ class VirtQueue:
         try:
             # The region table itself: the C side exports each region's mmap for the
             # length of its call, as a view would, so none is unmapped under it.
-            return intf._memory().regions
+            return intf.memory_regions()
         except XInterfaceError:
             return None   # the interface released: pop() says what the Python path does
 
