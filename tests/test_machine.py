@@ -38,6 +38,17 @@ def test_each_mode_runs_to_hlt(guest: Assemble, mode: str) -> None:
     assert result.exits["hlt"] == 1
 
 
+@pytest.mark.parametrize("mode", ["real", "protected", "long"])
+def test_each_mode_starts_with_the_caches_on_as_firmware_leaves_them(guest: Assemble,
+                                                                     mode: str) -> None:
+    image = guest("hello", mode=mode, MODE=MODE_BITS[mode])
+    with xi.Machine(memory=4 << 20, console=io.BytesIO()) as m:
+        assert m.vcpus[0].vcpu.get_sregs().cr0 & (3 << 29) == 3 << 29   # reset: CD and NW
+        m.load_flat(image, gpa=0x1000, mode=mode)
+        cr0 = m.vcpus[0].vcpu.get_sregs().cr0
+    assert cr0 & (3 << 29) == 0 and cr0 & 1 == (mode != "real")
+
+
 @pytest.mark.parametrize("gpa", [0x1000, 0x7C00, 0x20000])
 def test_protected_mode_image_anywhere(guest: Assemble, gpa: int) -> None:
     result, out = run_guest(guest("hello", gpa=gpa, mode="protected", MODE=32), mode="protected",

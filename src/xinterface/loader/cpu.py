@@ -9,6 +9,8 @@ from ..kvm import uapi
 
 CR0_PE = 1 << 0   # protection enable
 CR0_ET = 1 << 4   # extension type: always 1 on anything after the 386
+CR0_NW = 1 << 29  # not write-through (set with CD at reset)
+CR0_CD = 1 << 30  # cache disable (set at reset: SDM vol. 3, 9.1.1)
 CR0_PG = 1 << 31  # paging
 CR4_PAE = 1 << 5
 EFER_LME = 1 << 8

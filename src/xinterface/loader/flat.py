@@ -111,6 +111,10 @@ def load_flat(memory: GuestMemory, vcpus: Sequence[VcpuFd], image: bytes, gpa: i
         # refuses EFER.LMA without CR0.PG (KVM_SET_SREGS: EINVAL), and a protected-mode load
         # after a long-mode run must not leave the vCPU in compatibility mode.
         sregs.cr0 &= ~(cpu.CR0_PE | cpu.CR0_PG)
+        # Caches on, as firmware leaves them for what it boots: a reset sets CR0.CD and NW
+        # (SDM vol. 3, 9.1.1) and every BIOS clears them; left set, the guest runs uncached
+        # wherever the host honours them.
+        sregs.cr0 &= ~(cpu.CR0_CD | cpu.CR0_NW)
         sregs.cr4 &= ~cpu.CR4_PAE
         sregs.efer &= ~(cpu.EFER_LME | cpu.EFER_LMA)
         if mode != "real":
