@@ -36,6 +36,7 @@ from .layout import (
     Registers,
     virtio_cap,
 )
+from .msix import MSIX_BAR, MSIX_CAP_ID, Msix
 
 
 class VirtioPciFunction(PciFunction):
@@ -47,6 +48,7 @@ class VirtioPciFunction(PciFunction):
                  bars: Mapping[int, Registers], config_len: int, **options: Any) -> None:
         super().__init__(vendor, device, class_code, **options)
         self._bars = dict(bars)
+        self.msix: Msix | None = None
         for cfg_type, offset, length in ((CAP_COMMON, COMMON_OFFSET, COMMON_SIZE),
                                          (CAP_ISR, ISR_OFFSET, ISR_SIZE),
                                          (CAP_DEVICE, DEVICE_OFFSET, config_len)):
@@ -56,6 +58,13 @@ class VirtioPciFunction(PciFunction):
                                                        NOTIFY_SIZE, extra=4) + bytes(4))
         self.cfg_cap = self.add_capability(
             PCI_CAP_VENDOR, virtio_cap(CAP_PCI_CFG, 0, 0, bar=0, extra=4) + bytes(4))
+
+    def add_msix(self, msix: Msix) -> None:
+        """The MSI-X capability, its Message Control kept by ``msix``; its BAR reachable
+        through the window too."""
+        self.msix = msix
+        msix.install(self.config, self.add_capability(MSIX_CAP_ID, msix.capability()))
+        self._bars[MSIX_BAR] = msix
 
     def _in_window(self, offset: int) -> bool:
         data = self.cfg_cap + CAP_PCI_CFG_DATA
@@ -69,6 +78,9 @@ class VirtioPciFunction(PciFunction):
     def write_capability(self, offset: int, data: bytes) -> None:
         if self._in_window(offset):
             self.window_access(data, len(data))
+            return
+        if self.msix is not None and self.msix.owns(offset):
+            self.msix.config_write(offset, data)
             return
         cap = self.cfg_cap
         for i, byte in enumerate(data):
