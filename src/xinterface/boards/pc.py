@@ -36,7 +36,8 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
     Each virtio device (disks, then nets, rng, the console) sits behind a transitional
     virtio-pci function, from slot 3 on, its INTA# routed through the PIIX3 and, with the
     in-kernel irqchip, MSI-X vectors routed through KVM's GSI routing table (a driver that
-    enables MSI-X uses those instead of INTA#); the first disk is first in ``bootorder``. ``vhost_user``: devices served by backend processes
+    enables MSI-X uses those instead of INTA#); the first disk is first in ``bootorder``.
+    ``vhost_user``: devices served by backend processes
     (:mod:`xinterface.vhost_user.device`), after the in-process ones of their type.
     A net's ``rom`` becomes its function's expansion ROM, its
     header's IDs set to the function's (:func:`~xinterface.devices.pci.rom.rom_for`).
