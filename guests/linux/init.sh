@@ -55,8 +55,9 @@ if [ -n "$readloop" ]; then
         echo "readloop: $name start $readloop"
         dd if=/dev/$name of=/dev/null bs=4096 count="$readloop" iflag=direct 2>/dev/null
         echo "readloop: $name end"
-        read -r line < /sys/block/$name/stat
-        echo "readloop: $name stat $line"
+        while read -r major minor dev reads rest; do
+            [ "$dev" = "$name" ] && echo "readloop: $name reads $reads"
+        done < /proc/diskstats
     done
 fi
 if [ -n "$interrupts" ]; then
