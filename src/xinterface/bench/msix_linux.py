@@ -176,22 +176,22 @@ def main() -> None:
     parser.add_argument("--modes", default="msix,intx")
     args = parser.parse_args()
     paths = _paths()
-    load = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="xi-msix-") as tmp:
-        runs = [one_run(paths, mode, args.reads, Path(tmp)) for mode in args.modes.split(",")]
-    after = os.getloadavg()
-    print(f"load average before {load[0]:.2f} {load[1]:.2f}, after {after[0]:.2f} "
-          f"{after[1]:.2f}; {args.reads} reads of 4 KiB per disk, O_DIRECT")
+    print(f"{args.reads} reads of 4 KiB per disk, O_DIRECT")
     print(f"{'mode':5} {'disk':4} {'path':34} {'reads':>6} {'irqs':>6} {'irq/req':>8} "
-          f"{'us/req':>8}")
-    for run in runs:
-        for figure in run.disks.values():
-            per = figure.interrupts_per_request
-            us = figure.seconds_per_request
-            print(f"{run.mode:5} {figure.name:4} {figure.path:34} {figure.reads:6} "
-                  f"{figure.interrupts:6} {'-' if per is None else f'{per:.2f}':>8} "
-                  f"{'-' if us is None else f'{us * 1e6:.0f}':>8}")
-        print(f"{run.mode:5} run ended: {run.reason}; exits {run.exits}")
+          f"{'us/req':>8}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="xi-msix-") as tmp:
+        for mode in args.modes.split(","):
+            load = os.getloadavg()
+            run = one_run(paths, mode, args.reads, Path(tmp))
+            after = os.getloadavg()
+            for figure in run.disks.values():
+                per = figure.interrupts_per_request
+                us = figure.seconds_per_request
+                print(f"{run.mode:5} {figure.name:4} {figure.path:34} {figure.reads:6} "
+                      f"{figure.interrupts:6} {'-' if per is None else f'{per:.2f}':>8} "
+                      f"{'-' if us is None else f'{us * 1e6:.0f}':>8}")
+            print(f"{run.mode:5} run ended: {run.reason}; exits {run.exits}; load average "
+                  f"{load[0]:.2f} before, {after[0]:.2f} after", flush=True)
 
 
 if __name__ == "__main__":
