@@ -386,3 +386,34 @@ def test_another_processes_eventfd_reaches_the_guest_without_us(vm: xi.Vm) -> No
         rig.transport.detach()
     finally:
         os.close(call)
+
+
+def test_routes_refuse_what_they_cannot_do() -> None:
+    with xi.Vm(memory=1 << 20) as bare:
+        with pytest.raises(xi.XInterfaceError) as info:
+            MsiRoutes(xi.bind(bare))             # no in-kernel irqchip: no routing table
+        assert info.value.errno == errno.EOPNOTSUPP
+    with xi.Vm(memory=1 << 20, irqchip=True) as vm:
+        intf = xi.bind(vm)
+        routes = MsiRoutes(intf)
+        gsi = routes.allocate()
+        assert gsi == FIRST_MSI_GSI and routes.allocate() == gsi + 1
+        with pytest.raises(xi.XInterfaceError) as info:
+            routes.set(5, (MSG_ADDRESS, 0, 0x30))   # an irqchip pin is not ours to route
+        assert info.value.errno == errno.EINVAL and info.value.argument == "gsi"
+        writes = routes.writes
+        routes.set(gsi, (MSG_ADDRESS, 0, 0x30))
+        routes.set(gsi, (MSG_ADDRESS, 0, 0x30))      # unchanged: no second table
+        assert routes.writes == writes + 1
+        for bad in ("3", -1):
+            with pytest.raises(xi.XInterfaceError) as info:
+                intf.irqfd(gsi, eventfd=bad)        # type: ignore[arg-type]
+            assert info.value.errno == errno.EBADF and info.value.argument == "eventfd"
+        fd = os.eventfd(0)
+        first = intf.irqfd(gsi, eventfd=fd)
+        with pytest.raises(xi.XInterfaceError) as info:
+            intf.irqfd(gsi, eventfd=fd)              # one eventfd, one irqfd per VM
+        assert info.value.errno == errno.EBUSY
+        first.deassign()
+        os.eventfd_write(fd, 1)                      # the caller's eventfd is still open
+        os.close(fd)

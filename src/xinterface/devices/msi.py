@@ -87,15 +87,21 @@ class MsiRoutes:
 
     def set(self, gsi: int, message: Message | None) -> None:
         """Route ``gsi`` to ``message`` (None: to nothing); the table is written if that
-        changed it. A GSI not given out here: ``EINVAL``."""
+        changed it. A GSI not given out here: ``EINVAL``; a table KVM refuses: its errno,
+        and the route stays what it was."""
         with self._lock:
             if gsi not in self._messages:
                 raise XInterfaceError(errno.EINVAL, f"gsi {gsi} was not allocated here",
                                       argument="gsi", value=gsi)
-            if self._messages[gsi] == message:
+            old = self._messages[gsi]
+            if old == message:
                 return
             self._messages[gsi] = message
-            self._write()
+            try:
+                self._write()
+            except BaseException:
+                self._messages[gsi] = old   # the kernel's table is still the one before
+                raise
 
     def _write(self) -> None:
         entries = default_routes()

@@ -299,7 +299,13 @@ class Msix:
             if not self._deliverable(vector):
                 continue
             lo, hi, data = self.message(vector)
-            routes.set(self._gsis[vector], (lo, hi, data) if is_apic_message(lo, hi) else None)
+            try:
+                routes.set(self._gsis[vector],
+                           (lo, hi, data) if is_apic_message(lo, hi) else None)
+            except XInterfaceError:
+                # KVM refused the table (out of memory, the VM closing): the guest's write
+                # stands, the vector keeps its old route; the VMM goes on.
+                self.stats["route_failed"] += 1
             if self.pending >> vector & 1:
                 self.pending &= ~(1 << vector)
                 self._send(vector)
