@@ -9,21 +9,30 @@ read -r cmdline < /proc/cmdline
 echo "cmdline: $cmdline"
 # Asked for on the command line: xinterface.write (mount the disk read-write, write a file,
 # unmount it so the image is clean), xinterface.hwrng (read 16 bytes of /dev/hwrng),
-# xinterface.net (eth0 as 10.0.2.15/24, one ping to 10.0.2.2: the test's TAP).
+# xinterface.net (eth0 as 10.0.2.15/24, one ping to 10.0.2.2: the test's TAP),
+# xinterface.interrupts (print the virtio lines of /proc/interrupts at the end),
+# xinterface.readloop=N (read N 4 KiB blocks of each /dev/vd? with O_DIRECT, one request
+# each, between marks; a 1-block read first gives the cost of starting dd).
 write=
 mode=ro
 hwrng=
 net=
+interrupts=
+readloop=
 for word in $cmdline; do
     case "$word" in
         xinterface.write) write=1 mode=rw ;;
         xinterface.hwrng) hwrng=1 ;;
         xinterface.net) net=1 ;;
+        xinterface.interrupts) interrupts=1 ;;
+        xinterface.readloop=*) readloop=${word#*=} ;;
     esac
 done
 disk=
+disks=
 while read -r major minor blocks name; do
     [ "$name" = vda ] && disk=1
+    case "$name" in vd[a-z]) disks="$disks $name" ;; esac
 done < /proc/partitions
 if [ -n "$disk$hwrng" ]; then
     mount -t devtmpfs dev /dev
@@ -49,6 +58,23 @@ if [ -n "$net" ]; then
     else
         echo "net: no answer from 10.0.2.2"
     fi
+fi
+if [ -n "$readloop" ]; then
+    for name in $disks; do
+        echo "readloop: $name one"
+        dd if=/dev/$name of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null
+        echo "readloop: $name start $readloop"
+        dd if=/dev/$name of=/dev/null bs=4096 count="$readloop" iflag=direct 2>/dev/null
+        echo "readloop: $name end"
+        while read -r major minor dev reads rest; do
+            [ "$dev" = "$name" ] && echo "readloop: $name reads $reads"
+        done < /proc/diskstats
+    done
+fi
+if [ -n "$interrupts" ]; then
+    while read -r line; do
+        case "$line" in *virtio*) echo "irq: $line" ;; esac
+    done < /proc/interrupts
 fi
 echo "XINTERFACE-INIT-DONE"
 # reboot -f asks the kernel to restart at once; with reboot=k on the command line it pulses

@@ -296,10 +296,14 @@ class XInterface(Counted):
         event.signal = signal  # starts the event-loop thread's watch if set
         return event
 
-    def irqfd(self, gsi: int, *, resample: bool = False) -> XIrqfd:
+    def irqfd(self, gsi: int, *, resample: bool = False,
+              eventfd: int | None = None) -> XIrqfd:
         """An eventfd bound to interrupt line ``gsi`` (``KVM_IRQFD``): ``.trigger()`` raises
         it. ``resample=True`` for a level-triggered line: the line stays asserted until the
-        guest's EOI, which signals ``.resamplefd``. Needs ``Machine(irqchip=True)``.
+        guest's EOI, which signals ``.resamplefd``. ``eventfd``: bind this eventfd (one a
+        peer process signals, such as a vhost-user call fd) instead of a new one; the irqfd
+        keeps a duplicate, and an eventfd already bound on this VM is ``EBUSY``. Needs
+        ``Machine(irqchip=True)``.
         """
         self._check()
         if not self.host.irqchip:
@@ -312,7 +316,10 @@ class XInterface(Counted):
         if not is_int(gsi) or not 0 <= gsi < 1 << 32:
             raise XInterfaceError(errno.EINVAL, f"gsi {gsi!r} is not an interrupt line",
                                   argument="gsi", value=gsi)
-        return self._register(XIrqfd(self, gsi, resample))
+        if eventfd is not None and not is_int(eventfd):
+            raise XInterfaceError(errno.EBADF, f"eventfd {eventfd!r} is not a file descriptor",
+                                  argument="eventfd", value=eventfd)
+        return self._register(XIrqfd(self, gsi, resample, eventfd))
 
     def set_irq(self, gsi: int, level: bool) -> None:
         """Drive interrupt line ``gsi`` of the in-kernel irqchip to ``level`` (``KVM_IRQ_LINE``).

@@ -56,7 +56,8 @@ class Interface(Handle, Protocol):
     def ioevent(self, addr: int, length: int, flags: int = 0, *, signal: Signal | None = None,
                 delivery: Delivery = Delivery.SYNC,
                 datamatch: int | None = None) -> XIOEvent: ...
-    def irqfd(self, gsi: int, *, resample: bool = False) -> XIrqfd: ...
+    def irqfd(self, gsi: int, *, resample: bool = False,
+              eventfd: int | None = None) -> XIrqfd: ...
     def set_irq(self, gsi: int, level: bool) -> None: ...
     def iorange(self, base: int, size: int, flags: int = 0, *, read: RangeRead | None = None,
                 write: RangeWrite | None = None, name: str = "") -> XIORange: ...
@@ -289,10 +290,13 @@ class XIOEventFd(XIOEvent):
 class XIrqfd(BusEntry):
     """``intf.irqfd(gsi)``: ``trigger()`` raises the guest interrupt ``gsi`` through KVM."""
 
-    def __init__(self, intf: Interface, gsi: int, resample: bool) -> None:
+    def __init__(self, intf: Interface, gsi: int, resample: bool,
+                 eventfd: int | None = None) -> None:
         super().__init__(intf, intf.vm.pio_bus)
         self.gsi = gsi
-        self.fd = new_eventfd()
+        # ``eventfd``: a caller's own (a vhost-user backend's call fd), duplicated so the
+        # irqfd's end closes only its copy.
+        self.fd = new_eventfd() if eventfd is None else _dup(eventfd)
         self.resamplefd = new_eventfd() if resample else -1
 
     def trigger(self) -> None:

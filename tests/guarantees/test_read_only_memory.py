@@ -83,7 +83,7 @@ def test_virtio_never_writes_the_rom() -> None:
     with xi.Machine(memory=2 << 20) as m:
         m.load_firmware(b"\xa5" * ROM_SIZE)
         dev = Echo(8)
-        dev.connect(xi.bind(m), lambda kind: None)
+        dev.connect(xi.bind(m), lambda kind, queue=None: None)
         dev.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
         dev.set_driver_features(1, 1)
         dev.set_status(dev.status | Status.FEATURES_OK)

@@ -25,6 +25,7 @@ FLEXIBLE: dict[str, tuple[str, type[ctypes._CData]]] = {
     "kvm_cpuid2": ("entries", uapi.kvm_cpuid_entry2),
     "kvm_msrs": ("entries", uapi.kvm_msr_entry),
     "kvm_coalesced_mmio_ring": ("coalesced_mmio", uapi.kvm_coalesced_mmio),
+    "kvm_irq_routing": ("entries", uapi.kvm_irq_routing_entry),
 }
 # A <linux/kvm.h> macro that uapi.py mirrors without the KVM prefix.
 EXTRA_MACROS = ("SYNC_REGS_SIZE_BYTES",)

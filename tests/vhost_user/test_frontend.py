@@ -347,7 +347,7 @@ def test_a_legacy_driver_reads_through_qemu_storage_daemon(tmp_path: Path,
         intf = xi.bind(m)
         device = VhostUserBlk(str(sock), timeout=2.0)
         try:
-            device.connect(intf, interrupts.append, legacy=True)
+            device.connect(intf, lambda kind, queue=None: interrupts.append(kind), legacy=True)
             assert not device.device_features >> 32          # no VERSION_1 offered
             device.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
             device.set_driver_features(0, device.device_features)

@@ -113,7 +113,7 @@ def test_notifications_the_device_ignores() -> None:
         assert dev.stats["notify_ignored"] == 4 and r.queue.used_idx == 0
     with xi.Machine(memory=MEMORY) as m:
         dev = Echo()
-        dev.connect(xi.bind(m), lambda kind: None)
+        dev.connect(xi.bind(m), lambda kind, queue=None: None)
         dev.notify(0)          # before DRIVER_OK (§2.1.2: no buffer is consumed)
         assert dev.stats["notify_ignored"] == 1
 

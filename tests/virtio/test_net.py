@@ -223,7 +223,7 @@ def test_legacy_driver_without_mergeable_buffers_gets_a_10_byte_header() -> None
         net = VirtioNet(backend)
         net.legacy = True
         rx, tx = QueueDriver(intf, RX_RING, SIZE), QueueDriver(intf, TX_RING, SIZE)
-        net.connect(intf, lambda kind: None, legacy=True)
+        net.connect(intf, lambda kind, queue=None: None, legacy=True)
         net.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
         net.set_driver_features(0, 1 << VIRTIO_NET_F_MAC)
         for i, q in enumerate((rx, tx)):

@@ -308,7 +308,7 @@ def test_unusable_queue_configuration_is_refused(size: int, desc: int, message: 
     with xi.Machine(memory=MEMORY) as m:
         intf = xi.bind(m)
         dev: VirtioDevice = Echo(8)
-        dev.connect(intf, lambda kind: None)
+        dev.connect(intf, lambda kind, queue=None: None)
         dev.set_status(Status.ACKNOWLEDGE | Status.DRIVER)
         dev.set_driver_features(1, 1)
         dev.set_status(dev.status | Status.FEATURES_OK)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..delivery import Delivery
+from ..devices.msi import MsiRoutes
 from ..devices.output import Output
 from ..devices.pci import PciHost
 from ..devices.pci.irq import IntxLine
@@ -33,8 +34,10 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
     """Attach the pc board's devices to ``machine`` (``Machine.close()`` ends them).
 
     Each virtio device (disks, then nets, rng, the console) sits behind a transitional
-    virtio-pci function, from slot 3 on, its INTA# routed through the PIIX3; the first disk
-    is first in ``bootorder``. ``vhost_user``: devices served by backend processes
+    virtio-pci function, from slot 3 on, its INTA# routed through the PIIX3 and, with the
+    in-kernel irqchip, MSI-X vectors routed through KVM's GSI routing table (a driver that
+    enables MSI-X uses those instead of INTA#); the first disk is first in ``bootorder``.
+    ``vhost_user``: devices served by backend processes
     (:mod:`xinterface.vhost_user.device`), after the in-process ones of their type.
     A net's ``rom`` becomes its function's expansion ROM, its
     header's IDs set to the function's (:func:`~xinterface.devices.pci.rom.rom_for`).
@@ -51,6 +54,7 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
     platform.intf.on_release(made.close)
     platform.console = made.console
     host = platform.pci = PciHost()
+    msi = MsiRoutes(platform.intf) if platform.intf.vm.irqchip else None
     bootorder = []
     transports: list[VirtioPci] = []
     try:
@@ -59,7 +63,7 @@ def attach_pc(machine: Machine, *, debugcon: Output | None = None,
             rom = made.roms.get(i)
             if rom is not None:
                 rom = rom_for(rom, VIRTIO_PCI_VENDOR, pci_device_id(device.device_id))
-            transport = VirtioPci(device, irq=IntxLine(platform.intf, host, slot),
+            transport = VirtioPci(device, irq=IntxLine(platform.intf, host, slot), msi=msi,
                                   doorbells=doorbells, rom=rom)
             host.add(slot, transport.function)
             transport.attach(platform.intf)

@@ -15,7 +15,9 @@ cloud-hypervisor's ``InterruptSourceGroup``, with a level added for INTx and res
 A device calls both; each implementation takes the one that its trigger mode means. The
 implementations: :class:`IrqfdLine` (edge, ``KVM_IRQFD``), :class:`GsiLine` (level,
 ``KVM_IRQ_LINE``), the resampling irqfd of :mod:`.level_irq` (level, no exit) and PCI INTx
-through the PIIX3's routing (:mod:`.pci.irq`). MSI-X would be one more.
+through the PIIX3's routing (:mod:`.pci.irq`). MSI-X is not a line: a virtio-pci function's
+vectors are messages, each an irqfd on a GSI of the VM's routing table (:mod:`.msi`,
+:mod:`xinterface.virtio.pci.msix`).
 """
 
 from __future__ import annotations

@@ -232,6 +232,40 @@ KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
 KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
 
 
+# GSI routing (KVM_SET_GSI_ROUTING): the whole table at once, each entry an irqchip pin or an
+# MSI message.
+KVM_IRQ_ROUTING_IRQCHIP = 1
+KVM_IRQ_ROUTING_MSI = 2
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+
+
+class kvm_irq_routing_irqchip(Structure):
+    _fields_ = (("irqchip", c_uint32), ("pin", c_uint32))
+
+
+class kvm_irq_routing_msi(Structure):
+    _fields_ = (("address_lo", c_uint32), ("address_hi", c_uint32), ("data", c_uint32),
+                ("pad", c_uint32))
+
+
+class _irq_routing_u(Union):
+    _fields_ = (("irqchip", kvm_irq_routing_irqchip), ("msi", kvm_irq_routing_msi),
+                ("pad", c_uint32 * 8))
+
+
+class kvm_irq_routing_entry(Structure):
+    _fields_ = (("gsi", c_uint32), ("type", c_uint32), ("flags", c_uint32), ("pad", c_uint32),
+                ("u", _irq_routing_u))
+
+
+class kvm_irq_routing(Structure):
+    """The header; ``nr`` entries of :class:`kvm_irq_routing_entry` follow it."""
+
+    _fields_ = (("nr", c_uint32), ("flags", c_uint32))
+
+
 class _coalesced_pio_u(Union):
     _fields_ = (("pad", c_uint32), ("pio", c_uint32))
 
@@ -552,6 +586,7 @@ KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IRQFD_RESAMPLE = 82
+KVM_CAP_IRQ_ROUTING = 25
 KVM_CAP_COALESCED_PIO = 162
 KVM_CAP_MP_STATE = 14
 KVM_CAP_PIT_STATE2 = 35
@@ -577,6 +612,7 @@ KVM_SET_TSS_ADDR = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, c_uint64)
 KVM_CREATE_IRQCHIP = _io(0x60)
 KVM_IRQ_LINE = _iow(0x61, kvm_irq_level)
+KVM_SET_GSI_ROUTING = _iow(0x6A, kvm_irq_routing)
 KVM_REGISTER_COALESCED_MMIO = _iow(0x67, kvm_coalesced_mmio_zone)
 KVM_UNREGISTER_COALESCED_MMIO = _iow(0x68, kvm_coalesced_mmio_zone)
 KVM_IRQFD = _iow(0x76, kvm_irqfd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 
 from . import uapi
 from ._ioctl import ioctl
@@ -63,6 +64,18 @@ class VmFd:
 
     def irqfd(self, arg: uapi.kvm_irqfd) -> None:
         ioctl(self.fd, uapi.KVM_IRQFD, arg, f"gsi {arg.gsi}")
+
+    def set_gsi_routing(self, entries: Sequence[uapi.kvm_irq_routing_entry]) -> None:
+        """``KVM_SET_GSI_ROUTING``: ``entries`` become the whole routing table (the irqchip's
+        default pins are replaced too, so a caller keeping them lists them)."""
+        header = ctypes.sizeof(uapi.kvm_irq_routing)
+        size = ctypes.sizeof(uapi.kvm_irq_routing_entry)
+        buf = (ctypes.c_uint8 * (header + size * len(entries)))()
+        uapi.kvm_irq_routing.from_buffer(buf).nr = len(entries)
+        for i, entry in enumerate(entries):
+            ctypes.memmove(ctypes.addressof(buf) + header + i * size, ctypes.addressof(entry),
+                           size)
+        ioctl(self.fd, uapi.KVM_SET_GSI_ROUTING, buf, f"{len(entries)} routes")
 
     def register_coalesced_mmio(self, addr: int, size: int, pio: bool) -> None:
         zone = uapi.kvm_coalesced_mmio_zone(addr=addr, size=size)

@@ -11,10 +11,13 @@ path does not pass through this process:
   guest-physical layout, our mapping addresses, each region's offset in its memfd);
 - each queue's doorbell is an ioeventfd whose eventfd is the backend's kick fd
   (:meth:`doorbell_eventfd`): the guest's write reaches the backend without waking us;
-- each queue's call fd is relayed: one thread reads them and raises the transport's
-  interrupt (its ISR/InterruptStatus bit and its level line). The boards' transports need
-  the status bit set before the line rises (virtio-mmio's InterruptStatus, virtio-pci's
-  ISR without MSI-X), which an irqfd alone cannot do.
+- each queue's call fd is the guest's interrupt: where the transport can signal a queue
+  without a status bit (virtio-pci with MSI-X enabled, :mod:`xinterface.virtio.pci.msix`)
+  it binds the call fd as the irqfd of the queue's vector (:meth:`call_eventfd`,
+  :meth:`set_call_direct`) and nothing here reads it; otherwise one thread reads the call
+  fds and raises the transport's interrupt for that queue (its ISR/InterruptStatus bit and
+  its level line: virtio-mmio's InterruptStatus and virtio-pci's ISR without MSI-X must be
+  set before the line rises, which an irqfd alone cannot do).
 
 A backend that dies, closes its socket, replies garbage or stops replying is a device
 error: DEVICE_NEEDS_RESET with a configuration change interrupt (§2.1.2); the run goes on.
@@ -91,6 +94,7 @@ class VhostUserDevice(VirtioDevice):
         self._closed = False
         self._kicks: list[int] = []
         self._calls: list[int] = []
+        self._direct: set[int] = set()    # queues whose call fd KVM takes (an irqfd)
         try:
             for _ in self.queues:
                 self._kicks.append(new_eventfd())
@@ -171,6 +175,20 @@ class VhostUserDevice(VirtioDevice):
 
     def doorbell_eventfd(self, index: int) -> int | None:
         return self._kicks[index] if 0 <= index < len(self._kicks) else None
+
+    def call_eventfd(self, index: int) -> int | None:
+        return self._calls[index] if 0 <= index < len(self._calls) else None
+
+    def set_call_direct(self, index: int, direct: bool) -> None:
+        """The transport bound (or unbound) queue ``index``'s call fd as an irqfd: the relay
+        thread stops (or starts again) reading it. A count left while it was bound to a
+        masked vector, or signalled between, is relayed or injected: none is lost."""
+        if direct:
+            self._direct.add(index)
+        else:
+            self._direct.discard(index)
+        self.stats["call_irqfd_bound" if direct else "call_irqfd_unbound"] += 1
+        self._wake()
 
     def notify(self, index: int) -> None:
         """A doorbell the ioeventfd did not take (another width, the payload path): the
@@ -296,7 +314,10 @@ class VhostUserDevice(VirtioDevice):
             conn = self._conn
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
-            for call in self._calls:
+            direct = set(self._direct)
+            relayed = {call: index for index, call in enumerate(self._calls)
+                       if index not in direct}
+            for call in relayed:
                 poller.register(call, select.POLLIN)
             if conn is not None:
                 with contextlib.suppress(OSError, ValueError):
@@ -309,10 +330,10 @@ class VhostUserDevice(VirtioDevice):
                 if fd == self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 64)
-                elif fd in self._calls:
+                elif fd in relayed:
                     if read_count(fd) and self.running:
                         self.stats["call"] += 1
-                        self.interrupt(Interrupt.USED)
+                        self.interrupt(Interrupt.USED, relayed[fd])
                 elif conn is not None and self._conn is conn:
                     self._lost("the backend closed its socket")
             if not events and self._conn is None and self.reconnect is not None:

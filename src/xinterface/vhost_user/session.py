@@ -535,7 +535,7 @@ class Session:
         return count
 
     # --- interrupts -----------------------------------------------------------------------
-    def _interrupt(self, kind: Interrupt) -> None:
+    def _interrupt(self, kind: Interrupt, queue: int | None = None) -> None:
         """The device's interrupt: a used buffer notification goes to the call fd of each
         ring whose used index moved (the device does not say which queue); the error state
         to every ring's err fd. A configuration change has no channel here (it needs the

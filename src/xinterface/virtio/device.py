@@ -20,8 +20,8 @@ import enum
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import ClassVar, Protocol
 
 from ..devices.persist import (
     State,
@@ -68,7 +68,14 @@ CORE_FEATURES = 1 << VIRTIO_F_INDIRECT_DESC | 1 << VIRTIO_F_EVENT_IDX
 _DRIVER_OK = int(Status.DRIVER_OK)
 _STOPPED = int(Status.FAILED | Status.DEVICE_NEEDS_RESET)
 
-InterruptFn = Callable[[Interrupt], None]
+
+
+class InterruptFn(Protocol):
+    """The transport's interrupt callable: ``kind``, and for a used buffer notification the
+    queue whose used ring moved (None: the device does not say), so a transport with a
+    vector per queue (virtio-pci's MSI-X) signals that queue's."""
+
+    def __call__(self, kind: Interrupt, queue: int | None = None, /) -> None: ...
 
 
 class VirtioDevice:
@@ -129,6 +136,16 @@ class VirtioDevice:
         server reads, and the guest's doorbell reaches it without this process."""
         return None
 
+    def call_eventfd(self, index: int) -> int | None:
+        """The eventfd another process signals for queue ``index``'s used buffer
+        notifications, or None. A transport that can hand it to KVM as an interrupt of its
+        own (an MSI-X vector's irqfd) does so and calls :meth:`set_call_direct`."""
+        return None
+
+    def set_call_direct(self, index: int, direct: bool) -> None:
+        """Whether KVM takes queue ``index``'s call eventfd now (the transport bound it as
+        an irqfd): while it does, the device must not read that eventfd itself."""
+
     def config_write(self, offset: int, data: bytes) -> None:
         """The driver wrote the configuration space; read-only by default (writes dropped)."""
         self.stats["config_write_dropped"] += 1
@@ -137,9 +154,10 @@ class VirtioDevice:
     def negotiated(self, bit: int) -> bool:
         return bool(self.driver_features >> bit & 1)
 
-    def interrupt(self, kind: Interrupt) -> None:
+    def interrupt(self, kind: Interrupt, queue: int | None = None) -> None:
+        """Notify the driver: ``kind``, with the queue a used buffer notification is for."""
         if self._interrupt is not None:
-            self._interrupt(kind)
+            self._interrupt(kind, queue)
 
     def update_config(self, offset: int, data: bytes) -> None:
         """Change the configuration space: a new generation, and a configuration change
@@ -199,7 +217,7 @@ class VirtioDevice:
                     if not queue.enable_notification() or queue.next_avail == taken:
                         break
                 if queue.next_used != used and queue.needs_interrupt():
-                    self.interrupt(Interrupt.USED)
+                    self.interrupt(Interrupt.USED, queue.index)
             except VirtqueueError as exc:
                 self.set_needs_reset(str(exc))
             finally:

@@ -100,7 +100,13 @@ def bring_up(device: VirtioDevice, intf: XInterface, queues: Sequence[QueueDrive
     """Attach ``device`` and initialise it as a driver does (§3.1.1): ACKNOWLEDGE, DRIVER,
     ``features`` (default: everything offered), FEATURES_OK, the queues, DRIVER_OK. Returns
     the device status, which lacks FEATURES_OK and DRIVER_OK if the device refused."""
-    device.connect(intf, interrupt or (lambda kind: None))
+    told = interrupt
+
+    def notified(kind: Interrupt, queue: int | None = None, /) -> None:
+        if told is not None:
+            told(kind)   # one callable for every queue, as a single interrupt line has
+
+    device.connect(intf, notified)
     device.set_status(0)
     device.set_status(Status.ACKNOWLEDGE)
     device.set_status(Status.ACKNOWLEDGE | Status.DRIVER)

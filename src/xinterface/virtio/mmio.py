@@ -154,7 +154,8 @@ class VirtioMmio:
         self.device.disconnect()
         self._reset_registers()
 
-    def _interrupt(self, kind: Interrupt) -> None:
+    def _interrupt(self, kind: Interrupt, queue: int | None = None) -> None:
+        # One InterruptStatus for every queue (§4.2.2): which queue does not matter here.
         self.stats["interrupts"] += 1
         self._status.raise_(kind)
 

@@ -390,13 +390,13 @@ class VirtioNet(VirtioDevice):
                     if (queue.next_used - signalled) & 0xFFFF >= RX_INTERRUPT_BATCH:
                         signalled = queue.next_used
                         if queue.needs_interrupt():
-                            self.interrupt(Interrupt.USED)
+                            self.interrupt(Interrupt.USED, queue.index)
             except VirtqueueError as exc:
                 self._held = None
                 self.set_needs_reset(str(exc))
                 return False
             if queue.next_used != signalled and queue.needs_interrupt():
-                self.interrupt(Interrupt.USED)
+                self.interrupt(Interrupt.USED, queue.index)
             return wait_backend
 
     @staticmethod

@@ -16,9 +16,10 @@ payload says which. EVENTFD gives one ioeventfd per queue with the queue index a
 
 The guest owns the BAR addresses: when it moves or disables a BAR, the registrations follow
 (deassign at the old address, register at the new one, through the xinterface). Interrupts
-are INTx: the line is asserted while the ISR status is non-zero and dropped when the driver
-reads it (§4.1.4.5). No MSI-X: ``config_msix_vector`` and ``queue_msix_vector`` read
-VIRTIO_MSI_NO_VECTOR. :mod:`.transport` puts the pieces together.
+are INTx (the line asserted while the ISR status is non-zero and dropped when the driver
+reads it, §4.1.4.5) until the driver enables MSI-X (:mod:`.msix`, with the VM's routing
+table given): then a message per queue and one for configuration changes, each an irqfd.
+:mod:`.transport` puts the pieces together.
 """
 
 from .layout import (

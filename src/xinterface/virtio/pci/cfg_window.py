@@ -36,6 +36,7 @@ from .layout import (
     Registers,
     virtio_cap,
 )
+from .msix import CAP_CONTROL, MSIX_BAR, MSIX_CAP_ID, Msix
 
 
 class VirtioPciFunction(PciFunction):
@@ -47,6 +48,7 @@ class VirtioPciFunction(PciFunction):
                  bars: Mapping[int, Registers], config_len: int, **options: Any) -> None:
         super().__init__(vendor, device, class_code, **options)
         self._bars = dict(bars)
+        self.msix: Msix | None = None
         for cfg_type, offset, length in ((CAP_COMMON, COMMON_OFFSET, COMMON_SIZE),
                                          (CAP_ISR, ISR_OFFSET, ISR_SIZE),
                                          (CAP_DEVICE, DEVICE_OFFSET, config_len)):
@@ -56,6 +58,13 @@ class VirtioPciFunction(PciFunction):
                                                        NOTIFY_SIZE, extra=4) + bytes(4))
         self.cfg_cap = self.add_capability(
             PCI_CAP_VENDOR, virtio_cap(CAP_PCI_CFG, 0, 0, bar=0, extra=4) + bytes(4))
+
+    def add_msix(self, msix: Msix) -> None:
+        """The MSI-X capability, its Message Control kept by ``msix``; its BAR reachable
+        through the window too."""
+        self.msix = msix
+        msix.install(self.config, self.add_capability(MSIX_CAP_ID, msix.capability()))
+        self._bars[MSIX_BAR] = msix
 
     def _in_window(self, offset: int) -> bool:
         data = self.cfg_cap + CAP_PCI_CFG_DATA
@@ -70,6 +79,9 @@ class VirtioPciFunction(PciFunction):
         if self._in_window(offset):
             self.window_access(data, len(data))
             return
+        if self.msix is not None and self.msix.owns(offset):
+            self.msix.config_write(offset, data)
+            return
         cap = self.cfg_cap
         for i, byte in enumerate(data):
             at = offset + i
@@ -79,7 +91,12 @@ class VirtioPciFunction(PciFunction):
 
     def writable_capability(self, offset: int) -> bool:
         cap = self.cfg_cap
-        return offset == cap + CAP_BAR or cap + CAP_OFFSET <= offset < cap + CAP_PCI_CFG_DATA
+        if offset == cap + CAP_BAR or cap + CAP_OFFSET <= offset < cap + CAP_PCI_CFG_DATA:
+            return True
+        # MSI-X Message Control: the driver sets Enable and Function Mask (Msix.load checks
+        # the state those bits come back with).
+        msix = self.msix
+        return msix is not None and 0 <= offset - (msix.cap + CAP_CONTROL) < 2
 
     def window_access(self, data: bytes | None, size: int) -> bytes:
         """A read (``data`` None) or write of ``pci_cfg_data``: the access goes to the BAR,

@@ -59,7 +59,7 @@ CC_QUEUE_DEVICE = 0x30
 CC_QUEUE_NOTIFY_DATA = 0x38
 CC_QUEUE_RESET = 0x3A
 
-# §4.1.4.10 the legacy register block (without MSI-X)
+# §4.1.4.10 the legacy register block
 LEGACY_BAR = 0
 LEGACY_BAR_SIZE = 0x100
 L_DEVICE_FEATURES = 0x00
@@ -71,6 +71,9 @@ L_QUEUE_NOTIFY = 0x10
 L_DEVICE_STATUS = 0x12
 L_ISR = 0x13
 L_CONFIG = 0x14
+L_CONFIG_VECTOR = 0x14           # with MSI-X enabled: two vector registers, then the config
+L_QUEUE_VECTOR = 0x16
+L_CONFIG_MSIX = 0x18
 LEGACY_PAGE = 4096               # §4.1.4.10: the queue address is a 4096-byte page number
 LEGACY_ALIGN = 4096              # §2.7.2 legacy interfaces: the used ring's alignment
 

@@ -3,7 +3,9 @@
 QueueNotify (the seed's PIO xioevent with its payload, registered by the transport).
 
 Each register takes an access of its own width at its own offset only; device configuration
-follows the block. The ISR status clears when read (§4.1.4.5.1).
+follows the block. The ISR status clears when read (§4.1.4.5.1). While MSI-X is enabled the
+block has two more registers, the configuration and queue vectors at 0x14 and 0x16, and the
+device configuration moves 4 bytes on, to 0x18 (§4.1.4.10).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from ..transport import (
 )
 from .layout import (
     L_CONFIG,
+    L_CONFIG_MSIX,
+    L_CONFIG_VECTOR,
     L_DEVICE_FEATURES,
     L_DEVICE_STATUS,
     L_DRIVER_FEATURES,
@@ -24,6 +28,7 @@ from .layout import (
     L_QUEUE_NOTIFY,
     L_QUEUE_SELECT,
     L_QUEUE_SIZE,
+    L_QUEUE_VECTOR,
     LEGACY_ALIGN,
     LEGACY_PAGE,
 )
@@ -47,6 +52,11 @@ class LegacyRegisters:
             Field(L_DEVICE_STATUS, 1, lambda: device.status, state.set_device_status),
             # L_ISR is served before the table: its read clears it.
         ], L_CONFIG)
+        # Only while MSI-X is enabled, before the device configuration that then follows.
+        self.vectors = RegisterTable([
+            Field(L_CONFIG_VECTOR, 2, state.config_vector, state.set_config_vector),
+            Field(L_QUEUE_VECTOR, 2, state.queue_vector, state.set_queue_vector),
+        ], L_CONFIG_MSIX)
 
     def _select(self, value: int) -> None:
         self.state.queue_select = value
@@ -68,23 +78,31 @@ class LegacyRegisters:
         place_legacy_queue(state.device, state.queue_select, pfn * LEGACY_PAGE, LEGACY_ALIGN,
                            state.stats, size=q.max_size if q is not None else None)
 
+    def _config_start(self) -> int:
+        return L_CONFIG_MSIX if self.state.msix_enabled else L_CONFIG
+
     def read(self, offset: int, size: int) -> bytes:
         state = self.state
-        if offset >= L_CONFIG:
-            return state.device.read_config(offset - L_CONFIG, size)
+        start = self._config_start()
+        if offset >= start:
+            return state.device.read_config(offset - start, size)
         if offset == L_ISR:
             return state.read_isr().ljust(size, b"\0")
         with state.lock:
+            if offset >= L_CONFIG:
+                return self.vectors.read(offset, size)
             return self.table.read(offset, size)
 
     def write(self, offset: int, data: bytes) -> None:
         state = self.state
         device = state.device
-        if offset >= L_CONFIG:
-            device.write_config(offset - L_CONFIG, data)
+        start = self._config_start()
+        if offset >= start:
+            device.write_config(offset - start, data)
             return
         with state.lock:
             if device.status == 0:
                 device.legacy = True  # a driver of the 0.9.5 interface is talking
-            if not self.table.write(offset, data, partial=False):
+            table = self.vectors if offset >= L_CONFIG else self.table
+            if not table.write(offset, data, partial=False):
                 state.stats["bad_access"] += 1

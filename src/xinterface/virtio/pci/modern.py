@@ -6,7 +6,8 @@ setter: an access reads or writes the fields it touches. A write may cover part 
 (a 64-bit queue address as two 32-bit halves); one across two fields is refused.
 
 ``notify_off_multiplier`` is 0, so every queue's doorbell is the same 2-byte address; the
-transport registers its doorbells there. No MSI-X: both vectors read VIRTIO_MSI_NO_VECTOR.
+transport registers its doorbells there. ``msix_config`` and ``queue_msix_vector`` are the
+MSI-X vector numbers (:mod:`.msix`); without MSI-X they read VIRTIO_MSI_NO_VECTOR.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from .layout import (
     DEVICE_OFFSET,
     ISR_OFFSET,
     NOTIFY_OFFSET,
-    VIRTIO_MSI_NO_VECTOR,
 )
 from .state import PciState
 
@@ -74,13 +74,13 @@ class CommonConfig:
                 device.driver_features, state.driver_feature_select),
                 lambda value: set_driver_feature_word(device, state.driver_feature_select,
                                                       value)),
-            Field(CC_CONFIG_MSIX_VECTOR, 2, lambda: VIRTIO_MSI_NO_VECTOR, _dropped),
+            Field(CC_CONFIG_MSIX_VECTOR, 2, state.config_vector, state.set_config_vector),
             Field(CC_NUM_QUEUES, 2, lambda: len(device.queues), _dropped),
             Field(CC_DEVICE_STATUS, 1, lambda: device.status, self._device_status),
             Field(CC_CONFIG_GENERATION, 1, lambda: device.config_generation, _dropped),
             Field(CC_QUEUE_SELECT, 2, lambda: state.queue_select, self._queue_select),
             Field(CC_QUEUE_SIZE, 2, lambda: _get(queue(), "size"), self._setter("size")),
-            Field(CC_QUEUE_MSIX_VECTOR, 2, lambda: VIRTIO_MSI_NO_VECTOR, _dropped),
+            Field(CC_QUEUE_MSIX_VECTOR, 2, state.queue_vector, state.set_queue_vector),
             Field(CC_QUEUE_ENABLE, 2, lambda: int(_get(queue(), "ready")), self._enable),
             Field(CC_QUEUE_NOTIFY_OFF, 2, lambda: 0, _dropped),
             Field(CC_QUEUE_DESC, 8, lambda: _get(queue(), "desc_addr"),
