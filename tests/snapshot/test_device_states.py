@@ -144,16 +144,21 @@ def test_virtio_state_is_checked_as_the_drivers_writes(microvm: tuple[Machine, P
     live = copy.deepcopy(saved)
     live["device"].update(status=0xF, driver_features=transport.device.device_features)
     live = _queue(live, ready=True, size=64, desc_addr=0x10000, avail_addr=0x10400,
-                  used_addr=0x11000, next_avail=7, next_used=7, event_idx=True)
+                  used_addr=0x11000, next_avail=7, next_used=7, event_idx=True,
+                  signalled_used=6)
     transport.load(live)
     queue: VirtQueue = transport.device.queues[0]
     assert queue.ready and queue.mapped and queue.next_avail == 7
+    # The used index of the last notification decision comes back with the queue (EVENT_IDX
+    # compares used_event with it), and the whole state saves as it was loaded.
+    assert queue.signalled_used == 6 and transport.save() == live
     assert transport.device.running
     for values, name in (({"size": 3}, "size"), ({"size": 512}, "size"),
                          ({"desc_addr": 0xFEB00000}, "desc_addr"),
                          ({"used_addr": 0x11001}, "used_addr"),
                          ({"avail_addr": 16 << 20}, "avail_addr"),
                          ({"next_avail": 0x10000}, "next_avail"),
+                         ({"signalled_used": -1}, "signalled_used"),
                          ({"ready": 1}, "ready")):
         refused(transport.load, _queue(live, **values), f"device.queues[0].{name}")
     bad = copy.deepcopy(live)

@@ -26,7 +26,8 @@ def save_queue(queue: VirtQueue) -> State:
     return {"size": queue.size, "ready": queue.ready,
             **{name: getattr(queue, name) for name in _ADDRESSES},
             "next_avail": queue.next_avail, "next_used": queue.next_used,
-            "event_idx": queue.event_idx, "indirect": queue.indirect}
+            "event_idx": queue.event_idx, "indirect": queue.indirect,
+            "signalled_used": queue.signalled_used}
 
 
 def load_queue(queue: VirtQueue, state: State, intf: XInterface | None) -> None:
@@ -40,6 +41,8 @@ def load_queue(queue: VirtQueue, state: State, intf: XInterface | None) -> None:
     next_avail = field_int(state, "next_avail", 0, 0xFFFF)
     next_used = field_int(state, "next_used", 0, 0xFFFF)
     event_idx, indirect = field_bool(state, "event_idx"), field_bool(state, "indirect")
+    signalled = (None if state.get("signalled_used") is None
+                 else field_int(state, "signalled_used", 0, 0xFFFF))
     queue.reset()
     queue.size = size
     for name, value in addresses.items():
@@ -57,6 +60,7 @@ def load_queue(queue: VirtQueue, state: State, intf: XInterface | None) -> None:
                             f"cannot be used: {exc}") from None
         queue.ready = True
     queue.next_avail, queue.next_used = next_avail, next_used
+    queue.signalled_used = signalled
 
 
 def _check_rings(queue: VirtQueue, memory: GuestMemory, addresses: dict[str, int]) -> None:

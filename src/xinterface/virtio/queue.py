@@ -384,6 +384,17 @@ class VirtQueue:
             chain.release()
         self.next_avail = (self.next_avail - len(chains)) & 0xFFFF
 
+    @property
+    def signalled_used(self) -> int | None:
+        """The used index of the last used buffer notification decision with EVENT_IDX
+        (None before the first): what :meth:`needs_interrupt` compares ``used_event`` with,
+        kept by a snapshot so a restored queue neither skips nor repeats one."""
+        return self._signalled_used
+
+    @signalled_used.setter
+    def signalled_used(self, value: int | None) -> None:
+        self._signalled_used = value
+
     def needs_interrupt(self) -> bool:
         """Whether the driver wants a used buffer notification for the buffers used since the
         last call (§2.7.7: ``used_event`` with VIRTIO_F_EVENT_IDX, else NO_INTERRUPT)."""
