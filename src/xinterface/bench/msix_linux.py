@@ -20,22 +20,27 @@ Two Linux boots of minutes each on kvm_pvm; quote ``uptime`` beside the figures.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..build import build, build_machine
 from ..spec import Boot, Disk, MachineSpec, VhostUser
 from ..vhost_user.device import VhostUserBlk
 from ..virtio.pci import VirtioPci
+from .snapshot import LinuxUnavailable, linux_images
 
 ROOT = Path(__file__).resolve().parents[3]
 BUILD = ROOT / "guests" / "linux" / "build.py"
@@ -103,6 +108,37 @@ def _workarounds(paths: dict[str, str]) -> list[str]:
     return linux_cmdline_workarounds(host_cpuid_probe(), features)
 
 
+def disk_figures(text: str, stamps: dict[str, float], mode: str, reads: int,
+                 counts: dict[str, int | None]) -> dict[str, DiskFigure]:
+    """Each disk's figures from the console of one boot: the reads /proc/diskstats counted,
+    the time per request from the stamped marks, and the interrupts, ``counts[name]`` (what
+    this process raised or relayed) or, where None (a call fd KVM takes), the guest's
+    /proc/interrupts line for the disk's request queue."""
+    irqs = {name: int(count) for count, name in re.findall(
+        r"irq: +\d+: +(\d+) +PCI-MSI \S+ +(virtio\d-req\.0)", text)}
+    out: dict[str, DiskFigure] = {}
+    for index, name in enumerate(("vda", "vdb")):
+        figure = DiskFigure(name)
+        found = re.search(rf"readloop: {name} reads (\d+)", text)
+        figure.reads = int(found.group(1)) if found else 0
+        count = counts.get(name)
+        figure.interrupts = irqs.get(f"virtio{index}-req.0", 0) if count is None else count
+        figure.path = PATHS[name, mode]
+        one = stamps.get(f"readloop: {name} one")
+        start = stamps.get(f"readloop: {name} start {reads}")
+        end = stamps.get(f"readloop: {name} end")
+        if one is not None and start is not None and end is not None and reads > 1:
+            figure.seconds_per_request = ((end - start) - (start - one)) / (reads - 1)
+        out[name] = figure
+    return out
+
+
+PATHS = {("vda", "msix"): "MSI-X message from this process",
+         ("vda", "intx"): "INTx (ISR read, level line)",
+         ("vdb", "msix"): "irqfd (call fd to KVM)",
+         ("vdb", "intx"): "relayed by this process as INTx"}
+
+
 def one_run(paths: dict[str, str], mode: str, reads: int, work: Path) -> Run:
     """One boot: ``mode`` "msix" or "intx" (``pci=nomsi``)."""
     ours, served, sock = work / "ours.img", work / "served.img", work / f"{mode}.sock"
@@ -139,35 +175,118 @@ def one_run(paths: dict[str, str], mode: str, reads: int, work: Path) -> Run:
             assert isinstance(own, VirtioPci) and isinstance(proxy, VirtioPci)
             device = proxy.device
             assert isinstance(device, VhostUserBlk)
-            text = console.data.getvalue().decode(errors="replace")
-            irqs = {name: int(count) for count, name in re.findall(
-                r"irq: +\d+: +(\d+) +PCI-MSI \S+ +(virtio\d-req\.0)", text)}
-            for name, index in (("vda", 0), ("vdb", 1)):
-                figure = DiskFigure(name)
-                found = re.search(rf"readloop: {name} reads (\d+)", text)
-                figure.reads = int(found.group(1)) if found else 0
-                if name == "vda":
-                    figure.interrupts = own.stats["interrupts"]
-                    figure.path = "MSI-X message from this process" if mode == "msix" else (
-                        "INTx (ISR read, level line)")
-                elif mode == "msix":
-                    figure.interrupts = irqs.get(f"virtio{index}-req.0", 0)
-                    figure.path = "irqfd (call fd to KVM)"
-                    assert device.stats["call"] == 0, "a call fd was relayed with MSI-X"
-                else:
-                    figure.interrupts = device.stats["call"]
-                    figure.path = "relayed by this process as INTx"
-                stamps = console.stamps
-                one = stamps.get(f"readloop: {name} one")
-                start = stamps.get(f"readloop: {name} start {reads}")
-                end = stamps.get(f"readloop: {name} end")
-                if one is not None and start is not None and end is not None and reads > 1:
-                    figure.seconds_per_request = ((end - start) - (start - one)) / (reads - 1)
-                run.disks[name] = figure
+            counts: dict[str, int | None] = {"vda": own.stats["interrupts"],
+                      "vdb": device.stats["call"] if mode == "intx" else None}
+            if mode == "msix":
+                assert device.stats["call"] == 0, "a call fd was relayed with MSI-X"
+            run.disks = disk_figures(console.data.getvalue().decode(errors="replace"),
+                                     console.stamps, mode, reads, counts)
         return run
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+# --- rows of `xinterface bench` ----------------------------------------------------------------
+
+MODES = ("intx", "msix")
+BENCH_READS = 30   # at 20-30 ms a read here, a second of reads per disk beside the boot
+DISKS = {"vda": "blk", "vdb": "vhost_user_blk"}
+Row = tuple[str, str, Callable[[], float], str | None]
+
+
+def bench_paths() -> dict[str, str]:
+    """The test kernel's paths as :func:`one_run` takes them, from the cache
+    :func:`~.snapshot.linux_images` finds (never a build: that takes many minutes)."""
+    kernel, initrd = linux_images()
+    features = Path(kernel).parent / "features.json"
+    if not features.is_file():
+        raise LinuxUnavailable(f"no {features} beside {kernel} (the CPUID workarounds need it)")
+    return {"vmlinux": kernel, "initramfs": initrd, "features": str(features)}
+
+
+class Rounds:
+    """One boot per mode per round: the mode's first row boots and keeps the run, the
+    mode's other rows (the other disk, interrupts, exits) read that run, so every figure of a
+    round comes from the same two boots."""
+
+    def __init__(self, reads: int = BENCH_READS) -> None:
+        self.reads = reads
+        self.runs: dict[str, Run] = {}
+        self._work: Path | None = None
+
+    def _workdir(self) -> Path:
+        if self._work is None:
+            self._work = Path(tempfile.mkdtemp(prefix="xinterface-bench-msix-"))
+            atexit.register(shutil.rmtree, self._work, True)
+        return self._work
+
+    def boot(self, mode: str) -> float:
+        """Boot ``mode`` and give vda's µs per request."""
+        self.runs.pop(mode, None)
+        run = one_run(bench_paths(), mode, self.reads, self._workdir())
+        for figure in run.disks.values():
+            if figure.seconds_per_request is None or figure.reads < self.reads:
+                raise RuntimeError(f"linux.pc {mode}: {figure.name}'s marks or reads are "
+                                   f"missing (the run ended: {run.reason})")
+        self.runs[mode] = run
+        return self.us_per_request(mode, "vda")
+
+    def _run(self, mode: str) -> Run:
+        try:
+            return self.runs[mode]
+        except KeyError:
+            raise RuntimeError(f"linux.pc {mode}: no boot in this round") from None
+
+    def us_per_request(self, mode: str, disk: str) -> float:
+        seconds = self._run(mode).disks[disk].seconds_per_request
+        assert seconds is not None   # boot() keeps only runs with every mark
+        return seconds * 1e6
+
+    def interrupts_per_100(self, mode: str, disk: str) -> float:
+        per = self._run(mode).disks[disk].interrupts_per_request
+        assert per is not None
+        return per * 100
+
+    def mmio_exits(self, mode: str) -> float:
+        return float(self._run(mode).exits.get("mmio", 0))
+
+
+def figure_samples(quick: bool, rounds: Rounds | None = None) -> tuple[list[Row], list[str]]:
+    """The suite's rows ``(name, unit, sample, reference)`` and notices: for each disk
+    ``linux.pc.<disk>.read.<mode>`` (µs per request), ``....irqs`` (interrupts per 100
+    requests, boot included) and ``linux.pc.read.<mode>.mmio_exits`` (per boot); each MSI-X
+    row paired with its INTx row. None with ``--quick``, without the built test kernel or
+    without qemu-storage-daemon (it serves vdb)."""
+    name = "linux.pc.*"
+    if quick:
+        return [], [f"{name} skipped with --quick: a Linux boot per mode takes a minute"]
+    try:
+        bench_paths()
+    except LinuxUnavailable as exc:
+        return [], [f"{name} skipped: {exc}"]
+    if shutil.which("qemu-storage-daemon") is None:
+        return [], [f"{name} skipped: qemu-storage-daemon not found "
+                    "(apt-get install qemu-system-x86)"]
+    r = rounds if rounds is not None else Rounds()
+    rows: list[Row] = []
+    for mode in MODES:
+        rows.append((f"linux.pc.blk.read.{mode}", "µs/request", partial(r.boot, mode), None))
+    rows.append(("linux.pc.vhost_user_blk.read.intx", "µs/request",
+                 partial(r.us_per_request, "intx", "vdb"), None))
+    rows.append(("linux.pc.vhost_user_blk.read.msix", "µs/request",
+                 partial(r.us_per_request, "msix", "vdb"), None))
+    for disk, label in DISKS.items():
+        for mode in MODES:
+            rows.append((f"linux.pc.{label}.read.{mode}.irqs", "irqs/100 requests",
+                         partial(r.interrupts_per_100, mode, disk), None))
+    for mode in MODES:
+        rows.append((f"linux.pc.read.{mode}.mmio_exits", "exits/boot",
+                     partial(r.mmio_exits, mode), None))
+    # Each MSI-X row against the INTx row of the same round.
+    paired = [(n, u, s, n.replace(".msix", ".intx") if ".msix" in n else ref)
+              for n, u, s, ref in rows]
+    return paired, []
 
 
 def main() -> None:

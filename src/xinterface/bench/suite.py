@@ -19,6 +19,7 @@ from .._version import __version__
 from ..delivery import Delivery
 from .floor import FloorUnavailable, build_floor, run_floor
 from .memory_ops import sample as memory_sample
+from .msix_linux import figure_samples as msix_figure_samples
 from .net import figure_samples as net_figure_samples
 from .paths import dispatch_cost, latency, write_cost
 from .peer import QEMU, own_write_cost, qemu_write_cost
@@ -227,6 +228,12 @@ def figures(quick: bool, scale: float = 1.0,
             out += [Figure("snapshot.linux.boot_to_init", "ms/process", linux_boot_to_init_ms),
                     Figure("snapshot.linux.restore_to_init", "ms/process",
                            linux_restore_to_init_ms, "snapshot.linux.boot_to_init")]
+    # Linux on pc reading its disks, with MSI-X and with INTx (pci=nomsi): one boot per mode
+    # per round, each MSI-X row over the INTx row of the same round.
+    linux_figs, linux_notices = msix_figure_samples(quick)
+    notices += linux_notices
+    out += [Figure(name, unit, sample, reference)
+            for name, unit, sample, reference in linux_figs]
     net_figs, net_notices = net_figure_samples(quick, scale, peers)
     notices += net_notices
     out += [Figure(name, "ns/packet", sample, reference)
