@@ -7,15 +7,15 @@
 The kernel: Debian's ``linux-source-6.1`` (/usr/src/linux-source-6.1.tar.xz), ``make
 tinyconfig`` plus ``config.fragment``, the patches in ``patches/`` (each needed only because
 of kvm_pvm's instruction emulator; see docs/linux.md), ``make bzImage``. The initramfs: Debian's
-``busybox-static`` as /bin/busybox and ``init.sh`` as /init, written as a newc cpio by this
-script (no root needed for /dev/console), gzip-compressed.
+``busybox-static`` as /bin/busybox, ``init.sh`` as /init and ``udhcpc.sh`` as udhcpc's event
+hook, written as a newc cpio by this script (no root needed for /dev/console), gzip-compressed.
 
 Outputs, under ``${XDG_CACHE_HOME:-~/.cache}/xinterface/linux/``:
   kernel-<hash>/     vmlinux (ELF, PVH entry), bzImage, config, System.map, features.json
   initramfs-<hash>/  initramfs.cpio, initramfs.cpio.gz
 where each hash covers that output's inputs (source package, fragment, patches, compiler;
-busybox, init script). A second call with the same inputs builds nothing. ``--json`` prints
-the paths. Concurrent calls wait for each other (a lock file).
+busybox, init and udhcpc scripts). A second call with the same inputs builds nothing.
+``--json`` prints the paths. Concurrent calls wait for each other (a lock file).
 
 ``ext2`` writes a small ext2 image holding the given files (``mke2fs -d`` from e2fsprogs, no
 mount, no root).
@@ -46,9 +46,10 @@ BUSYBOX = Path("/bin/busybox")
 FRAGMENT = HERE / "config.fragment"
 PATCHES = HERE / "patches"
 INIT = HERE / "init.sh"
+UDHCPC_SCRIPT = HERE / "udhcpc.sh"
 # Bump when the recipe below changes what it produces from the same inputs.
 KERNEL_RECIPE = 1
-INITRAMFS_RECIPE = 1
+INITRAMFS_RECIPE = 2
 # Reproducible build metadata (Documentation/kbuild/reproducible-builds.rst).
 BUILD_ENV = {
     "KBUILD_BUILD_TIMESTAMP": "2024-01-01",
@@ -115,7 +116,7 @@ def initramfs_inputs_hash() -> str:
     if not BUSYBOX.exists():
         raise BuildError(f"{BUSYBOX} is missing: apt-get install busybox-static")
     return _digest([f"recipe {INITRAMFS_RECIPE}".encode(), BUSYBOX.read_bytes(),
-                    INIT.read_bytes()])
+                    INIT.read_bytes(), UDHCPC_SCRIPT.read_bytes()])
 
 
 @contextmanager
@@ -241,7 +242,7 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] =
     return entry
 
 
-def initramfs_cpio(busybox: bytes, init: bytes) -> bytes:
+def initramfs_cpio(busybox: bytes, init: bytes, udhcpc_script: bytes) -> bytes:
     applets = ("sh", "mount", "cat", "echo", "reboot", "poweroff", "ls", "uname", "dmesg")
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
         ("bin", S_IFDIR | 0o755, b"", (0, 0)),
@@ -252,6 +253,10 @@ def initramfs_cpio(busybox: bytes, init: bytes) -> bytes:
         ("mnt", S_IFDIR | 0o755, b"", (0, 0)),
         ("bin/busybox", S_IFREG | 0o755, busybox, (0, 0)),
         ("init", S_IFREG | 0o755, init, (0, 0)),
+        # where busybox udhcpc looks for its event hook without -s
+        ("etc", S_IFDIR | 0o755, b"", (0, 0)),
+        ("etc/udhcpc", S_IFDIR | 0o755, b"", (0, 0)),
+        ("etc/udhcpc/default.script", S_IFREG | 0o755, udhcpc_script, (0, 0)),
     ]
     entries += [(f"bin/{a}", S_IFLNK | 0o777, b"busybox", (0, 0)) for a in applets]
     body = b"".join(_cpio_entry(name, mode, data, rdev, ino)
@@ -263,7 +268,7 @@ def build_initramfs(out: Path) -> None:
     staging = out.parent / f".staging-{out.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    cpio = initramfs_cpio(BUSYBOX.read_bytes(), INIT.read_bytes())
+    cpio = initramfs_cpio(BUSYBOX.read_bytes(), INIT.read_bytes(), UDHCPC_SCRIPT.read_bytes())
     # Uncompressed is the one to boot here: inflating costs the emulated kernel seconds more
     # than copying. The gzip one (mtime 0: same inputs, same bytes) is for other VMMs.
     (staging / "initramfs.cpio").write_bytes(cpio)

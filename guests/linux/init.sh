@@ -10,6 +10,8 @@ echo "cmdline: $cmdline"
 # Asked for on the command line: xinterface.write (mount the disk read-write, write a file,
 # unmount it so the image is clean), xinterface.hwrng (read 16 bytes of /dev/hwrng),
 # xinterface.net (eth0 as 10.0.2.15/24, one ping to 10.0.2.2: the test's TAP),
+# xinterface.dhcp=FILE (after the ping: a lease for eth0 from busybox udhcpc, whose hook
+# /etc/udhcpc/default.script configures it, then FILE by busybox tftp from the DHCP server),
 # xinterface.interrupts (print the virtio lines of /proc/interrupts at the end),
 # xinterface.readloop=N (read N 4 KiB blocks of each /dev/vd? with O_DIRECT, one request
 # each, between marks; a 1-block read first gives the cost of starting dd).
@@ -17,6 +19,7 @@ write=
 mode=ro
 hwrng=
 net=
+dhcp=
 interrupts=
 readloop=
 for word in $cmdline; do
@@ -24,6 +27,7 @@ for word in $cmdline; do
         xinterface.write) write=1 mode=rw ;;
         xinterface.hwrng) hwrng=1 ;;
         xinterface.net) net=1 ;;
+        xinterface.dhcp=*) dhcp=${word#*=} ;;
         xinterface.interrupts) interrupts=1 ;;
         xinterface.readloop=*) readloop=${word#*=} ;;
     esac
@@ -57,6 +61,20 @@ if [ -n "$net" ]; then
         echo "net: 10.0.2.2 answered"
     else
         echo "net: no answer from 10.0.2.2"
+    fi
+fi
+if [ -n "$dhcp" ]; then
+    # -f -q -n: in the foreground, exit once bound or once the discovers (-t, -T apart) go
+    # unanswered
+    if udhcpc -i eth0 -f -q -n -t 10 -T 3 && . /dhcp.lease; then
+        echo "dhcp: $ip from $server"
+        if tftp -g -r "$dhcp" -l /tftp.txt "$server" && read -r line < /tftp.txt; then
+            echo "tftp: $line"
+        else
+            echo "tftp: no $dhcp from $server"
+        fi
+    else
+        echo "dhcp: no lease"
     fi
 fi
 if [ -n "$readloop" ]; then

@@ -23,7 +23,8 @@ def build_module() -> ModuleType:
 def test_initramfs_is_a_newc_archive_busybox_reads(tmp_path: Path) -> None:
     build = build_module()
     archive = tmp_path / "initramfs.cpio"
-    archive.write_bytes(build.initramfs_cpio(b"\x7fELF-busybox", b"#!/bin/sh\necho hi\n"))
+    archive.write_bytes(build.initramfs_cpio(b"\x7fELF-busybox", b"#!/bin/sh\necho hi\n",
+                                             b"#!/bin/sh\n"))
     listing = subprocess.run(["busybox", "cpio", "-tv"], stdin=archive.open("rb"),
                              capture_output=True, text=True, check=True).stdout.splitlines()
     entries = {line.split()[-1] if "->" not in line else line.split()[-3]: line
@@ -32,6 +33,7 @@ def test_initramfs_is_a_newc_archive_busybox_reads(tmp_path: Path) -> None:
     assert entries["dev/console"].startswith("crw-------")
     assert entries["bin/sh"].endswith("bin/sh -> busybox")
     assert entries["bin/busybox"].startswith("-rwxr-xr-x")
+    assert entries["etc/udhcpc/default.script"].startswith("-rwxr-xr-x")
     out = subprocess.run(["busybox", "cpio", "-i", "--to-stdout", "init"],
                          stdin=archive.open("rb"), capture_output=True, check=True).stdout
     assert out == b"#!/bin/sh\necho hi\n"
