@@ -245,7 +245,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     xinterface clients."""
     from .errors import GuestError, KvmError, XInterfaceError
     from .frontend.devices import is_vhost_user, parse_disk, parse_net, parse_vhost_user
-    from .frontend.snapshot_on import SnapshotOn, check_devices, check_options
+    from .frontend.snapshot_on import SnapshotOn, check_options
 
     wrong = check_options(snapshot_on, snapshot, continue_run)
     if wrong is not None:
@@ -314,14 +314,8 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
             assert built.feed is not None   # every board has COM1
             session.platform = built.platform
             session.connect(built.feed)
-            if taker is not None:
-                check_devices(machine)
-                taker.start()
-            try:
-                result = session.run(timeout or None)
-            finally:
-                if taker is not None:
-                    taker.close()
+            result = (session.run(timeout or None) if taker is None
+                      else taker.run(session, timeout or None))
     except GuestError as exc:
         stdout.finish_line()
         guest_error(exc, debug)
@@ -337,11 +331,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     if panic is not None and panic.matched:
         fail("the kernel panicked (\"Kernel panic - not syncing\" on the serial console)")
     if taker is not None:
-        if not taker.taken:
-            fail(f"{what} ended ({result.reason}) before {snapshot_on!r} appeared: no snapshot "
-                 "was written", status=EXIT_TIMEOUT if result.reason == "timeout" else 1)
-        if not continue_run:
-            sys.exit(0)
+        taker.end(what, result)
     if any(w.matched for w in watchers) or session.quit_requested:
         sys.exit(0)
     if result.reason == "timeout":

@@ -50,7 +50,7 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
     from .image import ImageError, load_image
     from .outputs import Relay, Stdout
     from .session import Session
-    from .snapshot_on import SnapshotOn, check_devices, check_options
+    from .snapshot_on import SnapshotOn, check_options
 
     wrong = check_options(snapshot_on, snapshot, continue_run)
     if wrong is not None:
@@ -84,14 +84,8 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
             session.platform = built.platform
             if built.feed is not None:
                 session.connect(built.feed)
-            if taker is not None:
-                check_devices(machine)
-                taker.start()
-            try:
-                result = session.run(timeout or None)
-            finally:
-                if taker is not None:
-                    taker.close()
+            result = (session.run(timeout or None) if taker is None
+                      else taker.run(session, timeout or None))
     except ImageError as exc:
         fail(str(exc), exc=exc, debug=debug)
     except GuestError as exc:
@@ -110,12 +104,7 @@ def run_image(image: str | os.PathLike[str], *, gpa: int | None, mode: str | Non
     if session.quit_requested:
         sys.exit(0)
     if taker is not None:
-        if not taker.taken:
-            fail(f"the guest ended ({result.reason}) before {snapshot_on!r} appeared: no "
-                 "snapshot was written", status=EXIT_TIMEOUT if result.reason == "timeout"
-                 else 1)
-        if not continue_run:
-            sys.exit(0)
+        taker.end("the guest", result)
     if result.reason == "timeout":
         fail(f"the guest was still running after {timeout:g} s; raise --timeout, or check "
              "that it halts or writes port 0xf4", status=EXIT_TIMEOUT)

@@ -12,13 +12,16 @@ snapshot ends the run with it as the run's error (one line on the command line).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING
 
 from ..devices.output import Output, Until
+from .report import EXIT_TIMEOUT, fail
 
 if TYPE_CHECKING:
-    from ..runner.machine import Machine
+    from ..runner.machine import Machine, RunResult
+    from .session import Session
 
 MANIFEST = "manifest.json"
 
@@ -48,8 +51,9 @@ class SnapshotOn:
     """Watches outputs for ``text``; on the first match snapshots ``machine`` to
     ``directory``, then resumes it (``continue_run``) or stops it.
 
-    ``watch(out)`` wraps an output; :meth:`start` before the run, :meth:`close` after it
-    (joins the helper). ``taken`` tells whether the snapshot was written.
+    ``watch(out)`` wraps an output; :meth:`run` runs the session with the helper around
+    it, :meth:`end` gives the command's verdict after it. ``taken`` tells whether the
+    snapshot was written.
     """
 
     def __init__(self, machine: Machine, text: str, directory: str, continue_run: bool) -> None:
@@ -104,3 +108,24 @@ class SnapshotOn:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def run(self, session: Session, timeout: float | None) -> RunResult:
+        """``session.run(timeout)`` with the helper around it: the devices checked first
+        (refused before the run rather than after it ran up to TEXT), the helper started,
+        and joined however the run ends."""
+        check_devices(self.machine)
+        self.start()
+        try:
+            return session.run(timeout)
+        finally:
+            self.close()
+
+    def end(self, what: str, result: RunResult) -> None:
+        """After the run: one line (status 124 for a timeout, else 1) if TEXT never came;
+        status 0 once the snapshot was written, unless ``--continue`` ran on."""
+        if not self.taken:
+            fail(f"{what} ended ({result.reason}) before {self.text.decode()!r} appeared: no "
+                 "snapshot was written",
+                 status=EXIT_TIMEOUT if result.reason == "timeout" else 1)
+        if not self.continue_run:
+            sys.exit(0)
