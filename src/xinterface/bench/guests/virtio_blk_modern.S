@@ -27,6 +27,7 @@
 # one is not, 5 when queue 0 has fewer than QSIZE entries, 7 when there is no virtio-blk on
 # bus 0, 9 when the device refused FEATURES_OK, 11 when the common or notification
 # structure is not in BAR4. A '?' on port 0xe9 precedes each failure.
+        .include "pm_boot.inc"
         .code16
         .globl  _start
         .set    QSIZE, 256
@@ -54,44 +55,7 @@
         .set    CC_QUEUE_DRIVER, 0x28
         .set    CC_QUEUE_DEVICE, 0x30
 
-_start:
-        cli
-        xor     %ax, %ax
-        mov     %ax, %ds
-        mov     %ax, %es
-        mov     %ax, %ss
-        mov     $0x7c00, %sp
-        mov     $0x42, %ah                      # DL: the boot drive, from the firmware
-        mov     $dap, %si
-        int     $0x13
-        jc      boot_fail
-        lgdt    gdt_desc
-        mov     %cr0, %eax
-        or      $1, %eax
-        mov     %eax, %cr0
-        ljmpl   $SEL_CODE, $pm_entry
-boot_fail:
-        mov     $'?', %al
-        out     %al, $0xe9
-        hlt
-        jmp     boot_fail
-
-        .balign 8
-gdt:    .quad   0
-        .quad   0x00cf9a000000ffff              # 0x08: code, DPL0, flat, 32-bit
-        .quad   0x00cf92000000ffff              # 0x10: data, DPL0, flat
-        .quad   0x00cffa000000ffff              # 0x18: code, DPL3, flat, 32-bit
-        .quad   0x00cff2000000ffff              # 0x20: data, DPL3, flat
-gdt_end:
-gdt_desc:
-        .word   gdt_end - gdt - 1
-        .long   gdt
-dap:    .byte   16, 0                           # INT 13h extensions: disk address packet
-        .word   (image_end - pm_entry + 511) / 512
-        .word   0x7e00, 0                       # to 0000:7e00
-        .quad   1                               # from LBA 1
-        .org    510
-        .word   0xaa55
+        PM_BOOT_SECTOR
 
         .code32
 pm_entry:
@@ -102,8 +66,8 @@ pm_entry:
         mov     $0x7000, %esp
         lgdt    gdt_desc                        # ours when loaded flat, the same when booted
         mov     %cr0, %eax                      # caches on (CD, NW clear), as firmware
-        and     $0x9fffffff, %eax               # leaves them; a vCPU loaded flat starts
-        mov     %eax, %cr0                      # with CR0's reset value, caches off
+        and     $0x9fffffff, %eax               # leaves them, whoever started this code
+        mov     %eax, %cr0                      # (a VMM may start it at CR0's reset value)
 
         # The first virtio-blk on bus 0 (function 0 of each slot). %ebp: its config address.
         mov     $0x80000000, %ebp

@@ -25,6 +25,7 @@
 # the number of bad frames (capped at 125): status 1 for none. A '?' then status 0xff: no
 # net device, or it refused the features or the queue size. A '!' then status 0xfd: used.idx
 # claimed more buffers used than the driver had made available (a torn or wrong store of it).
+        .include "pm_boot.inc"
         .code16
         .globl  _start
         .set    NET, 1                          # §5: device ID of a network card
@@ -60,44 +61,7 @@
         .set    R_QUEUE_DRIVER, 0x090
         .set    R_QUEUE_DEVICE, 0x0a0
 
-_start:
-        cli
-        xor     %ax, %ax
-        mov     %ax, %ds
-        mov     %ax, %es
-        mov     %ax, %ss
-        mov     $0x7c00, %sp
-        mov     $0x42, %ah                      # DL: the boot drive, from the firmware
-        mov     $dap, %si
-        int     $0x13
-        jc      boot_fail
-        lgdt    gdt_desc
-        mov     %cr0, %eax
-        or      $1, %eax
-        mov     %eax, %cr0
-        ljmpl   $SEL_CODE, $pm_entry
-boot_fail:
-        mov     $'?', %al
-        out     %al, $0xe9
-        hlt
-        jmp     boot_fail
-
-        .balign 8
-gdt:    .quad   0
-        .quad   0x00cf9a000000ffff              # 0x08: code, DPL0, flat, 32-bit
-        .quad   0x00cf92000000ffff              # 0x10: data, DPL0, flat
-        .quad   0x00cffa000000ffff              # 0x18: code, DPL3, flat, 32-bit
-        .quad   0x00cff2000000ffff              # 0x20: data, DPL3, flat
-gdt_end:
-gdt_desc:
-        .word   gdt_end - gdt - 1
-        .long   gdt
-dap:    .byte   16, 0                           # INT 13h extensions: disk address packet
-        .word   (image_end - pm_entry + 511) / 512
-        .word   0x7e00, 0                       # to 0000:7e00
-        .quad   1                               # from LBA 1
-        .org    510
-        .word   0xaa55
+        PM_BOOT_SECTOR
 
         .code32
 pm_entry:
