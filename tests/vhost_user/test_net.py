@@ -16,7 +16,7 @@ from xinterface.virtio.driver import QueueDriver
 from xinterface.virtio.net import TapBackend, VirtioNet
 from xinterface.virtio.net.device import LEGACY_NET_HDR_SIZE, NET_HDR, VIRTIO_NET_F_MRG_RXBUF
 
-from .frontend import Backend
+from .frontend import Backend, Frontend
 
 HDR = NET_HDR.size
 LEGACY_HDR = LEGACY_NET_HDR_SIZE
@@ -27,6 +27,31 @@ RX, TX, RX_BUF, TX_BUF = 0x1000, 0x3000, 0x10000, 0x20000
 
 def frame(dst: bytes, src: bytes, n: int) -> bytes:
     return dst + src + ETHERTYPE.to_bytes(2, "big") + bytes((i * 3 + n) & 0xFF for i in range(100))
+
+
+def rings(fe: Frontend) -> tuple[QueueDriver, QueueDriver]:
+    """The memory table sent, then the receive and the transmit ring started."""
+    assert fe.mem_table() == 0
+    rx, tx = QueueDriver(fe.intf, RX, 16), QueueDriver(fe.intf, TX, 16)
+    assert fe.start_ring(0, rx) == 0 and fe.start_ring(1, tx) == 0
+    return rx, tx
+
+
+def transmit(fe: Frontend, tx: QueueDriver, hdr: int, n: int) -> bytes:
+    """Frame ``n`` behind a zero header of ``hdr`` bytes on the transmit ring, its used
+    buffer notification awaited: the frame."""
+    out = frame(b"\xff" * 6, MAC, n)
+    fe.intf.copy_to(TX_BUF, bytes(hdr) + out)
+    fe.submit(1, tx, [(TX_BUF, hdr + len(out), False)])
+    assert fe.wait_call(1)
+    return out
+
+
+def check_received(fe: Frontend, rx: QueueDriver, hdr: int, into: bytes) -> None:
+    """``into`` is the one used receive buffer's content, after a header of ``hdr`` bytes."""
+    [(_, length)] = rx.used()
+    assert length == hdr + len(into)
+    assert fe.intf.copy_from(RX_BUF + hdr, len(into)) == into
 
 
 @needs_netns
@@ -41,23 +66,16 @@ def test_frames_cross_the_tap_both_ways(tmp_path: Path) -> None:
         try:
             with Backend(net, tmp_path) as backend, backend.connect() as fe:
                 fe.negotiate()
-                assert fe.mem_table() == 0
-                rx, tx = QueueDriver(fe.intf, RX, 16), QueueDriver(fe.intf, TX, 16)
-                assert fe.start_ring(0, rx) == 0 and fe.start_ring(1, tx) == 0
+                rx, tx = rings(fe)
                 # Transmit: the header is the driver's, the frame goes out whole.
-                out = frame(b"\xff" * 6, MAC, 1)
-                fe.intf.copy_to(TX_BUF, bytes(HDR) + out)
-                fe.submit(1, tx, [(TX_BUF, HDR + len(out), False)])
-                assert fe.wait_call(1)
+                out = transmit(fe, tx, HDR, 1)
                 assert peer.recv(2048) == out
                 # Receive: the namespace's frame lands in the buffer the driver gave.
                 fe.submit(0, rx, [(RX_BUF, 2048, True)])
                 into = frame(MAC, b"\x02" * 6, 2)
                 peer.send(into)
                 assert fe.wait_call(0)
-                [(_, length)] = rx.used()
-                assert length == HDR + len(into)
-                assert fe.intf.copy_from(RX_BUF + HDR, len(into)) == into
+                check_received(fe, rx, HDR, into)
                 assert NET_HDR.unpack(fe.intf.copy_from(RX_BUF, HDR))[6] == 1   # num_buffers
                 assert backend.lines == []
         finally:
@@ -80,16 +98,11 @@ def test_a_disabled_ring_discards_transmits_and_receives_nothing(tmp_path: Path)
         try:
             with Backend(net, tmp_path) as backend, backend.connect() as fe:
                 fe.negotiate()
-                assert fe.mem_table() == 0
-                rx, tx = QueueDriver(fe.intf, RX, 16), QueueDriver(fe.intf, TX, 16)
-                assert fe.start_ring(0, rx) == 0 and fe.start_ring(1, tx) == 0
+                rx, tx = rings(fe)
                 for ring in (0, 1):
                     assert fe.ack(Request.SET_VRING_ENABLE, VRING_STATE.pack(ring, 0)) == 0
                 # Transmit on the disabled ring: the chain comes back used, nothing leaves.
-                out = frame(b"\xff" * 6, MAC, 3)
-                fe.intf.copy_to(TX_BUF, bytes(HDR) + out)
-                fe.submit(1, tx, [(TX_BUF, HDR + len(out), False)])
-                assert fe.wait_call(1)
+                transmit(fe, tx, HDR, 3)
                 assert tx.used() == [(0, 0)]
                 with pytest.raises(TimeoutError):
                     peer.recv(2048)
@@ -103,13 +116,8 @@ def test_a_disabled_ring_discards_transmits_and_receives_nothing(tmp_path: Path)
                 for ring in (0, 1):
                     assert fe.ack(Request.SET_VRING_ENABLE, VRING_STATE.pack(ring, 1)) == 0
                 assert fe.wait_call(0)
-                [(_, length)] = rx.used()
-                assert length == HDR + len(into)
-                assert fe.intf.copy_from(RX_BUF + HDR, len(into)) == into
-                out = frame(b"\xff" * 6, MAC, 5)
-                fe.intf.copy_to(TX_BUF, bytes(HDR) + out)
-                fe.submit(1, tx, [(TX_BUF, HDR + len(out), False)])
-                assert fe.wait_call(1)
+                check_received(fe, rx, HDR, into)
+                out = transmit(fe, tx, HDR, 5)
                 assert peer.recv(2048) == out
                 assert backend.lines == []
         finally:
@@ -136,21 +144,14 @@ def test_a_legacy_frontend_gets_the_10_byte_header(tmp_path: Path) -> None:
                     offered = U64.unpack(fe.call(Request.GET_FEATURES))[0]
                     legacy = offered & 0xFFFFFFFF & ~(1 << VIRTIO_NET_F_MRG_RXBUF)
                     fe.negotiate(legacy)
-                    assert fe.mem_table() == 0
-                    rx, tx = QueueDriver(fe.intf, RX, 16), QueueDriver(fe.intf, TX, 16)
-                    assert fe.start_ring(0, rx) == 0 and fe.start_ring(1, tx) == 0
-                    out = frame(b"\xff" * 6, MAC, 6)
-                    fe.intf.copy_to(TX_BUF, bytes(LEGACY_HDR) + out)
-                    fe.submit(1, tx, [(TX_BUF, LEGACY_HDR + len(out), False)])
-                    assert fe.wait_call(1)
+                    rx, tx = rings(fe)
+                    out = transmit(fe, tx, LEGACY_HDR, 6)
                     assert peer.recv(2048) == out
                     fe.submit(0, rx, [(RX_BUF, 2048, True)])
                     into = frame(MAC, b"\x02" * 6, 7)
                     peer.send(into)
                     assert fe.wait_call(0)
-                    [(_, length)] = rx.used()
-                    assert length == LEGACY_HDR + len(into)
-                    assert fe.intf.copy_from(RX_BUF + LEGACY_HDR, len(into)) == into
+                    check_received(fe, rx, LEGACY_HDR, into)
                     assert net.legacy
                 assert wait_for(lambda: net.status == 0)
                 with backend.connect() as fe:
