@@ -14,7 +14,7 @@ from ._version import __version__
 from .accel import LOOP
 from .frontend.options import SecondsType, SizeType, TargetType, run_option
 from .frontend.outputs import Stdout, Target
-from .frontend.report import EXIT_TIMEOUT, fail, guest_error
+from .frontend.report import EXIT_TIMEOUT, fail, reported
 from .frontend.run import guarded, no_limit_when_interactive, run_image
 from .frontend.run_options import (
     MONITOR_OPTIONS,
@@ -243,7 +243,6 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     """Boot firmware from the reset vector (--bios), or a Linux kernel directly (--kernel), on
     the standard devices (fw_cfg, COM1, CMOS/RTC, debug console at 0x402, virtio), all of them
     xinterface clients."""
-    from .errors import GuestError, KvmError, XInterfaceError
     from .frontend.devices import is_vhost_user, parse_disk, parse_net, parse_vhost_user
     from .frontend.snapshot_on import SnapshotOn, check_options
 
@@ -289,7 +288,7 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
     stdout = Stdout()
     watchers: list[Until] = []
     taker: SnapshotOn | None = None
-    try:
+    with reported(stdout, debug):
         if kernel is not None:
             spec = spec._replace(boot=spec.boot._replace(
                 cmdline=kernel_cmdline(append, cpu, cpu_workarounds)))
@@ -316,16 +315,6 @@ def boot(ctx: click.Context, bios: Path | None, kernel: Path | None, initrd: Pat
             session.connect(built.feed)
             result = (session.run(timeout or None) if taker is None
                       else taker.run(session, timeout or None))
-    except GuestError as exc:
-        stdout.finish_line()
-        guest_error(exc, debug)
-    except (XInterfaceError, KvmError, OSError) as exc:
-        stdout.finish_line()
-        fail(str(exc), exc=exc, debug=debug)
-    except BaseException:  # Ctrl-C, a signal: the message after it starts a line too
-        stdout.finish_line()
-        raise
-    stdout.finish_line()
     session.check_console()
     what = "the firmware" if kernel is None else "the kernel"
     if panic is not None and panic.matched:

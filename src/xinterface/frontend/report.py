@@ -6,10 +6,15 @@ guest error under it (never the message twice).
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import NoReturn
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NoReturn
 
-from ..errors import GuestError
+from ..errors import GuestError, KvmError, XInterfaceError
+
+if TYPE_CHECKING:
+    from .outputs import Stdout
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2        # click's status for a bad argument
@@ -39,3 +44,23 @@ def guest_error(exc: GuestError, debug: bool) -> NoReturn:
     text = str(exc)
     fail(text if debug else f"{text.splitlines()[0]} (--debug shows registers)", exc=exc,
          debug=debug)
+
+
+@contextlib.contextmanager
+def reported(stdout: Stdout, debug: bool) -> Iterator[None]:
+    """A run of ``boot`` or ``restore``: its failures as the command's one line (a guest
+    error with its registers under ``--debug``, an error of ours or of the system), and
+    anything else (Ctrl-C, a signal) raised on; each way out ends the guest's last partial
+    line on stdout first, so the message after it starts a line."""
+    try:
+        yield
+    except GuestError as exc:
+        stdout.finish_line()
+        guest_error(exc, debug)
+    except (XInterfaceError, KvmError, OSError) as exc:
+        stdout.finish_line()
+        fail(str(exc), exc=exc, debug=debug)
+    except BaseException:
+        stdout.finish_line()
+        raise
+    stdout.finish_line()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
-from .report import EXIT_TIMEOUT, EXIT_USAGE, fail, guest_error
+from .report import EXIT_TIMEOUT, EXIT_USAGE, fail, reported
 from .values import NONE, Target
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ def restore_run(directory: str, *, serial: Target | None, debugcon: Target,
     console, or ``timeout`` seconds pass (0: no limit); exit with the guest's status.
     ``serial`` None: COM1 (if the snapshot has one) to stdout."""
     from ..devices.output import Until
-    from ..errors import GuestError, KvmError, XInterfaceError
     from ..observe.logs import configure
     from .outputs import STDOUT, Relay, Stdout, stream_for
     from .session import Session
@@ -49,7 +48,7 @@ def restore_run(directory: str, *, serial: Target | None, debugcon: Target,
     given_serial = serial
     serial = serial if serial is not None else Target(STDOUT)
     watchers: list[Until] = []
-    try:
+    with reported(stdout, debug):
         # The consoles are chosen before the machine exists; what stops it on --until, and
         # the terminal console, need the machine: they are put behind the relays after.
         relays = [Relay(stdout), Relay(stream_for(debugcon, stdout)), Relay(stdout)]
@@ -70,16 +69,6 @@ def restore_run(directory: str, *, serial: Target | None, debugcon: Target,
             if built.feed is not None:
                 session.connect(built.feed)
             result = session.run(timeout or None)
-    except GuestError as exc:
-        stdout.finish_line()
-        guest_error(exc, debug)
-    except (XInterfaceError, KvmError, OSError) as exc:
-        stdout.finish_line()
-        fail(str(exc), exc=exc, debug=debug)
-    except BaseException:
-        stdout.finish_line()
-        raise
-    stdout.finish_line()
     session.check_console()
     if any(w.matched for w in watchers) or session.quit_requested:
         sys.exit(0)
