@@ -12,7 +12,7 @@ from ..errors import XInterfaceError
 from ..runner.machine import Machine
 from .format import fail
 from .restore import finish, read_saved
-from .save import _complete_pending_io
+from .save import complete_pending_io
 
 
 def load(machine: Machine, path: str | os.PathLike[str]) -> None:
@@ -39,5 +39,5 @@ def load(machine: Machine, path: str | os.PathLike[str]) -> None:
         # A vCPU parked after a PIO/MMIO exit has that instruction still to complete at its
         # next KVM_RUN (api.rst, "immediate_exit"): completed now, it cannot land on the
         # loaded state (a loaded RIP equal to it would skip an instruction).
-        _complete_pending_io(machine)
+        complete_pending_io(machine)
         finish(machine, saved)

@@ -21,7 +21,7 @@ from .layers import check_machine, memory_layers
 from .memory_files import file_stamp, write_region
 
 
-def _complete_pending_io(machine: Machine) -> None:
+def complete_pending_io(machine: Machine) -> None:
     """Let KVM finish the instruction of each vCPU's last PIO/MMIO exit: it does that at the
     next ``KVM_RUN``, before it looks at ``immediate_exit`` (api.rst, "immediate_exit"), so a
     ``KVM_RUN`` with it set completes the instruction and returns ``EINTR`` at once. Without
@@ -80,7 +80,7 @@ def _write(machine: Machine, directory: str, parent: str | None) -> dict[str, An
         msrs = kvm.get_msr_index_list()
         xsave = bool(kvm.check_extension(uapi.KVM_CAP_XSAVE))
     pieces = kvm_state.vcpu_pieces(vm.irqchip, xsave)
-    _complete_pending_io(machine)
+    complete_pending_io(machine)
     vcpus = [encode(kvm_state.save_vcpu(loop.vcpu, pieces, msrs)) for loop in machine.vcpus]
     vm_state = encode(kvm_state.save_vm(vm.vmfd, vm.irqchip))
     try:
